@@ -1,0 +1,1 @@
+"""Sub-commands of ``dictation``: one module each, with ``register(subparsers)``."""

@@ -1,0 +1,190 @@
+"""The whole path from one audio file to a draft in the review queue, as plain functions.
+
+Each stage is a function over records so that the CLI, the Prefect flow
+(``pipeline.flows``) and the tests call the same code:
+
+    load_dictation -> transcribe_stage -> normalize_stage -> structure_stage
+                   -> render_stage -> enqueue_stage
+
+``process_file`` chains them for one file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import audio as audio_mod
+from pipeline.records import (
+    Dictation,
+    DictationMeta,
+    Document,
+    Draft,
+    Note,
+    Transcript,
+)
+from pipeline.settings import Settings
+
+__all__ = [
+    "new_id",
+    "load_dictation",
+    "transcribe_stage",
+    "normalize_stage",
+    "structure_stage",
+    "render_stage",
+    "enqueue_stage",
+    "process_file",
+    "ProcessResult",
+]
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, float], None]  # (seconds done, total seconds)
+
+
+def new_id() -> str:
+    """A new opaque id (32 hex characters) for a dictation or draft."""
+    return uuid.uuid4().hex
+
+
+@dataclass
+class ProcessResult:
+    """Everything one run of the pipeline produced for one file."""
+
+    dictation: Dictation
+    transcript: Transcript
+    note: Note
+    document: Document
+    draft: Draft
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def load_dictation(
+    path: Path, settings: Settings, meta: DictationMeta | None = None, dictation_id: str | None = None
+) -> Dictation:
+    """Probe and validate the audio file; raise an ``AudioError`` subclass if it is unusable."""
+    info = audio_mod.probe(Path(path), settings)
+    return Dictation(id=dictation_id or new_id(), audio=info, meta=meta or DictationMeta())
+
+
+def transcribe_stage(
+    dictation: Dictation, settings: Settings, progress: ProgressCallback | None = None
+) -> Transcript:
+    """Run Whisper on the dictation, with prompt terms chosen for its type and physician."""
+    from pipeline import normalize, transcribe
+
+    options = transcribe.TranscribeOptions.from_settings(settings)
+    if settings.biased_decoding:
+        terms = normalize.prompt_terms(
+            settings,
+            document_type=dictation.meta.document_type,
+            physician_id=dictation.meta.physician_id,
+        )
+        options.initial_prompt = terms.initial_prompt
+        options.hotwords = terms.hotwords
+    return transcribe.transcribe(dictation, settings, options, progress=progress)
+
+
+def normalize_stage(transcript: Transcript, dictation: Dictation, settings: Settings) -> Note:
+    """Turn Whisper's words into what a medical transcriptionist would type."""
+    from pipeline import normalize
+
+    return normalize.normalize(
+        transcript,
+        settings,
+        document_type=dictation.meta.document_type,
+        physician_id=dictation.meta.physician_id,
+    )
+
+
+def structure_stage(note: Note, dictation: Dictation, settings: Settings) -> Document:
+    """Split the note into sections, fill the header and lift out instructions."""
+    from pipeline import sections
+
+    return sections.structure(note, dictation.meta, settings)
+
+
+def render_stage(
+    document: Document,
+    dictation: Dictation,
+    transcript: Transcript,
+    note: Note,
+    settings: Settings,
+    draft_id: str | None = None,
+) -> Draft:
+    """Render the document's outputs (.docx, text, FHIR, HL7, PDF when available)."""
+    from pipeline import render
+
+    draft_id = draft_id or new_id()
+    out_dir = settings.drafts_dir / draft_id
+    outputs = render.render_outputs(document, dictation, draft_id, out_dir, settings)
+    return Draft(
+        id=draft_id,
+        dictation_id=dictation.id,
+        document_type=document.document_type,
+        docx_path=outputs.get("docx"),
+        outputs=outputs,
+        missing=list(document.missing),
+    )
+
+
+def enqueue_stage(
+    dictation: Dictation,
+    transcript: Transcript,
+    note: Note,
+    document: Document,
+    draft: Draft,
+    settings: Settings,
+) -> Draft:
+    """Store the dictation, transcript and draft; the draft enters the review queue."""
+    from pipeline import review
+
+    return review.enqueue(settings, dictation, transcript, note, document, draft)
+
+
+def process_file(
+    path: Path,
+    settings: Settings,
+    meta: DictationMeta | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    store: bool = True,
+) -> ProcessResult:
+    """Run every stage on one file and return what each produced (with per-stage timings)."""
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], object]) -> object:
+        t0 = time.perf_counter()
+        value = fn()
+        timings[name] = time.perf_counter() - t0
+        return value
+
+    dictation = timed("load", lambda: load_dictation(path, settings, meta))
+    assert isinstance(dictation, Dictation)
+    transcript = timed("transcribe", lambda: transcribe_stage(dictation, settings, progress))
+    assert isinstance(transcript, Transcript)
+    note = timed("normalize", lambda: normalize_stage(transcript, dictation, settings))
+    assert isinstance(note, Note)
+    document = timed("structure", lambda: structure_stage(note, dictation, settings))
+    assert isinstance(document, Document)
+    draft = timed("render", lambda: render_stage(document, dictation, transcript, note, settings))
+    assert isinstance(draft, Draft)
+    if store:
+        stored = timed(
+            "enqueue",
+            lambda: enqueue_stage(dictation, transcript, note, document, draft, settings),
+        )
+        assert isinstance(stored, Draft)
+        draft = stored
+    log.info(
+        "processed dictation=%s draft=%s duration_s=%.1f timings=%s",
+        dictation.id,
+        draft.id,
+        dictation.audio.duration_s,
+        {k: round(v, 3) for k, v in timings.items()},
+    )
+    return ProcessResult(dictation, transcript, note, document, draft, timings)
