@@ -5,8 +5,15 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-import pipeline.db.core  # noqa: F401  (register tables)
+import importlib
+import pkgutil
+
+import pipeline.db
 from pipeline.db.base import Base
+
+# Register every table module in pipeline/db/ (core, review, schedule, ...).
+for _mod in pkgutil.iter_modules(pipeline.db.__path__):
+    importlib.import_module(f"pipeline.db.{_mod.name}")
 
 config = context.config
 target_metadata = Base.metadata
