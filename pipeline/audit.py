@@ -109,7 +109,9 @@ def verify(session: Session) -> VerifyResult:
     checked = 0
     for event in session.scalars(select(AuditEvent).order_by(AuditEvent.id)).yield_per(1000):
         if event.prev_hash != prev:
-            return VerifyResult(False, checked, event.id, "an event before it was changed or removed")
+            return VerifyResult(
+                False, checked, event.id, "an event before it was changed or removed"
+            )
         if _digest(prev, event) != event.hash:
             return VerifyResult(False, checked, event.id, "its content does not match its hash")
         prev = event.hash

@@ -64,7 +64,10 @@ class ProcessResult:
 
 
 def load_dictation(
-    path: Path, settings: Settings, meta: DictationMeta | None = None, dictation_id: str | None = None
+    path: Path,
+    settings: Settings,
+    meta: DictationMeta | None = None,
+    dictation_id: str | None = None,
 ) -> Dictation:
     """Probe and validate the audio file; raise an ``AudioError`` subclass if it is unusable."""
     info = audio_mod.probe(Path(path), settings)

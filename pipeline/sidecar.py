@@ -67,7 +67,9 @@ def parse_sidecar(raw: bytes | str, *, name: str = "sidecar") -> DictationMeta:
     """
     if isinstance(raw, bytes):
         if len(raw) > MAX_SIDECAR_BYTES:
-            raise SidecarError(f"Sidecar {name} is {len(raw)} bytes; at most {MAX_SIDECAR_BYTES} are accepted.")
+            raise SidecarError(
+                f"Sidecar {name} is {len(raw)} bytes; at most {MAX_SIDECAR_BYTES} are accepted."
+            )
         try:
             raw = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:

@@ -54,9 +54,7 @@ class DictationRow(Base):
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
-    duplicate_of: Mapped[str | None] = mapped_column(
-        ForeignKey("dictations.id"), nullable=True
-    )
+    duplicate_of: Mapped[str | None] = mapped_column(ForeignKey("dictations.id"), nullable=True)
     flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -81,7 +79,9 @@ class TranscriptRow(Base):
 
 class DraftRow(Base):
     __tablename__ = "drafts"
-    __table_args__ = (Index("ix_drafts_status_priority_created", "status", "priority", "created_at"),)
+    __table_args__ = (
+        Index("ix_drafts_status_priority_created", "status", "priority", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     dictation_id: Mapped[str] = mapped_column(ForeignKey("dictations.id"), unique=True)
