@@ -1,0 +1,1 @@
+"""Workbench page routers (one module per area of the UI)."""

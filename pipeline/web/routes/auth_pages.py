@@ -1,0 +1,167 @@
+"""Log in, log out and the first-run administrator set-up."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+
+from pipeline import audit
+from pipeline.db.review import User
+from pipeline.errors import PipelineError
+from pipeline.store import open_store
+from pipeline.users import authenticate, create_user, user_count
+from pipeline.web.auth import (
+    csrf_protect,
+    end_session,
+    get_settings_dep,
+    is_local_request,
+    optional_user,
+    start_session,
+)
+from pipeline.web.templating import render
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+# Failed log-ins per user name: after _MAX_FAILS within _WINDOW s, refuse for _WINDOW s.
+_MAX_FAILS = 5
+_WINDOW = 300.0
+_fails: dict[str, deque[float]] = defaultdict(deque)
+_fails_lock = threading.Lock()
+
+
+def _throttled(username: str) -> bool:
+    now = time.monotonic()
+    with _fails_lock:
+        q = _fails[username.lower()]
+        while q and now - q[0] > _WINDOW:
+            q.popleft()
+        return len(q) >= _MAX_FAILS
+
+
+def _note_fail(username: str) -> None:
+    with _fails_lock:
+        _fails[username.lower()].append(time.monotonic())
+
+
+def _safe_next(value: str | None) -> str:
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/worklist"
+
+
+@router.get("/")
+def index(request: Request) -> Response:
+    """Home: the worklist, or the set-up page on a fresh install."""
+    with open_store(get_settings_dep(request)).session() as s:
+        if user_count(s) == 0:
+            return RedirectResponse("/setup", status_code=303)
+    return RedirectResponse("/worklist", status_code=303)
+
+
+@router.get("/login")
+def login_page(request: Request, next: str | None = None, idle: int = 0) -> Response:
+    """The log-in form."""
+    with open_store(get_settings_dep(request)).session() as s:
+        if user_count(s) == 0:
+            return RedirectResponse("/setup", status_code=303)
+    message = "You were logged out after a period of inactivity." if idle else ""
+    return render(request, "login.html",
+                  {"next": _safe_next(next), "error": "", "message": message, "title": "Log in"})
+
+
+@router.post("/login", dependencies=[Depends(csrf_protect)])
+def login(
+    request: Request,
+    username: str = Form(...),
+    password: str = Form(...),
+    next: str = Form("/worklist"),
+) -> Response:
+    """Check the password; on success start a session and go to ``next``."""
+    settings = get_settings_dep(request)
+    username = username.strip()
+    with open_store(settings).session() as s:
+        if _throttled(username):
+            audit.record(s, actor=username[:100] or "?", action="login", object_type="session",
+                         outcome="refused", detail={"reason": "too_many_failures"})
+            user = None
+            error = "Too many failed attempts. Wait a few minutes and try again."
+        else:
+            user = authenticate(s, username, password)
+            error = "" if user else "Wrong user name or password."
+            if user:
+                row = s.get(User, user.id)
+                if row is not None:
+                    row.last_login_at = datetime.now(UTC)
+            else:
+                _note_fail(username)
+            audit.record(s, actor=username[:100] or "?", action="login", object_type="session",
+                         outcome="ok" if user else "failed")
+    if user is None:
+        return render(request, "login.html",
+                      {"next": _safe_next(next), "error": error, "message": "",
+                       "title": "Log in"}, status_code=401)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    start_session(request, response, user)
+    return response
+
+
+@router.post("/logout", dependencies=[Depends(csrf_protect)])
+def logout(request: Request) -> Response:
+    """End the session."""
+    user = optional_user(request)
+    response = RedirectResponse("/login", status_code=303)
+    end_session(request, response)
+    if user is not None:
+        with open_store(get_settings_dep(request)).session() as s:
+            audit.record(s, actor=user.username, action="logout", object_type="session")
+    return response
+
+
+@router.get("/setup")
+def setup_page(request: Request) -> Response:
+    """First-run: create the first administrator (only while no user exists, only locally)."""
+    _check_setup_allowed(request)
+    return render(request, "setup.html", {"error": "", "title": "First-run set-up"})
+
+
+def _check_setup_allowed(request: Request) -> None:
+    with open_store(get_settings_dep(request)).session() as s:
+        if user_count(s) > 0:
+            raise HTTPException(status_code=404, detail="Set-up is already done; log in instead.")
+    if not is_local_request(request):
+        raise HTTPException(status_code=403,
+                            detail="The first-run set-up is only open from this machine.")
+
+
+@router.post("/setup", dependencies=[Depends(csrf_protect)])
+def setup(
+    request: Request,
+    username: str = Form(...),
+    password: str = Form(...),
+    password2: str = Form(...),
+) -> Response:
+    """Create the first administrator and log them in."""
+    _check_setup_allowed(request)
+    if password != password2:
+        return render(request, "setup.html", {"error": "The passwords differ.",
+                                              "title": "First-run set-up"}, status_code=400)
+    try:
+        with open_store(get_settings_dep(request)).session() as s:
+            if user_count(s) > 0:
+                raise HTTPException(status_code=404, detail="Set-up is already done.")
+            user = create_user(s, username.strip(), password, "admin")
+            audit.record(s, actor=user.username, action="user_add", object_type="user",
+                         object_id=str(user.id), detail={"role": "admin", "via": "setup"})
+    except PipelineError as exc:
+        return render(request, "setup.html", {"error": str(exc), "title": "First-run set-up"},
+                      status_code=400)
+    response = RedirectResponse("/admin/users", status_code=303)
+    start_session(request, response, user)
+    return response
