@@ -1,0 +1,495 @@
+"""The transcribe stage: audio -> ``Transcript`` with faster-whisper, guarded and deterministic.
+
+What it adds around ``WhisperModel.transcribe``:
+
+- Streaming: the file is decoded in chunks of ``chunk_seconds`` (cut at a pause found by the
+  VAD), so an hour-long file stays in bounded memory; times get the chunk offset added and are
+  clamped to the audio's duration. ``progress(done_s, total_s)`` is called as it goes.
+- Determinism: temperature 0 only (faster-whisper's fallback samples at random) and no
+  conditioning on previous text, so the same audio gives the same text on every run.
+- Guards (each leaves a flag on the transcript):
+  ``no_speech``: nothing was said (silence, noise): the transcript is empty, never invented;
+  known silence hallucinations ("You", "Thank you.", ". . .") are dropped when weak;
+  ``repetition``: n-gram loops are detected and the repeats removed;
+  ``dropped_audio``: a stretch of several seconds that the VAD calls speech got no words;
+  ``truncated``: the file is shorter than its header promises (from ``audio.probe``).
+  Segments that only repeat the prompt terms over audio without speech are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline import audio as audio_mod
+from pipeline import speech_models
+from pipeline.records import (
+    DROPPED_AUDIO,
+    NO_SPEECH,
+    REPETITION,
+    TRUNCATED,
+    Dictation,
+    Segment,
+    Transcript,
+    Word,
+)
+from pipeline.settings import Settings
+
+__all__ = [
+    "TranscribeOptions",
+    "transcribe",
+    "whisper_kwargs",
+    "find_repeats",
+    "remove_repeats",
+    "is_hallucination",
+    "KNOWN_HALLUCINATIONS",
+    "ProgressCallback",
+]
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, float], None]
+SR = audio_mod.SAMPLE_RATE
+
+#: What Whisper says over silence or noise (compared after lower-casing and removing
+#: punctuation). Dropped only when the segment is weak (see ``is_hallucination``).
+KNOWN_HALLUCINATIONS = frozenset(
+    {
+        "you",
+        "thank you",
+        "thanks",
+        "thank you very much",
+        "thanks for watching",
+        "thank you for watching",
+        "thank you so much for watching",
+        "please subscribe",
+        "bye",
+        "subtitles by the amaraorg community",
+        "i",
+        "so",
+        "oh",
+        "uh",
+        "um",
+        "hmm",
+    }
+)
+
+
+@dataclass
+class TranscribeOptions:
+    """Options of the transcribe stage (defaults are the product's defaults)."""
+
+    beam_size: int = 5
+    vad: bool = True
+    language: str | None = "en"  # pinned; None lets a multilingual model detect it
+    word_timestamps: bool = True
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    #: temperature 0 only: no random fallback, same text every run
+    temperature: float = 0.0
+    condition_on_previous_text: bool = False
+    compression_ratio_threshold: float | None = 2.4
+    log_prob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    chunk_seconds: float = 600.0
+    vad_threshold: float = 0.5
+    vad_min_silence_ms: int = 2000  # faster-whisper's default
+    vad_speech_pad_ms: int = 400
+    #: a VAD speech stretch (or a gap inside one) this long with no words -> dropped_audio
+    dropped_audio_seconds: float = 6.0
+    remove_repeats: bool = True
+    #: weak-segment thresholds for the hallucination guard
+    hallucination_max_word_prob: float = 0.6
+    hallucination_min_no_speech_prob: float = 0.3
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TranscribeOptions:
+        """Options from the settings (beam size, VAD, language, chunk length)."""
+        language = settings.language
+        return cls(
+            beam_size=settings.beam_size,
+            vad=settings.vad,
+            language=None if language in ("", "auto") else language,
+            chunk_seconds=settings.chunk_seconds,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly copy (stored with the transcript). Prompts are term lists, not PHI."""
+        return asdict(self)
+
+
+def whisper_kwargs(options: TranscribeOptions, language: str | None) -> dict[str, Any]:
+    """The keyword arguments for ``WhisperModel.transcribe`` these options stand for.
+
+    VAD is applied by this module (so that it knows where speech is), so ``vad_filter`` is
+    not included; the benchmark adds ``vad_filter=True`` for raw faster-whisper.
+    """
+    return {
+        "language": language,
+        "beam_size": options.beam_size,
+        "temperature": [options.temperature],
+        "condition_on_previous_text": options.condition_on_previous_text,
+        "compression_ratio_threshold": options.compression_ratio_threshold,
+        "log_prob_threshold": options.log_prob_threshold,
+        "no_speech_threshold": options.no_speech_threshold,
+        "word_timestamps": options.word_timestamps,
+        "initial_prompt": options.initial_prompt or None,
+        "hotwords": options.hotwords or None,
+    }
+
+
+def vad_options(options: TranscribeOptions) -> Any:
+    """faster-whisper ``VadOptions`` for these options."""
+    from faster_whisper.vad import VadOptions
+
+    return VadOptions(
+        threshold=options.vad_threshold,
+        min_silence_duration_ms=options.vad_min_silence_ms,
+        speech_pad_ms=options.vad_speech_pad_ms,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# text helpers
+
+
+_NON_WORD = re.compile(r"[^\w']+", re.UNICODE)
+
+
+def _norm(text: str) -> str:
+    return _NON_WORD.sub(" ", text.lower()).replace("'", "").strip()
+
+
+def find_repeats(tokens: list[str], max_n: int = 30) -> list[tuple[int, int, int]]:
+    """Find back-to-back loops in a token list: ``(start, n, count)`` per loop.
+
+    A loop is an n-gram repeated consecutively: 1 token 4+ times, 2-3 tokens 3+ times, 4 or
+    more tokens 2+ times (a dictated sentence is rarely said twice back to back; Whisper's
+    loops repeat whole phrases). Tokens are compared as given (normalise them first).
+    """
+    loops: list[tuple[int, int, int]] = []
+    i, total = 0, len(tokens)
+    while i < total:
+        best: tuple[int, int] | None = None
+        for n in range(1, max_n + 1):
+            if i + 2 * n > total:
+                break
+            gram = tokens[i : i + n]
+            if not all(gram):
+                continue
+            count = 1
+            while tokens[i + count * n : i + (count + 1) * n] == gram:
+                count += 1
+            need = 4 if n == 1 else 3 if n <= 3 else 2
+            if count >= need and (best is None or n * count > best[0] * best[1]):
+                best = (n, count)
+        if best:
+            loops.append((i, best[0], best[1]))
+            i += best[0] * best[1]
+        else:
+            i += 1
+    return loops
+
+
+def remove_repeats(segments: list[Segment]) -> tuple[list[Segment], int]:
+    """Remove the repeated copies of each loop (keeping the first); return (segments, removed).
+
+    Works on words when segments have them (times stay right), else on segment texts.
+    """
+    if any(s.words for s in segments):
+        flat = [(si, wi) for si, s in enumerate(segments) for wi in range(len(s.words))]
+        tokens = [_norm(segments[si].words[wi].word) for si, wi in flat]
+        drop: set[tuple[int, int]] = set()
+        for start, n, count in find_repeats(tokens):
+            drop.update(flat[start + n : start + n * count])
+        if not drop:
+            return segments, 0
+        out: list[Segment] = []
+        for si, seg in enumerate(segments):
+            kept = [w for wi, w in enumerate(seg.words) if (si, wi) not in drop]
+            if len(kept) == len(seg.words):
+                out.append(seg)
+            elif kept:
+                seg.words = kept
+                seg.text = "".join(w.word for w in kept).strip()
+                seg.start, seg.end = kept[0].start, kept[-1].end
+                out.append(seg)
+        return out, len(drop)
+    texts = [_norm(s.text) for s in segments]
+    drop_idx: set[int] = set()
+    for start, n, count in find_repeats(texts):
+        drop_idx.update(range(start + n, start + n * count))
+    return [s for i, s in enumerate(segments) if i not in drop_idx], len(drop_idx)
+
+
+def _mean_word_prob(seg: Segment) -> float:
+    if not seg.words:
+        return float(np.exp(seg.avg_logprob)) if seg.avg_logprob else 0.0
+    return float(np.mean([w.probability for w in seg.words]))
+
+
+def is_hallucination(seg: Segment, options: TranscribeOptions, speech_overlap: float) -> bool:
+    """True for Whisper's silence phrases ("You", "Thank you.", ". . .") said weakly.
+
+    Punctuation-only segments are always dropped; a known phrase is dropped when its words
+    are unsure, Whisper itself thought it was not speech, or the VAD heard little speech there.
+    """
+    text = _norm(seg.text)
+    if not text:
+        return True
+    if text not in KNOWN_HALLUCINATIONS:
+        return False
+    return (
+        _mean_word_prob(seg) < options.hallucination_max_word_prob
+        or seg.no_speech_prob >= options.hallucination_min_no_speech_prob
+        or speech_overlap < 0.5
+    )
+
+
+def _prompt_terms(options: TranscribeOptions) -> set[str]:
+    terms: set[str] = set()
+    for source in (options.initial_prompt, options.hotwords):
+        if source:
+            terms.update(t for t in _norm(source).split() if t)
+    return terms
+
+
+def _overlap(start: float, end: float, stretches: list[tuple[float, float]]) -> float:
+    """Fraction of [start, end] covered by the speech stretches."""
+    length = end - start
+    if length <= 0:
+        return 1.0 if any(a <= start <= b for a, b in stretches) else 0.0
+    covered = sum(max(0.0, min(end, b) - max(start, a)) for a, b in stretches)
+    return min(1.0, covered / length)
+
+
+# --------------------------------------------------------------------------------------------
+# chunking
+
+
+def _pieces(
+    blocks: Iterable[np.ndarray], options: TranscribeOptions, vad: Any
+) -> Iterator[tuple[float, np.ndarray, list[dict[str, int]]]]:
+    """Yield (offset_s, audio, speech timestamps) pieces cut at a pause near each block's end.
+
+    A block's trailing speech stretch (speech still going at the block's end) is carried
+    over into the next piece so that no word is cut in half.
+    """
+    from faster_whisper.vad import get_speech_timestamps
+
+    carry = np.zeros(0, dtype=np.float32)
+    offset = 0
+    blocks = iter(blocks)
+    block = next(blocks, None)
+    while block is not None:
+        nxt = next(blocks, None)
+        buf = np.concatenate([carry, block]) if carry.size else block
+        speech = get_speech_timestamps(buf, vad) if options.vad else []
+        cut = buf.size
+        if nxt is not None and speech and speech[-1]["end"] >= buf.size - SR // 2:
+            start = speech[-1]["start"]
+            if start >= buf.size // 2:  # only carry a reasonable tail
+                cut = start
+        kept = [s for s in speech if s["end"] <= cut] if cut < buf.size else speech
+        yield offset / SR, buf[:cut], kept
+        carry = buf[cut:].copy() if cut < buf.size else np.zeros(0, dtype=np.float32)
+        offset += cut
+        block = nxt
+        del buf
+    if carry.size:
+        yield offset / SR, carry, get_speech_timestamps(carry, vad) if options.vad else []
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+
+
+def _to_segment(seg: Any, idx: int, offset: float, duration: float) -> Segment:
+    def clamp(t: float) -> float:
+        return round(min(max(t + offset, 0.0), duration), 3)
+
+    words = [
+        Word(
+            word=w.word,
+            start=clamp(w.start),
+            end=max(clamp(w.end), clamp(w.start)),
+            probability=round(float(w.probability), 4),
+        )
+        for w in (seg.words or [])
+    ]
+    start = clamp(seg.start)
+    return Segment(
+        id=idx,
+        start=start,
+        end=max(clamp(seg.end), start),
+        text=seg.text.strip(),
+        words=words,
+        avg_logprob=float(seg.avg_logprob),
+        no_speech_prob=float(seg.no_speech_prob),
+        compression_ratio=float(seg.compression_ratio),
+        temperature=float(seg.temperature or 0.0),
+    )
+
+
+def _dropped_stretches(
+    stretches: list[tuple[float, float]], words: list[Word], min_gap: float
+) -> int:
+    """How many speech stretches hold a run of ``min_gap`` seconds or more without words."""
+    count = 0
+    for a, b in stretches:
+        if b - a < min_gap:
+            continue
+        inside = sorted((w.start, w.end) for w in words if w.end > a and w.start < b)
+        cursor = a
+        gap = 0.0
+        for ws, we in inside:
+            gap = max(gap, ws - cursor)
+            cursor = max(cursor, we)
+        gap = max(gap, b - cursor)
+        if gap >= min_gap:
+            count += 1
+    return count
+
+
+def transcribe(
+    dictation: Dictation,
+    settings: Settings,
+    options: TranscribeOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> Transcript:
+    """Transcribe the dictation's audio and return a guarded, flagged ``Transcript``."""
+    from faster_whisper.transcribe import restore_speech_timestamps
+    from faster_whisper.vad import collect_chunks
+
+    options = options or TranscribeOptions.from_settings(settings)
+    resolved = speech_models.resolve(settings.model, settings)
+    model = speech_models.load(settings)
+    language = options.language if model.model.is_multilingual else "en"
+    kwargs = whisper_kwargs(options, language)
+    vad = vad_options(options)
+    duration = float(dictation.audio.duration_s)
+    t0 = time.perf_counter()
+
+    segments: list[Segment] = []
+    stretches: list[tuple[float, float]] = []
+    processed = 0.0
+    for offset, piece, speech in _pieces(
+        audio_mod.iter_audio(dictation.audio.path, options.chunk_seconds), options, vad
+    ):
+        piece_s = piece.size / SR
+        stretches.extend(
+            (min(offset + s["start"] / SR, duration), min(offset + s["end"] / SR, duration))
+            for s in speech
+        )
+        if options.vad and not speech:
+            processed = offset + piece_s
+            if progress:
+                progress(min(processed, duration), duration)
+            continue
+        if options.vad:
+            chunks, _ = collect_chunks(piece, speech)
+            audio_in = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+            raw, _info = model.transcribe(audio_in, vad_filter=False, **kwargs)
+            raw = restore_speech_timestamps(raw, speech, SR)
+        else:
+            raw, _info = model.transcribe(piece, vad_filter=False, **kwargs)
+        for seg in raw:  # consume the lazy generator here
+            segments.append(_to_segment(seg, len(segments), offset, duration))
+            if progress:
+                progress(min(segments[-1].end, duration), duration)
+        processed = offset + piece_s
+        if progress:
+            progress(min(processed, duration), duration)
+        del piece
+    elapsed = time.perf_counter() - t0
+
+    if not options.vad:
+        # Guards below need to know where speech is, even when decoding ran without VAD.
+        from faster_whisper.vad import get_speech_timestamps
+
+        stretches = []
+        for offset, block in _offsets(audio_mod.iter_audio(dictation.audio.path,
+                                                           options.chunk_seconds)):
+            stretches.extend(
+                (offset + s["start"] / SR, offset + s["end"] / SR)
+                for s in get_speech_timestamps(block, vad)
+            )
+
+    flags: list[str] = []
+    diagnostics: dict[str, Any] = {"vad_speech_s": round(sum(b - a for a, b in stretches), 2)}
+
+    # Guard: silence hallucinations and prompt leakage.
+    prompt_terms = _prompt_terms(options)
+    kept: list[Segment] = []
+    dropped_hallucinations = dropped_prompt = 0
+    for seg in segments:
+        overlap = _overlap(seg.start, seg.end, stretches)
+        if is_hallucination(seg, options, overlap):
+            dropped_hallucinations += 1
+            continue
+        words = _norm(seg.text).split()
+        if prompt_terms and words and all(w in prompt_terms for w in words) and overlap < 0.5:
+            dropped_prompt += 1
+            continue
+        kept.append(seg)
+    segments = kept
+
+    # Guard: repetition loops.
+    removed = 0
+    if options.remove_repeats:
+        segments, removed = remove_repeats(segments)
+    else:
+        flat = [_norm(w.word) for s in segments for w in s.words] or [
+            _norm(s.text) for s in segments
+        ]
+        removed = sum((n * (c - 1)) for _, n, c in find_repeats(flat))
+    if removed:
+        flags.append(REPETITION)
+
+    for i, seg in enumerate(segments):
+        seg.id = i
+    if not any(s.text.strip() for s in segments):
+        segments = []
+        flags.append(NO_SPEECH)
+    words = [w for s in segments for w in s.words]
+    dropped = _dropped_stretches(stretches, words, options.dropped_audio_seconds)
+    if dropped and options.word_timestamps:
+        flags.append(DROPPED_AUDIO)
+    if dictation.audio.truncated:
+        flags.append(TRUNCATED)
+
+    diagnostics.update(
+        dropped_hallucinations=dropped_hallucinations,
+        dropped_prompt_segments=dropped_prompt,
+        removed_repeat_words=removed,
+        dropped_stretches=dropped,
+    )
+    log.info(
+        "transcribed dictation=%s model=%s audio_s=%.1f wall_s=%.2f segments=%d flags=%s",
+        dictation.id, resolved.name, duration, elapsed, len(segments), flags,
+    )
+    opts = options.to_dict()
+    opts["diagnostics"] = diagnostics
+    return Transcript(
+        dictation_id=dictation.id,
+        model=resolved.name,
+        language=language or "auto",
+        duration_s=duration,
+        segments=segments,
+        flags=flags,
+        transcribe_s=round(elapsed, 3),
+        options=opts,
+    )
+
+
+def _offsets(blocks: Iterable[np.ndarray]) -> Iterator[tuple[float, np.ndarray]]:
+    offset = 0
+    for block in blocks:
+        yield offset / SR, block
+        offset += block.size
