@@ -1,0 +1,119 @@
+"""Find the next free slots across one or several physicians (and resources).
+
+A slot is free when it lies inside the physician's working hours (weekly template plus
+exceptions) and clear of appointments, time off, on-call duty and meetings, and, when
+resources are asked for, when at least one of them is clear too. The search walks forward
+in chunks (two weeks by default) with one query per chunk, so a year of bookings costs a
+few milliseconds per chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline.db.schedule import Resource
+from pipeline.errors import ConflictError
+from pipeline.schedule.calendars import ScheduleOptions, availability, busy_items
+from pipeline.schedule.timeutil import Interval, ceil_to_grid, subtract, to_utc
+
+__all__ = ["Slot", "find_free_slots", "next_free_slot"]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A bookable time: physician, optional resource, UTC start and end."""
+
+    physician_id: str
+    start: datetime
+    end: datetime
+    resource_id: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"physician_id": self.physician_id, "resource_id": self.resource_id,
+                "start": self.start.isoformat(), "end": self.end.isoformat()}
+
+
+def _starts(free: list[Interval], length: timedelta, not_before: datetime):
+    for s, e in free:
+        t = ceil_to_grid(max(s, not_before))
+        while t + length <= e:
+            yield t
+            t += length
+
+
+def find_free_slots(
+    session: Session,
+    *,
+    physician_ids: list[str],
+    duration_min: int,
+    after: datetime,
+    limit: int = 5,
+    resource_ids: list[int] | None = None,
+    resource_kind: str | None = None,
+    before: datetime | None = None,
+    options: ScheduleOptions | None = None,
+) -> list[Slot]:
+    """The earliest ``limit`` free slots of ``duration_min`` starting at or after ``after``.
+
+    Slots from all given physicians are merged in time order (ties: physician order). With
+    ``resource_ids`` (or ``resource_kind``: every active resource of that kind) each slot
+    also names a free resource. The search stops at ``before`` or the options' horizon.
+    """
+    options = options or ScheduleOptions()
+    if not physician_ids:
+        raise ConflictError("a free-slot search arrived without physicians; expected at least one")
+    if duration_min <= 0:
+        raise ConflictError(f"a duration of {duration_min} minutes arrived; expected > 0")
+    if resource_kind and not resource_ids:
+        resource_ids = list(session.scalars(
+            select(Resource.id).where(Resource.kind == resource_kind, Resource.active)))
+        if not resource_ids:
+            raise ConflictError(f"no active resource of kind {resource_kind!r} exists")
+    after = ceil_to_grid(to_utc(after))
+    horizon = to_utc(before) if before else after + timedelta(days=options.search_horizon_days)
+    length = timedelta(minutes=duration_min)
+    chunk = timedelta(days=options.search_chunk_days)
+    found: list[Slot] = []
+    lo = after
+    while lo < horizon and len(found) < limit:
+        hi = min(lo + chunk, horizon)
+        # one query for every physician and resource in this chunk
+        items = busy_items(session, lo, hi + length, physician_ids=physician_ids,
+                           resource_ids=resource_ids)
+        res_free: dict[int, list[Interval]] = {}
+        for rid in resource_ids or []:
+            res_free[rid] = subtract([(lo, hi + length)],
+                                     [(i.start, i.end) for i in items if i.resource_id == rid])
+        chunk_found: list[Slot] = []
+        for pid in physician_ids:
+            windows = availability(session, pid, lo, hi + length, options)
+            busy = [(i.start, i.end) for i in items if i.physician_id == pid]
+            free = subtract(windows, busy)
+            per_physician = 0
+            for t in _starts(free, length, lo):
+                if t >= hi:
+                    break
+                rid = None
+                if resource_ids:
+                    rid = next((r for r in resource_ids
+                                if not subtract([(t, t + length)], res_free[r])), None)
+                    if rid is None:
+                        continue
+                chunk_found.append(Slot(pid, t, t + length, rid))
+                per_physician += 1
+                if per_physician >= limit:
+                    break
+        chunk_found.sort(key=lambda s: (s.start, physician_ids.index(s.physician_id)))
+        found.extend(chunk_found[: limit - len(found)])
+        lo = hi
+    return found
+
+
+def next_free_slot(session: Session, **kwargs: object) -> Slot | None:
+    """The single earliest free slot (see ``find_free_slots``), or None within the horizon."""
+    slots = find_free_slots(session, limit=1, **kwargs)  # type: ignore[arg-type]
+    return slots[0] if slots else None
