@@ -10,6 +10,7 @@ few milliseconds per chunk.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from pipeline.db.schedule import Resource
 from pipeline.errors import ConflictError
 from pipeline.schedule.calendars import ScheduleOptions, availability, busy_items
-from pipeline.schedule.timeutil import Interval, ceil_to_grid, subtract, to_utc
+from pipeline.schedule.timeutil import GRID_MINUTES, Interval, ceil_to_grid, subtract, to_utc
 
 __all__ = ["Slot", "find_free_slots", "next_free_slot"]
 
@@ -37,12 +38,19 @@ class Slot:
                 "start": self.start.isoformat(), "end": self.end.isoformat()}
 
 
-def _starts(free: list[Interval], length: timedelta, not_before: datetime):
+def _starts(free: list[Interval], length: timedelta, not_before: datetime,
+            fits: Callable[[datetime], bool]) -> Iterator[datetime]:
+    """Candidate starts on the grid; after a fit the next candidate starts at its end, so
+    proposals for one physician never overlap."""
+    step = timedelta(minutes=GRID_MINUTES)
     for s, e in free:
         t = ceil_to_grid(max(s, not_before))
         while t + length <= e:
-            yield t
-            t += length
+            if fits(t):
+                yield t
+                t += length
+            else:
+                t += step
 
 
 def find_free_slots(
@@ -93,17 +101,22 @@ def find_free_slots(
             windows = availability(session, pid, lo, hi + length, options)
             busy = [(i.start, i.end) for i in items if i.physician_id == pid]
             free = subtract(windows, busy)
+            chosen: dict[datetime, int | None] = {}
+
+            def fits(t: datetime, chosen: dict[datetime, int | None] = chosen) -> bool:
+                if not resource_ids:
+                    chosen[t] = None
+                    return True
+                rid = next((r for r in resource_ids
+                            if not subtract([(t, t + length)], res_free[r])), None)
+                chosen[t] = rid
+                return rid is not None
+
             per_physician = 0
-            for t in _starts(free, length, lo):
+            for t in _starts(free, length, lo, fits):
                 if t >= hi:
                     break
-                rid = None
-                if resource_ids:
-                    rid = next((r for r in resource_ids
-                                if not subtract([(t, t + length)], res_free[r])), None)
-                    if rid is None:
-                        continue
-                chunk_found.append(Slot(pid, t, t + length, rid))
+                chunk_found.append(Slot(pid, t, t + length, chosen[t]))
                 per_physician += 1
                 if per_physician >= limit:
                     break
