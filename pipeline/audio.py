@@ -172,7 +172,7 @@ def _open(path: Path) -> av.container.InputContainer:
 
 
 def _fmt_duration(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
@@ -274,10 +274,11 @@ def probe(path: Path | str, settings: Settings) -> AudioInfo:
             f"{path.name} lasts {_fmt_duration(duration)}; at most "
             f"{_fmt_duration(settings.max_audio_seconds)} is accepted (max_audio_seconds)."
         )
-    truncated = bool(wav is not None and wav.truncated)
-    if truncated:
-        log.info("truncated WAV: header promises %d bytes, file holds %d", wav.declared,
-                    wav.available)  # type: ignore[union-attr]
+    truncated = False
+    if wav is not None and wav.truncated:
+        truncated = True
+        log.info("truncated WAV: header promises %s bytes, file holds %d", wav.declared,
+                 wav.available)
     return AudioInfo(
         path=path,
         sha256=sha256_file(path),

@@ -126,7 +126,9 @@ def load_registry(path: Path) -> dict[str, ModelSpec]:
                 sha256=str(entry["sha256"]).lower() if "sha256" in entry else None,
             )
         except (KeyError, TypeError) as exc:
-            raise ConfigError(f"Model registry {path}: entry '{name}' is incomplete ({exc}).") from exc
+            raise ConfigError(
+                f"Model registry {path}: entry '{name}' is incomplete ({exc})."
+            ) from exc
         if parts and not specs[name].sha256:
             raise ConfigError(f"Model registry {path}: split model '{name}' needs a sha256.")
     return specs
@@ -146,7 +148,8 @@ def _check_folder(path: Path, what: str) -> None:
     missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
     if missing:
         raise ModelNotFoundError(
-            f"{what} {path} is not a CTranslate2 Whisper model folder: missing {', '.join(missing)}."
+            f"{what} {path} is not a CTranslate2 Whisper model folder: "
+            f"missing {', '.join(missing)}."
         )
 
 
@@ -224,7 +227,8 @@ def _join_parts(spec: ModelSpec, base_dir: Path, parts: list[Path], target: Path
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-        log.info("joined model %s (%d parts, %d bytes) into %s", spec.name, len(parts), size, target)
+        log.info("joined model %s (%d parts, %d bytes) into %s",
+                 spec.name, len(parts), size, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -290,7 +294,10 @@ def model_files(name_or_path: str, settings: Settings) -> Path:
 
 
 def choose_device(settings: Settings) -> tuple[str, str]:
-    """(device, compute_type): ``auto`` is CUDA + float16 when CTranslate2 sees a GPU, else CPU int8."""
+    """Return (device, compute_type).
+
+    ``auto`` is CUDA + float16 when CTranslate2 sees a GPU, else CPU + int8.
+    """
     import ctranslate2
 
     gpus = ctranslate2.get_cuda_device_count()

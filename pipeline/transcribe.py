@@ -48,6 +48,8 @@ __all__ = [
     "find_repeats",
     "remove_repeats",
     "is_hallucination",
+    "guard_segments",
+    "dropped_stretches",
     "KNOWN_HALLUCINATIONS",
     "ProgressCallback",
 ]
@@ -269,6 +271,30 @@ def _overlap(start: float, end: float, stretches: list[tuple[float, float]]) -> 
     return min(1.0, covered / length)
 
 
+def guard_segments(
+    segments: list[Segment], stretches: list[tuple[float, float]], options: TranscribeOptions
+) -> tuple[list[Segment], int, int]:
+    """Drop silence hallucinations and prompt leakage; return (kept, hallucinations, leaks).
+
+    A leak is a segment whose words are all prompt/hotword terms, over audio where the VAD
+    heard (almost) no speech: Whisper repeating its prompt instead of transcribing.
+    """
+    prompt_terms = _prompt_terms(options)
+    kept: list[Segment] = []
+    hallucinations = leaks = 0
+    for seg in segments:
+        overlap = _overlap(seg.start, seg.end, stretches)
+        if is_hallucination(seg, options, overlap):
+            hallucinations += 1
+            continue
+        words = _norm(seg.text).split()
+        if prompt_terms and words and all(w in prompt_terms for w in words) and overlap < 0.5:
+            leaks += 1
+            continue
+        kept.append(seg)
+    return kept, hallucinations, leaks
+
+
 # --------------------------------------------------------------------------------------------
 # chunking
 
@@ -337,7 +363,7 @@ def _to_segment(seg: Any, idx: int, offset: float, duration: float) -> Segment:
     )
 
 
-def _dropped_stretches(
+def dropped_stretches(
     stretches: list[tuple[float, float]], words: list[Word], min_gap: float
 ) -> int:
     """How many speech stretches hold a run of ``min_gap`` seconds or more without words."""
@@ -424,21 +450,9 @@ def transcribe(
     flags: list[str] = []
     diagnostics: dict[str, Any] = {"vad_speech_s": round(sum(b - a for a, b in stretches), 2)}
 
-    # Guard: silence hallucinations and prompt leakage.
-    prompt_terms = _prompt_terms(options)
-    kept: list[Segment] = []
-    dropped_hallucinations = dropped_prompt = 0
-    for seg in segments:
-        overlap = _overlap(seg.start, seg.end, stretches)
-        if is_hallucination(seg, options, overlap):
-            dropped_hallucinations += 1
-            continue
-        words = _norm(seg.text).split()
-        if prompt_terms and words and all(w in prompt_terms for w in words) and overlap < 0.5:
-            dropped_prompt += 1
-            continue
-        kept.append(seg)
-    segments = kept
+    segments, dropped_hallucinations, dropped_prompt = guard_segments(
+        segments, stretches, options
+    )
 
     # Guard: repetition loops.
     removed = 0
@@ -458,7 +472,7 @@ def transcribe(
         segments = []
         flags.append(NO_SPEECH)
     words = [w for s in segments for w in s.words]
-    dropped = _dropped_stretches(stretches, words, options.dropped_audio_seconds)
+    dropped = dropped_stretches(stretches, words, options.dropped_audio_seconds)
     if dropped and options.word_timestamps:
         flags.append(DROPPED_AUDIO)
     if dictation.audio.truncated:
