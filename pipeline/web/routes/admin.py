@@ -1,4 +1,117 @@
-"""(being written)"""
-from fastapi import APIRouter
+"""Administrator pages: search the audit log, list and add users."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import func, select
+
+from pipeline import audit
+from pipeline.db.core import AuditEvent, Physician
+from pipeline.db.review import User, UserPhysician
+from pipeline.errors import PipelineError
+from pipeline.store import open_store
+from pipeline.users import ROLES, UserInfo, create_user
+from pipeline.web.auth import csrf_protect, get_settings_dep, require_roles
+from pipeline.web.templating import render
+
+__all__ = ["router", "search_audit"]
 
 router = APIRouter()
+_admin = require_roles("admin")
+PER_PAGE = 100
+
+
+def _day(value: str) -> date | None:
+    try:
+        return date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def search_audit(session, *, user: str = "", action: str = "", patient: str = "",
+                 draft: str = "", since: str = "", until: str = "", page: int = 1,
+                 per_page: int = PER_PAGE) -> tuple[list[AuditEvent], int]:  # type: ignore[no-untyped-def]
+    """Audit events matching the filters (newest first) and their total count."""
+    conds = []
+    if user:
+        conds.append(AuditEvent.actor == user)
+    if action:
+        conds.append(AuditEvent.action == action)
+    if patient:
+        conds.append(AuditEvent.patient_ref == patient)
+    if draft:
+        conds.append(AuditEvent.object_id == draft)
+    start, end = _day(since), _day(until)
+    if start:
+        conds.append(AuditEvent.ts >= datetime.combine(start, time.min, UTC))
+    if end:
+        conds.append(AuditEvent.ts < datetime.combine(end + timedelta(days=1), time.min, UTC))
+    rows = list(session.scalars(
+        select(AuditEvent).where(*conds).order_by(AuditEvent.id.desc())
+        .limit(per_page).offset((max(page, 1) - 1) * per_page)
+    ))
+    total = session.scalar(select(func.count()).select_from(AuditEvent).where(*conds))
+    return rows, int(total or 0)
+
+
+@router.get("/admin/audit")
+def audit_page(request: Request, user: UserInfo = Depends(_admin), actor: str = "",
+               action: str = "", patient: str = "", draft: str = "", since: str = "",
+               until: str = "", page: int = 1) -> Response:
+    """Search the audit log by user, action, patient reference, draft and date."""
+    with open_store(get_settings_dep(request)).session() as s:
+        rows, total = search_audit(s, user=actor, action=action, patient=patient, draft=draft,
+                                   since=since, until=until, page=page)
+        actions = sorted(s.scalars(select(AuditEvent.action).distinct()))
+        audit.record(s, actor=user.username, action="audit_search", object_type="audit",
+                     patient_ref=patient or None, detail={"results": total})
+    return render(request, "admin_audit.html", {
+        "title": "Audit log", "rows": rows, "total": total, "page": page,
+        "pages": max(1, (total + PER_PAGE - 1) // PER_PAGE), "actions": actions,
+        "f": {"actor": actor, "action": action, "patient": patient, "draft": draft,
+              "since": since, "until": until},
+    })
+
+
+def _users_ctx(session) -> dict:  # type: ignore[no-untyped-def]
+    users = list(session.scalars(select(User).order_by(User.username)))
+    assigned: dict[int, list[str]] = {}
+    for uid, pid in session.execute(select(UserPhysician.user_id, UserPhysician.physician_id)):
+        assigned.setdefault(uid, []).append(pid)
+    return {"users": users, "assigned": assigned, "roles": ROLES,
+            "physicians": list(session.scalars(select(Physician.id).order_by(Physician.id)))}
+
+
+@router.get("/admin/users")
+def users_page(request: Request, user: UserInfo = Depends(_admin)) -> Response:
+    """The list of users and a form to add one."""
+    with open_store(get_settings_dep(request)).session() as s:
+        ctx = _users_ctx(s)
+    ctx.update({"title": "Users", "error": "", "added": request.query_params.get("added", "")})
+    return render(request, "admin_users.html", ctx)
+
+
+@router.post("/admin/users", dependencies=[Depends(csrf_protect)])
+async def add_user(request: Request, user: UserInfo = Depends(_admin)) -> Response:
+    """Add a user (role, password, physician assignments)."""
+    form = await request.form()
+    username = str(form.get("username", "")).strip()
+    role = str(form.get("role", ""))
+    password = str(form.get("password", ""))
+    physicians = [str(p) for p in form.getlist("physician")]
+    settings = get_settings_dep(request)
+    try:
+        with open_store(settings).session() as s:
+            new = create_user(s, username, password, role, physicians)
+            audit.record(s, actor=user.username, action="user_add", object_type="user",
+                         object_id=str(new.id), detail={"role": role,
+                                                        "physicians": len(physicians)})
+    except PipelineError as exc:
+        with open_store(settings).session() as s:
+            ctx = _users_ctx(s)
+        ctx.update({"title": "Users", "error": str(exc), "added": ""})
+        return render(request, "admin_users.html", ctx, status_code=400)
+    return RedirectResponse(f"/admin/users?added={username}", status_code=303)

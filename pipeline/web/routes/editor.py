@@ -1,4 +1,179 @@
-"""(being written)"""
-from fastapi import APIRouter
+"""The editor: draft text beside the audio, saving versions, diff, send for signature."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from sqlalchemy import select
+
+from pipeline import audit
+from pipeline.db.core import DictationRow, DraftRow, TranscriptRow
+from pipeline.db.review import DraftVersion, Signature
+from pipeline.errors import NotFoundError
+from pipeline.signing import signed_text_with_addenda
+from pipeline.store import open_store
+from pipeline.users import UserInfo
+from pipeline.web import drafts as wf
+from pipeline.web.auth import csrf_protect, current_user, get_settings_dep
+from pipeline.web.templating import STATUS_LABELS, render
+from pipeline.web.wordmap import LOW_CONFIDENCE, map_words, word_diff
+
+__all__ = ["router", "editor_context"]
 
 router = APIRouter()
+
+
+def _issues(draft: DraftRow) -> dict[str, Any]:
+    document = draft.document or {}
+    header = document.get("header") or {}
+    mismatches = []
+    for key, field in header.items():
+        if isinstance(field, dict) and field.get("conflict"):
+            mismatches.append({"field": key.replace("_", " "), "value": field.get("value"),
+                               "source": field.get("source"), "dictated": field.get("conflict")})
+    return {
+        "missing": [m.replace("_", " ") for m in document.get("missing") or []],
+        "mismatches": mismatches,
+        "instructions": document.get("instructions") or [],
+        "flags": list(draft.flags or []),
+    }
+
+
+def editor_context(session: Any, user: UserInfo, draft: DraftRow, *, claim: bool) -> dict[str, Any]:
+    """Everything the editor page shows for ``draft`` (claims it when ``claim``)."""
+    editable = wf.may_edit(user, draft)
+    state = wf.claim(session, user, draft) if (claim and editable) else \
+        wf.claim_state(session, user, draft.id)
+    versions = session.execute(
+        select(DraftVersion.version, DraftVersion.author, DraftVersion.created_at)
+        .where(DraftVersion.draft_id == draft.id).order_by(DraftVersion.version)
+    ).all()
+    base_text = session.scalar(
+        select(DraftVersion.text).where(DraftVersion.draft_id == draft.id,
+                                        DraftVersion.version == 1)
+    )
+    segments = session.scalar(
+        select(TranscriptRow.segments).where(TranscriptRow.dictation_id == draft.dictation_id)
+        .order_by(TranscriptRow.id.desc()).limit(1)
+    ) or []
+    dictation = session.get(DictationRow, draft.dictation_id)
+    tokens = map_words(draft.text, base_text if base_text is not None else draft.text,
+                       segments, list(draft.corrections or []))
+    signatures = session.execute(
+        select(Signature.username, Signature.signed_at, Signature.version,
+               Signature.text_sha256).where(Signature.draft_id == draft.id,
+                                            Signature.addendum_id.is_(None))
+    ).all()
+    return {
+        "draft": draft,
+        "status_label": STATUS_LABELS.get(draft.status, draft.status),
+        "tokens": tokens,
+        "flagged": sum(1 for t in tokens if t.is_word and t.flagged),
+        "low_threshold": LOW_CONFIDENCE,
+        "versions": versions,
+        "current_version": versions[-1].version if versions else 1,
+        "claim": state,
+        "can_edit": editable and state.mine,
+        "claimed_by_other": bool(state.holder and not state.mine),
+        "can_submit": user.role in ("secretary", "admin") and
+                      draft.status in ("queued_for_review", "in_review") and state.mine,
+        "can_sign": user.role == "physician" and draft.status == "awaiting_signature" and
+                    draft.physician_id in user.physician_ids,
+        "can_addend": user.role == "physician" and draft.status in ("signed", "delivered") and
+                      draft.physician_id in user.physician_ids,
+        "signatures": signatures,
+        "addenda": signed_text_with_addenda(session, draft),
+        "has_audio": bool(dictation and dictation.audio_path and
+                          Path(dictation.audio_path).is_file()),
+        "duration_s": dictation.duration_s if dictation else None,
+        "issues": _issues(draft),
+    }
+
+
+@router.get("/drafts/{draft_id}")
+def editor(request: Request, draft_id: str, user: UserInfo = Depends(current_user),
+           saved: int = 0, signed: str = "", addendum: int = 0) -> Response:
+    """The editor page for one draft (claims it for editing when the role may edit)."""
+    settings = get_settings_dep(request)
+    with open_store(settings).session() as s:
+        draft = wf.load_draft(s, user, draft_id)
+        audit.record(s, actor=user.username, action="view", object_type="draft",
+                     object_id=draft.id, patient_ref=draft.mrn)
+        ctx = editor_context(s, user, draft, claim=True)
+    ctx.update({"title": f"Draft {draft_id[:8]}", "saved": saved, "signed": signed,
+                "addendum_added": addendum})
+    return render(request, "editor.html", ctx)
+
+
+@router.post("/drafts/{draft_id}/save", dependencies=[Depends(csrf_protect)])
+def save(
+    request: Request,
+    draft_id: str,
+    user: UserInfo = Depends(current_user),
+    text: str = Form(...),
+    base_version: int | None = Form(None),
+    action: str = Form("save"),
+) -> Response:
+    """Save the text as a new version; with ``action=submit`` also send it for signature."""
+    settings = get_settings_dep(request)
+    with open_store(settings).session() as s:
+        draft = wf.load_draft(s, user, draft_id, action="edit")
+        version = wf.save_text(s, user, draft, text, base_version)
+        if action == "submit":
+            wf.send_for_signature(s, user, draft)
+    if action == "submit":
+        return RedirectResponse(f"/worklist?sent={draft_id}", status_code=303)
+    return RedirectResponse(f"/drafts/{draft_id}?saved={version}", status_code=303)
+
+
+@router.post("/drafts/{draft_id}/release", dependencies=[Depends(csrf_protect)])
+def release(request: Request, draft_id: str, user: UserInfo = Depends(current_user)) -> Response:
+    """Give up the edit lock and go back to the worklist."""
+    with open_store(get_settings_dep(request)).session() as s:
+        draft = wf.load_draft(s, user, draft_id)
+        wf.release(s, user, draft)
+    return RedirectResponse("/worklist", status_code=303)
+
+
+@router.get("/drafts/{draft_id}/audio")
+def audio(request: Request, draft_id: str, user: UserInfo = Depends(current_user)) -> Response:
+    """The dictation's audio (HTTP Range requests supported); access-checked and audited."""
+    settings = get_settings_dep(request)
+    with open_store(settings).session() as s:
+        draft = wf.load_draft(s, user, draft_id, action="audio_play")
+        dictation = s.get(DictationRow, draft.dictation_id)
+        path = Path(dictation.audio_path) if dictation and dictation.audio_path else None
+        if path is None or not path.is_file():
+            raise NotFoundError("The audio of this dictation is no longer on disk.")
+        rng = request.headers.get("range", "")
+        if not rng or rng.replace(" ", "").startswith("bytes=0-"):
+            audit.record(s, actor=user.username, action="audio_play", object_type="draft",
+                         object_id=draft.id, patient_ref=draft.mrn)
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media, headers={"Cache-Control": "private, no-store"})
+
+
+@router.get("/drafts/{draft_id}/diff")
+def diff(request: Request, draft_id: str, a: int = 1, b: int = 0,
+         user: UserInfo = Depends(current_user)) -> Response:
+    """Word diff between two saved versions (default: first and newest)."""
+    with open_store(get_settings_dep(request)).session() as s:
+        draft = wf.load_draft(s, user, draft_id)
+        texts = dict(s.execute(select(DraftVersion.version, DraftVersion.text)
+                               .where(DraftVersion.draft_id == draft.id)).all())
+        if not texts:
+            texts = {1: draft.text}
+        newest = max(texts)
+        b = b or newest
+        if a not in texts or b not in texts:
+            raise NotFoundError(f"Version {a if a not in texts else b} does not exist; "
+                                f"expected 1 to {newest}.")
+        audit.record(s, actor=user.username, action="view_diff", object_type="draft",
+                     object_id=draft.id, patient_ref=draft.mrn, detail={"a": a, "b": b})
+        ctx = {"title": f"Changes in draft {draft_id[:8]}", "draft": draft, "a": a, "b": b,
+               "versions": sorted(texts), "chunks": word_diff(texts[a], texts[b])}
+    return render(request, "diff.html", ctx)

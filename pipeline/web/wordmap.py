@@ -1,0 +1,166 @@
+"""Map the draft text onto the audio: every word of the text gets a time and marks.
+
+The draft text is the normalised note (numbers, drug names, commands applied), then
+edited by people, so its words are not Whisper's words. We align them in two steps with
+``difflib``: Whisper's words -> the pipeline's text (version 1; its ``Correction`` offsets
+say which words our processing changed and what Whisper heard), then version 1 -> the
+current text. Words that match inherit time and probability; the rest take the time of the
+nearest matched word before them, so a click still lands close to the spot.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from typing import Any
+
+__all__ = ["Token", "tokenize", "map_words", "LOW_CONFIDENCE", "word_diff"]
+
+#: Whisper word probability below which a word is marked for the reviewer.
+LOW_CONFIDENCE = 0.5
+
+_TOKEN = re.compile(r"\S+|\s+")
+_NORM = re.compile(r"[^\w]+")
+
+
+@dataclass
+class Token:
+    """A run of text in the editor: a word (with audio time and marks) or whitespace."""
+
+    text: str
+    is_word: bool
+    start: float | None = None
+    end: float | None = None
+    probability: float | None = None
+    heard: str | None = None  # what Whisper heard, when our processing changed the word
+    kind: str | None = None  # correction kind
+    edited: bool = False  # not in the pipeline's text: a person wrote it
+
+    @property
+    def low(self) -> bool:
+        return self.probability is not None and self.probability < LOW_CONFIDENCE
+
+    @property
+    def flagged(self) -> bool:
+        return self.low or self.heard is not None
+
+
+def tokenize(text: str) -> list[Token]:
+    """Split ``text`` into word and whitespace tokens (joining them gives ``text`` back)."""
+    return [Token(m.group(0), not m.group(0).isspace()) for m in _TOKEN.finditer(text)]
+
+
+def _norm(word: str) -> str:
+    return _NORM.sub("", word).lower()
+
+
+def _matcher(a: list[str], b: list[str]) -> SequenceMatcher[str]:
+    return SequenceMatcher(None, a, b, autojunk=False)
+
+
+def map_words(
+    text: str,
+    base_text: str,
+    segments: list[dict[str, Any]],
+    corrections: list[dict[str, Any]],
+) -> list[Token]:
+    """Tokens of ``text`` with times, probabilities and correction marks.
+
+    ``base_text`` is the pipeline's text (which the correction offsets refer to);
+    ``segments`` are the transcript's segments with ``words`` (word, start, end, probability).
+    """
+    heard_words = [w for seg in segments for w in (seg.get("words") or [])]
+    base = tokenize(base_text)
+    # Marks from the pipeline's corrections (character offsets in base_text).
+    offset = 0
+    spans = sorted(
+        (int(c.get("start", 0)), int(c.get("end", 0)), c) for c in corrections if c is not None
+    )
+    for tok in base:
+        tok_start, tok_end = offset, offset + len(tok.text)
+        offset = tok_end
+        if not tok.is_word:
+            continue
+        for c_start, c_end, corr in spans:
+            if c_start < tok_end and tok_start < c_end:
+                tok.heard = str(corr.get("original", ""))
+                tok.kind = str(corr.get("kind", "term"))
+                if corr.get("source_start_s") is not None:
+                    tok.start = float(corr["source_start_s"])
+                    tok.end = float(corr.get("source_end_s") or corr["source_start_s"])
+                break
+            if c_start >= tok_end:
+                break
+    # Whisper's words -> base words.
+    base_words = [t for t in base if t.is_word]
+    sm = _matcher([_norm(str(w.get("word", ""))) for w in heard_words],
+                  [_norm(t.text) for t in base_words])
+    for block in sm.get_matching_blocks():
+        for k in range(block.size):
+            w = heard_words[block.a + k]
+            t = base_words[block.b + k]
+            t.start = float(w.get("start", 0.0))
+            t.end = float(w.get("end", 0.0))
+            t.probability = float(w.get("probability", 1.0))
+    # Replaced runs (e.g. "two" -> "2"): take the first heard word's time.
+    for tag, a0, a1, b0, b1 in sm.get_opcodes():
+        if tag == "replace" and a1 > a0:
+            first = heard_words[a0]
+            low = min(float(w.get("probability", 1.0)) for w in heard_words[a0:a1])
+            for t in base_words[b0:b1]:
+                if t.start is None:
+                    t.start = float(first.get("start", 0.0))
+                    t.end = float(heard_words[a1 - 1].get("end", 0.0))
+                if t.probability is None:
+                    t.probability = low
+    if text == base_text:
+        tokens = base
+    else:
+        tokens = tokenize(text)
+        words = [t for t in tokens if t.is_word]
+        sm2 = _matcher([_norm(t.text) for t in base_words], [_norm(t.text) for t in words])
+        for block in sm2.get_matching_blocks():
+            for k in range(block.size):
+                src = base_words[block.a + k]
+                dst = words[block.b + k]
+                dst.start, dst.end, dst.probability = src.start, src.end, src.probability
+                dst.heard, dst.kind = src.heard, src.kind
+        for tag, a0, _a1, b0, b1 in sm2.get_opcodes():
+            if tag in ("replace", "insert"):
+                for j in range(b0, b1):
+                    words[j].edited = True
+                    if tag == "replace" and a0 < len(base_words):
+                        words[j].start = base_words[a0].start
+                        words[j].end = base_words[a0].end
+    # Fill gaps with the previous word's time so every word can be clicked.
+    last: float | None = None
+    for t in tokens:
+        if not t.is_word:
+            continue
+        if t.start is None:
+            t.start = last
+        else:
+            last = t.start
+    first_time = next((t.start for t in tokens if t.is_word and t.start is not None), 0.0)
+    for t in tokens:
+        if t.is_word and t.start is None:
+            t.start = first_time
+    return tokens
+
+
+def word_diff(old: str, new: str) -> list[tuple[str, str]]:
+    """Word-level diff of two texts as (op, text) pairs; op is equal, delete or insert."""
+    a = tokenize(old)
+    b = tokenize(new)
+    sm = SequenceMatcher(None, [t.text for t in a], [t.text for t in b], autojunk=False)
+    out: list[tuple[str, str]] = []
+    for tag, a0, a1, b0, b1 in sm.get_opcodes():
+        if tag == "equal":
+            out.append(("equal", "".join(t.text for t in a[a0:a1])))
+            continue
+        if a1 > a0:
+            out.append(("delete", "".join(t.text for t in a[a0:a1])))
+        if b1 > b0:
+            out.append(("insert", "".join(t.text for t in b[b0:b1])))
+    return out
