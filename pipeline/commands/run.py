@@ -1,0 +1,59 @@
+"""``dictation run``: the main command. Starts a local Prefect server (SQLite under the data
+directory, telemetry off; or uses ``PREFECT_API_URL``), a warm worker, the inbox watcher and
+the review workbench, and shows the status live. Ctrl-C or SIGTERM stops everything."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``run`` sub-command."""
+    p = subparsers.add_parser(
+        "run", help="start the inbox service (Prefect server, worker, watcher, workbench)"
+    )
+    p.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+    p.add_argument("--model", help="speech model (tiny.en, base, or a path)")
+    p.add_argument("--demo", action="store_true",
+                   help="drop one sample dictation into the first physician's inbox")
+    p.add_argument("--once", "--exit-when-idle", dest="exit_when_idle", action="store_true",
+                   help="process what arrives and exit when the inbox is empty and all done")
+    p.add_argument("--idle-seconds", type=float, default=3.0,
+                   help="with --once: how long idle before exiting (default 3)")
+    p.add_argument("--no-web", action="store_true", help="do not start the review workbench")
+    p.add_argument("--no-live", action="store_true", help="plain status lines, no live table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the service and block until stopped."""
+    from pipeline.commands.transcribe import settings_from_args
+    from pipeline.service import Service, ServiceOptions
+
+    settings = settings_from_args(args)
+    service = Service(settings, ServiceOptions(
+        web=not args.no_web, demo=args.demo, exit_when_idle=args.exit_when_idle,
+        idle_seconds=args.idle_seconds, live=not args.no_live,
+    ))
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        service.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
+    try:
+        service.start()
+        print("Service running; Ctrl-C stops it.", flush=True)
+        code = service.serve_forever()
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        print("Stopping ...", flush=True)
+        service.shutdown()
+        print("Stopped.", flush=True)
+    return code

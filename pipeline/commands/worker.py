@@ -1,0 +1,61 @@
+"""``dictation worker``: a warm Prefect worker for the ``dictation`` work pool.
+
+It keeps the speech model and vocabularies loaded and runs ``settings.workers`` dictations at a
+time. ``dictation run`` starts one; on other machines sharing the data directory, start more
+with ``PREFECT_API_URL`` pointing at the one Prefect server (see the README's scale-out part).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``worker`` sub-command."""
+    p = subparsers.add_parser("worker", help="run a warm worker for the dictation work pool")
+    p.add_argument("--data-dir", type=Path, help="data directory (shared by all workers)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="dictations at once (default: settings.workers)")
+    p.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
+                   help="exit after this many seconds with nothing to do")
+    p.add_argument("--grace", type=float, default=5.0,
+                   help="seconds in-flight runs get to finish on SIGTERM (default 5)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the worker until SIGTERM/SIGINT (or idle with ``--exit-when-idle``)."""
+    from pipeline import prefect_env
+    from pipeline.settings import Settings, get_settings
+
+    settings = Settings(data_dir=args.data_dir) if args.data_dir else get_settings()
+    api_url = prefect_env.api_url_for(settings)
+    os.environ.update(prefect_env.prefect_env(settings, api_url))  # before importing prefect
+    prefect_env.wait_healthy(api_url, timeout=60)
+
+    from pipeline.flows import WarmWorker, use_settings
+    from pipeline.store import open_store
+
+    use_settings(settings)
+    open_store(settings)  # migrate once, before the first run
+    worker = WarmWorker(api_url, settings, limit=args.limit)
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(f"worker {worker.name} polling pool {prefect_env.POOL} at {api_url}", flush=True)
+    worker.run(exit_when_idle=args.exit_when_idle)
+    left = worker.shutdown(grace_seconds=args.grace)
+    print(f"worker stopped ({worker.completed} runs; {len(left)} interrupted)", flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # do not wait for interrupted flow threads: their runs are marked Crashed

@@ -1,0 +1,387 @@
+"""Prefect flows: ``process_dictation`` (one dictation, by id) and ``nightly_evaluation``.
+
+Tasks are thin wrappers over the stage functions in ``pipeline.process``; the stage logic
+stays in plain functions. Only opaque ids go into flow parameters, results and Prefect logs:
+records (``Dictation``, ``Transcript``, ...) pass between tasks in memory, with result
+persistence and caching off, so no transcript text or patient data reaches the Prefect
+database. ``retries=`` only on I/O tasks (reading the audio, writing outputs, the database,
+moving files).
+
+``WarmWorker`` executes flow runs of the ``dictation`` work pool *in its own process*, keeping
+the Whisper model, spaCy pipeline and vocabularies loaded between dictations (the stock
+``prefect worker start`` process worker starts a fresh Python per run, which costs seconds of
+imports and model loading each time; it still works with the same deployments). It claims a
+run the way Prefect workers do, by proposing ``Pending`` to the server, which accepts that
+for exactly one claimant; STAT runs (queue ``stat``, priority 1) are taken first; at most
+``limit`` (``settings.workers``) run at once, and the pool's concurrency limit caps all workers
+together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline import inbox
+from pipeline.db.core import DictationRow
+from pipeline.errors import AudioError, NotFoundError, PipelineError
+from pipeline.records import Dictation, DictationMeta, Document, Draft, Note, Transcript
+from pipeline.settings import Settings, get_settings
+from pipeline.store import open_store
+
+__all__ = [
+    "process_dictation",
+    "nightly_evaluation",
+    "draft_id_for",
+    "use_settings",
+    "WarmWorker",
+    "FLOWS",
+    "worker_identity",
+]
+
+log = logging.getLogger(__name__)
+
+_settings_override: Settings | None = None
+
+# No persisted results, no input hashing: nothing about the dictation is stored by Prefect.
+_IO = {"persist_result": False, "cache_policy": NO_CACHE, "retries": 2,
+       "retry_delay_seconds": 1}
+_CPU = {"persist_result": False, "cache_policy": NO_CACHE}
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Run flows in this process with ``settings`` instead of the environment's."""
+    global _settings_override
+    _settings_override = settings
+
+
+def _settings() -> Settings:
+    return _settings_override or get_settings()
+
+
+def draft_id_for(dictation_id: str) -> str:
+    """The draft id of a dictation: deterministic, so a re-run after a crash overwrites the
+    same draft folder instead of leaving a second, partial one."""
+    return hashlib.sha256(f"draft:{dictation_id}".encode()).hexdigest()[:32]
+
+
+class _Rejected:
+    """validate's answer for a bad file (not an exception: bad input is not retried)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+
+@task(name="validate", **_IO)  # type: ignore[call-overload]
+def validate(dictation_id: str) -> Dictation | _Rejected:
+    """Probe the claimed audio and load its metadata; a bad file is answered, not raised."""
+    from pipeline.process import load_dictation
+
+    settings = _settings()
+    with open_store(settings).session() as s:
+        row = s.get(DictationRow, dictation_id)
+        if row is None or not row.audio_path:
+            raise NotFoundError(f"Dictation {dictation_id} is not in the database.")
+        path, meta_raw, physician = row.audio_path, dict(row.meta or {}), row.physician_id
+    from pathlib import Path
+
+    audio_path = Path(path)
+    try:
+        meta = inbox.load_meta(audio_path, physician) if meta_raw else DictationMeta(
+            physician_id=physician)
+        return load_dictation(audio_path, settings, meta, dictation_id=dictation_id)
+    except (AudioError, PipelineError) as exc:
+        if isinstance(exc, AudioError) or exc.code == "sidecar_error":
+            return _Rejected(exc.code, str(exc))
+        raise
+
+
+@task(name="transcribe", **_CPU)  # type: ignore[call-overload]
+def transcribe(dictation: Dictation) -> Transcript:
+    """Whisper (CPU-bound: no retries)."""
+    from pipeline.process import transcribe_stage
+
+    return transcribe_stage(dictation, _settings())
+
+
+@task(name="normalize", **_CPU)  # type: ignore[call-overload]
+def normalize(transcript: Transcript, dictation: Dictation) -> Note:
+    """Medical-language normalisation."""
+    from pipeline.process import normalize_stage
+
+    return normalize_stage(transcript, dictation, _settings())
+
+
+@task(name="structure", **_CPU)  # type: ignore[call-overload]
+def structure(note: Note, dictation: Dictation) -> Document:
+    """Sections, header and instructions."""
+    from pipeline.process import structure_stage
+
+    return structure_stage(note, dictation, _settings())
+
+
+@task(name="render", **_IO)  # type: ignore[call-overload]
+def render(document: Document, dictation: Dictation, transcript: Transcript, note: Note
+           ) -> Draft:
+    """Write the draft's files (deterministic draft id: a re-run overwrites, never adds)."""
+    from pipeline.process import render_stage
+
+    return render_stage(document, dictation, transcript, note, _settings(),
+                        draft_id=draft_id_for(dictation.id))
+
+
+@task(name="enqueue", **_IO)  # type: ignore[call-overload]
+def enqueue(dictation: Dictation, transcript: Transcript, note: Note, document: Document,
+            draft: Draft) -> str:
+    """Store everything in one transaction; the draft enters the review queue. Returns its id."""
+    from pipeline.process import enqueue_stage
+
+    return enqueue_stage(dictation, transcript, note, document, draft, _settings()).id
+
+
+@task(name="archive", **_IO)  # type: ignore[call-overload]
+def archive(dictation_id: str) -> None:
+    """Move the audio from processing/ to archive/ (the workbench plays it from there)."""
+    inbox.archive(_settings(), dictation_id)
+
+
+# --- flows ---------------------------------------------------------------------------------
+
+
+def _current_flow_run_id() -> str | None:
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id) if flow_run.id else None
+    except Exception:  # pragma: no cover - outside a flow run
+        return None
+
+
+@flow(name="process-dictation", persist_result=False, log_prints=False)
+def process_dictation(dictation_id: str) -> str:
+    """Process one claimed dictation by its opaque id; returns its final status.
+
+    Idempotent: a dictation already finished is not processed again (a resubmitted run
+    after a crash just returns), and a re-run replaces its draft rather than adding one.
+    """
+    settings = _settings()
+    with open_store(settings).session() as s:
+        row = s.get(DictationRow, dictation_id)
+        if row is None:
+            raise NotFoundError(f"Dictation {dictation_id} is not in the database.")
+        if row.status not in inbox.ACTIVE_STATUSES:
+            return str(row.status)
+        row.status = "processing"
+        row.flow_run_id = _current_flow_run_id() or row.flow_run_id
+    t0 = time.perf_counter()
+    checked = validate(dictation_id)
+    if isinstance(checked, _Rejected):
+        inbox.quarantine(settings, dictation_id, checked.message, code=checked.code)
+        return "quarantined"
+    dictation = checked
+    try:
+        transcript = transcribe(dictation)
+        note = normalize(transcript, dictation)
+        document = structure(note, dictation)
+        draft = render(document, dictation, transcript, note)
+        draft_id = enqueue(dictation, transcript, note, document, draft)
+    except Exception as exc:
+        code = exc.code if isinstance(exc, PipelineError) else type(exc).__name__
+        if isinstance(exc, PipelineError):
+            why = str(exc)
+        elif isinstance(exc, OSError):
+            where = getattr(exc, "filename", None)
+            why = (f"Processing stopped with {type(exc).__name__} ({exc.strerror}) "
+                   f"at {where}; fix it and move this file back into the inbox to retry.")
+        else:
+            why = (f"Processing stopped with {type(exc).__name__}; move this file back into "
+                   f"the inbox to retry.")
+        inbox.quarantine(settings, dictation_id, why, code=code, status="failed")
+        log.error("dictation=%s failed code=%s", dictation_id, code)
+        raise
+    archive(dictation_id)
+    log.info("dictation=%s draft=%s done in %.2fs", dictation_id, draft_id,
+             time.perf_counter() - t0)
+    return "done"
+
+
+@flow(name="nightly-evaluation", persist_result=False, log_prints=False)
+def nightly_evaluation() -> dict[str, Any]:
+    """Word error rate on the sample sets (``pipeline.evaluate.run_evaluation``); returns
+    only aggregate figures (no text)."""
+    from pipeline import evaluate  # the samples/evaluation area's module
+
+    result = evaluate.run_evaluation(_settings())
+    summary: dict[str, Any] = {}
+    if isinstance(result, dict):
+        summary = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    return summary
+
+
+#: flow name -> flow, for the warm worker
+FLOWS = {"process-dictation": process_dictation, "nightly-evaluation": nightly_evaluation}
+
+
+# --- warm worker ---------------------------------------------------------------------------
+
+
+def worker_identity() -> str:
+    """``host:pid`` of this process (recorded as the flow run's infrastructure pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class WarmWorker:
+    """Runs flow runs from the ``dictation`` work pool in this process (model stays loaded)."""
+
+    def __init__(self, api_url: str, settings: Settings, *, limit: int | None = None,
+                 poll_seconds: float = 0.5, name: str | None = None) -> None:
+        self.api_url = api_url
+        self.settings = settings
+        self.limit = limit or settings.workers
+        self.poll_seconds = poll_seconds
+        self.name = name or f"warm-{worker_identity()}"
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._running: dict[str, Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._flow_names: dict[str, str] = {}
+        self.completed = 0
+
+    def stop(self) -> None:
+        """Stop taking new runs (in-flight runs finish or are crashed by ``shutdown``)."""
+        self._stop.set()
+        self._wake.set()
+
+    def _flow_name(self, c: Any, flow_id: Any) -> str:
+        key = str(flow_id)
+        if key not in self._flow_names:
+            self._flow_names[key] = c.read_flow(flow_id).name
+        return self._flow_names[key]
+
+    def _claim(self, c: Any) -> list[Any]:
+        from prefect.client.schemas.responses import SetStateStatus
+        from prefect.states import Pending
+
+        from pipeline.prefect_env import POOL, QUEUES
+
+        with self._lock:
+            free = self.limit - len(self._running)
+        if free <= 0:
+            return []
+        from datetime import UTC, datetime
+
+        responses = c.get_scheduled_flow_runs_for_work_pool(
+            POOL, scheduled_before=datetime.now(UTC)
+        )
+        queue_names = {}
+        for name in QUEUES:
+            try:
+                queue_names[str(c.read_work_queue_by_name(name, work_pool_name=POOL).id)] = name
+            except Exception:  # a queue deleted by an administrator: treat as routine
+                continue
+        responses.sort(key=lambda r: (
+            QUEUES.get(queue_names.get(str(r.work_queue_id), "routine"), 99),
+            r.flow_run.expected_start_time or r.flow_run.created,
+        ))
+        claimed = []
+        for resp in responses:
+            if len(claimed) >= free:
+                break
+            run = resp.flow_run
+            if self._flow_name(c, run.flow_id) not in FLOWS:
+                continue
+            result = c.set_flow_run_state(run.id, Pending())
+            if result.status != SetStateStatus.ACCEPT:
+                continue  # another worker took it
+            c.update_flow_run(run.id, infrastructure_pid=worker_identity())
+            claimed.append(c.read_flow_run(run.id))
+        return claimed
+
+    def _execute(self, flow_run: Any) -> None:
+        from prefect.flow_engine import run_flow
+
+        from pipeline.prefect_env import client
+
+        with client(self.api_url) as c:
+            name = self._flow_name(c, flow_run.flow_id)
+        try:
+            run_flow(FLOWS[name], flow_run=flow_run, return_type="state")
+        except BaseException:  # the worker must keep running
+            log.exception("flow run %s raised", flow_run.id)
+        finally:
+            with self._lock:
+                self._running.pop(str(flow_run.id), None)
+                self.completed += 1
+            self._wake.set()
+
+    def run(self, *, exit_when_idle: float | None = None) -> None:
+        """Poll, claim and execute until ``stop()``; with ``exit_when_idle`` (seconds),
+        also return after that long with nothing scheduled or running."""
+        from pipeline.prefect_env import POOL, client
+
+        executor = ThreadPoolExecutor(self.limit, thread_name_prefix="flow")
+        last_beat = 0.0
+        idle_since = time.monotonic()
+        try:
+            with client(self.api_url) as c:
+                while not self._stop.is_set():
+                    now = time.monotonic()
+                    try:
+                        if now - last_beat > 15:
+                            c.send_worker_heartbeat(POOL, self.name,
+                                                    heartbeat_interval_seconds=15)
+                            last_beat = now
+                        for run in self._claim(c):
+                            with self._lock:
+                                self._running[str(run.id)] = executor.submit(self._execute, run)
+                    except Exception as exc:  # server restarting: try again next round
+                        log.warning("worker poll failed: %s", type(exc).__name__)
+                    with self._lock:
+                        busy = bool(self._running)
+                    if busy:
+                        idle_since = time.monotonic()
+                    elif exit_when_idle is not None and now - idle_since > exit_when_idle:
+                        break
+                    self._wake.wait(self.poll_seconds)
+                    self._wake.clear()
+        finally:
+            executor.shutdown(wait=not self._stop.is_set(), cancel_futures=True)
+
+    def shutdown(self, grace_seconds: float = 10.0) -> list[str]:
+        """Stop, give in-flight runs ``grace_seconds`` to finish, and mark the rest Crashed
+        (their dictations are resubmitted when the service starts again). Returns their ids."""
+        from prefect.states import Crashed
+
+        from pipeline.prefect_env import client
+
+        self.stop()
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    return []
+            time.sleep(0.2)
+        with self._lock:
+            left = list(self._running)
+        if left:
+            with client(self.api_url) as c:
+                for run_id in left:
+                    try:
+                        c.set_flow_run_state(run_id, Crashed(message="Worker stopped."),
+                                             force=True)
+                    except Exception:
+                        log.warning("could not mark run %s crashed", run_id)
+        return left
