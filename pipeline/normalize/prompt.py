@@ -1,0 +1,77 @@
+"""Terms that bias Whisper's decoding (``initial_prompt`` / ``hotwords``), kept short.
+
+Long prompts make Whisper skip audio or loop (STACK-NOTES), so the list is capped: the
+physician's own words first, then the document type's specialty terms, about 30 words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.settings import Settings
+from pipeline.vocab import DOCUMENT_SPECIALTIES, get_index, physician_terms
+
+__all__ = ["PromptTerms", "prompt_terms", "MAX_PROMPT_TERMS", "MAX_PROMPT_CHARS"]
+
+MAX_PROMPT_TERMS = 24
+MAX_PROMPT_CHARS = 240
+
+_TITLES = {
+    "operative_report": "Operative report",
+    "consult_letter": "Consultation letter",
+    "progress_note": "Progress note",
+    "discharge_summary": "Discharge summary",
+    "radiology_report": "Radiology report",
+    "referral_letter": "Referral letter",
+}
+_DEFAULT_SPECIALTIES = ("general_surgery", "internal_medicine")
+
+
+@dataclass
+class PromptTerms:
+    """What to give faster-whisper: a short prompt and (optionally) hotwords."""
+
+    initial_prompt: str | None
+    hotwords: str | None
+    terms: list[str]
+
+
+def prompt_terms(
+    settings: Settings, *, document_type: str | None = None, physician_id: str | None = None
+) -> PromptTerms:
+    """A short list of terms for this document type and physician, as prompt text.
+
+    The prompt reads like the start of a dictation ("Operative report. Laparoscopic
+    cholecystectomy, trocar, ...") so Whisper keeps its normal style; ``hotwords`` is left
+    empty because faster-whisper puts both into the same prompt window.
+    """
+    index = get_index(settings)
+    chosen: list[str] = []
+    seen: set[str] = set()
+
+    def take(term: str) -> None:
+        key = term.lower()
+        if key not in seen and len(chosen) < MAX_PROMPT_TERMS:
+            seen.add(key)
+            chosen.append(term)
+
+    for t in physician_terms(settings, physician_id)[:10]:
+        take(t)
+    specialties = DOCUMENT_SPECIALTIES.get(document_type or "", _DEFAULT_SPECIALTIES)
+    lists = [index.specialty.get(s, []) for s in specialties]
+    # interleave: most of the first specialty, some of the others
+    quota = [MAX_PROMPT_TERMS] + [6] * (len(lists) - 1)
+    for terms, q in zip(lists, quota, strict=False):
+        for t in terms[:q]:
+            take(t)
+    title = _TITLES.get(document_type or "", "Medical dictation")
+    text = f"{title}. "
+    used: list[str] = []
+    for t in chosen:
+        if len(text) + len(t) + 2 > MAX_PROMPT_CHARS:
+            break
+        used.append(t)
+        text += ("" if len(used) == 1 else ", ") + t
+    if not used:
+        return PromptTerms(None, None, [])
+    return PromptTerms(initial_prompt=text + ".", hotwords=None, terms=used)
