@@ -197,7 +197,7 @@ def _joined_ok(target: Path, spec: ModelSpec, parts: list[Path]) -> bool:
 def _join_parts(spec: ModelSpec, base_dir: Path, parts: list[Path], target: Path) -> None:
     """Join the parts into ``target`` atomically (temp folder, verify, rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         for item in base_dir.iterdir():
             if item.is_file() and not item.name.startswith("model.bin"):

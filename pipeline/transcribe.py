@@ -199,22 +199,65 @@ def find_repeats(tokens: list[str], max_n: int = 30) -> list[tuple[int, int, int
     return loops
 
 
-def remove_repeats(segments: list[Segment]) -> tuple[list[Segment], int]:
-    """Remove the repeated copies of each loop (keeping the first); return (segments, removed).
+def _is_loop_copy(
+    copy: list[tuple[Segment, Word]],
+    first: list[tuple[Segment, Word]],
+    stretches: list[tuple[float, float]] | None,
+    compression_threshold: float | None,
+) -> bool:
+    """Evidence that a repeated copy was invented rather than said again.
 
+    Its words lie mostly where the VAD heard no speech, or they are squeezed into far less
+    time than the first copy took, or Whisper's own compression ratio marks the segment as
+    repetitive.
+    """
+    if stretches is not None:
+        mids = [(w.start + w.end) / 2 for _, w in copy]
+        outside = sum(not any(a <= m <= b for a, b in stretches) for m in mids)
+        if outside > len(mids) / 2:
+            return True
+    span = copy[-1][1].end - copy[0][1].start
+    first_span = first[-1][1].end - first[0][1].start
+    if first_span > 0 and span < 0.4 * first_span:
+        return True
+    return compression_threshold is not None and any(
+        seg.compression_ratio > compression_threshold for seg, _ in copy
+    )
+
+
+def remove_repeats(
+    segments: list[Segment],
+    stretches: list[tuple[float, float]] | None = None,
+    compression_threshold: float | None = 2.4,
+) -> tuple[list[Segment], int, int]:
+    """Remove Whisper's loops, keeping the first copy; return (segments, removed, kept).
+
+    Short n-grams (1-3 words) repeated past ``find_repeats``' thresholds and any phrase
+    repeated three or more times are loops: the copies are removed. A longer phrase said
+    exactly twice may be a physician repeating a sentence: its copy is removed only with
+    evidence (``_is_loop_copy``), otherwise kept (and counted in ``kept``) for the reviewer.
     Works on words when segments have them (times stay right), else on segment texts.
     """
     if any(s.words for s in segments):
-        flat = [(si, wi) for si, s in enumerate(segments) for wi in range(len(s.words))]
-        tokens = [_norm(segments[si].words[wi].word) for si, wi in flat]
-        drop: set[tuple[int, int]] = set()
+        flat = [(seg, w) for seg in segments for w in seg.words]
+        tokens = [_norm(w.word) for _, w in flat]
+        drop: set[int] = set()
+        kept_repeats = 0
         for start, n, count in find_repeats(tokens):
-            drop.update(flat[start + n : start + n * count])
+            first = flat[start : start + n]
+            for k in range(1, count):
+                lo, hi = start + k * n, start + (k + 1) * n
+                if (n <= 3 or count >= 3
+                        or _is_loop_copy(flat[lo:hi], first, stretches, compression_threshold)):
+                    drop.update(range(lo, hi))
+                else:
+                    kept_repeats += n
         if not drop:
-            return segments, 0
+            return segments, 0, kept_repeats
+        dropped_ids = {id(flat[i][1]) for i in drop}
         out: list[Segment] = []
-        for si, seg in enumerate(segments):
-            kept = [w for wi, w in enumerate(seg.words) if (si, wi) not in drop]
+        for seg in segments:
+            kept = [w for w in seg.words if id(w) not in dropped_ids]
             if len(kept) == len(seg.words):
                 out.append(seg)
             elif kept:
@@ -222,12 +265,12 @@ def remove_repeats(segments: list[Segment]) -> tuple[list[Segment], int]:
                 seg.text = "".join(w.word for w in kept).strip()
                 seg.start, seg.end = kept[0].start, kept[-1].end
                 out.append(seg)
-        return out, len(drop)
+        return out, len(drop), kept_repeats
     texts = [_norm(s.text) for s in segments]
     drop_idx: set[int] = set()
     for start, n, count in find_repeats(texts):
         drop_idx.update(range(start + n, start + n * count))
-    return [s for i, s in enumerate(segments) if i not in drop_idx], len(drop_idx)
+    return [s for i, s in enumerate(segments) if i not in drop_idx], len(drop_idx), 0
 
 
 def _mean_word_prob(seg: Segment) -> float:
@@ -455,15 +498,17 @@ def transcribe(
     )
 
     # Guard: repetition loops.
-    removed = 0
+    removed = kept_repeats = 0
     if options.remove_repeats:
-        segments, removed = remove_repeats(segments)
+        segments, removed, kept_repeats = remove_repeats(
+            segments, stretches, options.compression_ratio_threshold
+        )
     else:
         flat = [_norm(w.word) for s in segments for w in s.words] or [
             _norm(s.text) for s in segments
         ]
-        removed = sum((n * (c - 1)) for _, n, c in find_repeats(flat))
-    if removed:
+        kept_repeats = sum((n * (c - 1)) for _, n, c in find_repeats(flat))
+    if removed or kept_repeats:
         flags.append(REPETITION)
 
     for i, seg in enumerate(segments):
@@ -482,6 +527,7 @@ def transcribe(
         dropped_hallucinations=dropped_hallucinations,
         dropped_prompt_segments=dropped_prompt,
         removed_repeat_words=removed,
+        kept_repeat_words=kept_repeats,
         dropped_stretches=dropped,
     )
     log.info(

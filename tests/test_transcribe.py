@@ -1,0 +1,258 @@
+"""The transcribe stage with the real tiny.en model, plus its guards as unit tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import audio, transcribe
+from pipeline.records import Dictation, Segment, Word
+from pipeline.settings import Settings
+from pipeline.transcribe import TranscribeOptions
+
+sys.path.insert(0, str(Path(__file__).parent / "data" / "speech"))
+import speechgen as gen
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return gen.speak(tmp_path_factory.mktemp("clip") / "clip.wav")
+
+
+def _dictation(path: Path, settings: Settings, did: str = "d1") -> Dictation:
+    return Dictation(id=did, audio=audio.probe(path, settings))
+
+
+def _run(path: Path, settings: Settings, options: TranscribeOptions | None = None, **kw):
+    return transcribe.transcribe(_dictation(path, settings), settings, options, **kw)
+
+
+# ---------------------------------------------------------------------------- real model
+
+
+def test_clip_is_transcribed_with_words_and_times(clip: Path, settings: Settings) -> None:
+    t = _run(clip, settings)
+    text = t.raw_text.lower()
+    found = [k for k in gen.CLIP_KEYWORDS if k in text]
+    assert len(found) >= 6, (found, text)
+    assert t.model == "tiny.en" and t.language == "en"
+    assert t.flags == []
+    assert t.duration_s > 5
+    words = t.words
+    assert len(words) >= 15
+    for w in words:
+        assert 0 <= w.start <= w.end <= t.duration_s
+        assert 0 <= w.probability <= 1
+    starts = [w.start for w in words]
+    assert starts == sorted(starts)
+    for s in t.segments:
+        assert 0 <= s.start <= s.end <= t.duration_s
+        assert s.temperature == 0.0
+    assert t.options["temperature"] == 0.0 and t.options["beam_size"] == 5
+
+
+def test_same_audio_gives_same_transcript_every_run(clip: Path, settings: Settings) -> None:
+    """Determinism: no random temperature fallback, identical segments and words."""
+    first = _run(clip, settings)
+    second = _run(clip, settings)
+    assert [s.to_dict() for s in first.segments] == [s.to_dict() for s in second.segments]
+    assert first.raw_text == second.raw_text and first.raw_text
+
+
+def test_silence_gives_empty_transcript_flagged_no_speech(
+    tmp_path: Path, settings: Settings
+) -> None:
+    t = _run(gen.silence(tmp_path / "silence.wav", 20), settings)
+    assert t.raw_text == ""
+    assert t.segments == []
+    assert "no_speech" in t.flags
+
+
+def test_silence_without_vad_does_not_become_you(tmp_path: Path, settings: Settings) -> None:
+    """Without VAD tiny.en says "You" over silence; the hallucination guard drops it."""
+    path = gen.silence(tmp_path / "silence.wav", 20)
+    t = _run(path, settings, TranscribeOptions(vad=False))
+    assert t.raw_text == ""
+    assert "no_speech" in t.flags
+
+
+@pytest.mark.parametrize("kind", ["pink", "white"])
+def test_noise_invents_no_text(kind: str, tmp_path: Path, settings: Settings) -> None:
+    make = gen.pink_noise if kind == "pink" else gen.white_noise
+    t = _run(make(tmp_path / f"{kind}.wav", 20), settings)
+    assert t.raw_text == ""
+    assert "no_speech" in t.flags
+
+
+def test_truncated_wav_is_transcribed_and_flagged(
+    clip: Path, tmp_path: Path, settings: Settings
+) -> None:
+    t = _run(gen.truncate_wav(clip, tmp_path / "cut.wav", 0.6), settings)
+    assert "truncated" in t.flags
+    assert "patient" in t.raw_text.lower()
+
+
+def test_spoken_repetition_loop_is_removed_and_flagged(tmp_path: Path, settings: Settings) -> None:
+    phrase = "The wound was closed with staples."
+    path = gen.speak(tmp_path / "loop.wav", " ".join([phrase] * 4))
+    t = _run(path, settings)
+    assert "repetition" in t.flags
+    assert t.raw_text.lower().count("staples") == 1
+    assert t.options["diagnostics"]["removed_repeat_words"] >= 12
+
+
+def test_long_file_is_chunked_with_offsets_and_progress(
+    clip: Path, tmp_path: Path, settings: Settings
+) -> None:
+    """Chunks of 12 s: the same words, times shifted by each chunk's offset, progress to 100%."""
+    second = gen.speak(tmp_path / "b.wav", "Two trocars were placed. The gallbladder was "
+                       "removed through the umbilical port without difficulty.")
+    third = gen.speak(tmp_path / "c.wav", "The fascia was closed. Skin was closed with "
+                      "staples. The patient went to recovery in stable condition.")
+    path = gen.concat_wav(tmp_path / "three.wav", [clip, second, third], gap_s=3.0)
+    whole = _run(path, settings)
+    calls: list[tuple[float, float]] = []
+    chunked = _run(path, settings, TranscribeOptions(chunk_seconds=12.0),
+                   progress=lambda d, t: calls.append((d, t)))
+    duration = whole.duration_s
+    assert duration > 30
+    for t in (whole, chunked):
+        text = t.raw_text.lower()
+        assert all(k in text for k in ("anesthesia", "umbilical", "recovery")), text
+        assert t.flags == []
+    assert max(w.end for w in chunked.words) > 2 * duration / 3
+    starts = [w.start for w in chunked.words]
+    assert starts == sorted(starts)
+    assert all(w.end <= duration for w in chunked.words)
+    assert len(calls) > 3
+    assert calls[-1] == (pytest.approx(duration, abs=0.01), pytest.approx(duration, abs=0.01))
+    done = [c[0] for c in calls]
+    assert all(t == calls[0][1] for _, t in calls)
+    assert done == sorted(done)
+
+
+def test_options_from_settings(settings: Settings) -> None:
+    settings.beam_size = 2
+    settings.vad = False
+    settings.chunk_seconds = 120
+    o = TranscribeOptions.from_settings(settings)
+    assert (o.beam_size, o.vad, o.chunk_seconds, o.language) == (2, False, 120, "en")
+    kw = transcribe.whisper_kwargs(o, "en")
+    assert kw["temperature"] == [0.0]
+    assert kw["word_timestamps"] is True
+    assert kw["condition_on_previous_text"] is False
+
+
+# ---------------------------------------------------------------------------- guards (units)
+
+
+@pytest.mark.parametrize(
+    ("text", "loops"),
+    [
+        ("the the the the", [(0, 1, 4)]),
+        ("the the the", []),  # three singles: can be dictated ("no no no")
+        ("left knee left knee", []),  # a bigram twice is normal speech
+        ("left knee left knee left knee", [(0, 2, 3)]),
+        ("closed in two layers closed in two layers", [(0, 4, 2)]),
+        ("a b c d e f", []),
+        ("start x y z w x y z w end", [(1, 4, 2)]),
+        ("", []),
+    ],
+)
+def test_find_repeats(text: str, loops: list[tuple[int, int, int]]) -> None:
+    assert transcribe.find_repeats(text.split()) == loops
+
+
+def _seg(text: str, start: float, end: float, prob: float = 0.9, nsp: float = 0.0,
+         words: bool = True) -> Segment:
+    toks = text.split()
+    step = (end - start) / max(len(toks), 1)
+    ws = [Word(" " + t, start + i * step, start + (i + 1) * step, prob)
+          for i, t in enumerate(toks)] if words else []
+    return Segment(id=0, start=start, end=end, text=text, words=ws, no_speech_prob=nsp)
+
+
+def test_remove_repeats_across_segments_keeps_first_copy() -> None:
+    segs = [
+        _seg("Endotracheal tube was placed.", 0, 2),
+        _seg("Endotracheal. Endotracheal. Endotracheal. Endotracheal.", 2, 6),
+    ]
+    out, removed, kept = transcribe.remove_repeats(segs)
+    assert (removed, kept) == (3, 0)
+    assert [s.text for s in out] == ["Endotracheal tube was placed.", "Endotracheal."]
+
+
+def test_remove_repeats_drops_segments_that_are_only_repeats() -> None:
+    segs = [_seg("the wound was closed", 0, 2), _seg("the wound was closed", 2, 4),
+            _seg("the wound was closed", 4, 6), _seg("dressing applied", 6, 7)]
+    out, removed, _ = transcribe.remove_repeats(segs)
+    assert removed == 8
+    assert [s.text for s in out] == ["the wound was closed", "dressing applied"]
+
+
+def test_sentence_said_twice_is_kept_but_flagged_without_loop_evidence() -> None:
+    """A physician may repeat a sentence: with its own audio, the copy stays (flag only)."""
+    segs = [_seg("the wound was closed", 0, 2), _seg("the wound was closed", 2.5, 4.5)]
+    out, removed, kept = transcribe.remove_repeats(segs, stretches=[(0.0, 5.0)])
+    assert (removed, kept) == (0, 4)
+    assert len(out) == 2
+
+
+@pytest.mark.parametrize(
+    ("second", "stretches", "why"),
+    [
+        (_seg("the wound was closed", 2.0, 2.4), [(0.0, 5.0)], "squeezed into 0.4 s"),
+        (_seg("the wound was closed", 6.0, 8.0), [(0.0, 2.2)], "over audio without speech"),
+    ],
+)
+def test_sentence_copy_with_loop_evidence_is_removed(second, stretches, why) -> None:
+    segs = [_seg("the wound was closed", 0, 2), second]
+    out, removed, kept = transcribe.remove_repeats(segs, stretches=stretches)
+    assert (removed, kept) == (4, 0), why
+    assert [s.text for s in out] == ["the wound was closed"]
+
+
+def test_remove_repeats_leaves_normal_text_alone() -> None:
+    segs = [_seg("Left knee, left knee pain for two two weeks.", 0, 3)]
+    out, removed, kept = transcribe.remove_repeats(segs)
+    assert removed == kept == 0 and out[0].text == "Left knee, left knee pain for two two weeks."
+
+
+@pytest.mark.parametrize(
+    ("text", "prob", "nsp", "overlap", "dropped"),
+    [
+        ("You", 0.3, 0.1, 1.0, True),  # weak
+        ("Thank you.", 0.9, 0.8, 1.0, True),  # Whisper itself thought: no speech
+        ("you", 0.95, 0.0, 0.1, True),  # over audio the VAD calls silence
+        (". . . .", 0.9, 0.0, 1.0, True),  # punctuation only
+        ("Thank you.", 0.95, 0.05, 1.0, False),  # said clearly: kept
+        ("Patient tolerated the procedure well.", 0.2, 0.5, 0.0, False),  # not a known phrase
+    ],
+)
+def test_is_hallucination(text: str, prob: float, nsp: float, overlap: float,
+                          dropped: bool) -> None:
+    seg = _seg(text, 0, 1, prob=prob, nsp=nsp)
+    assert transcribe.is_hallucination(seg, TranscribeOptions(), overlap) is dropped
+
+
+def test_prompt_leakage_over_non_speech_is_dropped() -> None:
+    options = TranscribeOptions(initial_prompt="Cholecystectomy, Vicryl, trocar.",
+                                hotwords="Monocryl Veress")
+    segs = [
+        _seg("Vicryl, Monocryl, Veress.", 0, 4),  # prompt terms over silence: leak
+        _seg("Closed with Vicryl.", 5, 7),  # real speech using a term: kept
+        _seg("Cholecystectomy.", 10, 11),  # a term, said where VAD heard speech: kept
+    ]
+    kept, hall, leaks = transcribe.guard_segments(segs, [(5.0, 7.5), (9.8, 11.2)], options)
+    assert (hall, leaks) == (0, 1)
+    assert [s.text for s in kept] == ["Closed with Vicryl.", "Cholecystectomy."]
+
+
+def test_dropped_stretches_finds_speech_without_words() -> None:
+    words = [Word(" a", 0.5, 1.0, 0.9), Word(" b", 1.2, 2.0, 0.9), Word(" c", 20.0, 21.0, 0.9)]
+    # stretch 1 covered; stretch 2 (10-18 s) has no words; stretch 3 has a 9 s hole
+    stretches = [(0.0, 2.5), (10.0, 18.0), (19.5, 30.0)]
+    assert transcribe.dropped_stretches(stretches, words, 6.0) == 2
+    assert transcribe.dropped_stretches(stretches[:1], words, 6.0) == 0
