@@ -206,7 +206,9 @@ class SlotClaim(Base):
     """
 
     __tablename__ = "sched_slot_claims"
-    __table_args__ = (UniqueConstraint("owner", "slot_start", name="uq_sched_slot_claims_owner_slot"),)
+    __table_args__ = (
+        UniqueConstraint("owner", "slot_start", name="uq_sched_slot_claims_owner_slot"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     owner: Mapped[str] = mapped_column(String(80))  # "physician:<id>" or "resource:<id>"
@@ -237,8 +239,12 @@ class Task(Base):
     appointment_id: Mapped[int | None] = mapped_column(
         ForeignKey("sched_appointments.id"), nullable=True
     )
-    referral_id: Mapped[int | None] = mapped_column(ForeignKey("sched_referrals.id"), nullable=True)
-    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("sched_deliveries.id"), nullable=True)
+    referral_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sched_referrals.id"), nullable=True
+    )
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sched_deliveries.id"), nullable=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -317,7 +323,8 @@ class Recipient(Base):
     kind: Mapped[str] = mapped_column(String(30))  # department | referring_physician | practice
     organization: Mapped[str] = mapped_column(String(200), default="")
     specialty: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    channel: Mapped[str] = mapped_column(String(20))  # print|pdf_folder|email|hl7|fhir_folder|fhir_http
+    # print | pdf_folder | email | hl7 | fhir_folder | fhir_http
+    channel: Mapped[str] = mapped_column(String(20))
     address: Mapped[str] = mapped_column(String(500), default="")  # e-mail, folder or URL
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -388,7 +388,7 @@ def master_schedule(session: Session, start: datetime, end: datetime, *,
     if physician_ids is not None:
         stmt = stmt.where(Appointment.physician_id.in_(physician_ids))
     if not include_cancelled:
-        stmt = stmt.where(Appointment.status.in_(ACTIVE_STATUSES + ("no_show",)))
+        stmt = stmt.where(Appointment.status.in_((*ACTIVE_STATUSES, "no_show")))
     entries = [
         CalendarEntry("appointment", a.id, a.physician_id, a.resource_id,
                       as_utc(a.start_utc).astimezone(tz), as_utc(a.end_utc).astimezone(tz),

@@ -9,9 +9,10 @@ few milliseconds per chunk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -51,6 +52,17 @@ def _starts(free: list[Interval], length: timedelta, not_before: datetime,
                 t += length
             else:
                 t += step
+
+
+def _fits(t: datetime, *, length: timedelta, resource_ids: list[int],
+          res_free: dict[int, list[Interval]], chosen: dict[datetime, int | None]) -> bool:
+    """Whether a start fits the resources (records the first free resource in ``chosen``)."""
+    if not resource_ids:
+        chosen[t] = None
+        return True
+    rid = next((r for r in resource_ids if not subtract([(t, t + length)], res_free[r])), None)
+    chosen[t] = rid
+    return rid is not None
 
 
 def find_free_slots(
@@ -102,23 +114,13 @@ def find_free_slots(
             busy = [(i.start, i.end) for i in items if i.physician_id == pid]
             free = subtract(windows, busy)
             chosen: dict[datetime, int | None] = {}
-
-            def fits(t: datetime, chosen: dict[datetime, int | None] = chosen) -> bool:
-                if not resource_ids:
-                    chosen[t] = None
-                    return True
-                rid = next((r for r in resource_ids
-                            if not subtract([(t, t + length)], res_free[r])), None)
-                chosen[t] = rid
-                return rid is not None
-
-            per_physician = 0
-            for t in _starts(free, length, lo, fits):
+            fits = partial(_fits, length=length, resource_ids=resource_ids or [],
+                           res_free=res_free, chosen=chosen)
+            for n, t in enumerate(_starts(free, length, lo, fits), start=1):
                 if t >= hi:
                     break
                 chunk_found.append(Slot(pid, t, t + length, chosen[t]))
-                per_physician += 1
-                if per_physician >= limit:
+                if n >= limit:
                     break
         chunk_found.sort(key=lambda s: (s.start, physician_ids.index(s.physician_id)))
         found.extend(chunk_found[: limit - len(found)])
