@@ -84,8 +84,12 @@ log = logging.getLogger(__name__)
 RESCAN_SECONDS = 10.0
 #: Dictations still to be processed.
 ACTIVE_STATUSES = ("received", "processing")
-#: A sidecar younger than this that does not parse yet may still be being written.
+#: A sidecar modified more recently than this may still be being written.
 _SIDECAR_SETTLE_S = 1.0
+#: Settle time after inotify reported the writer closed the file (or it was renamed in).
+_CLOSED_SETTLE_S = 0.5
+#: A file open for writing but unchanged this long is taken anyway (a writer that hangs).
+_OPEN_WRITER_CAP_S = 60.0
 
 _TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".swp",
                   ".lock", ".json", ".txt")
@@ -330,6 +334,10 @@ def archive(settings: Settings, dictation_id: str) -> Path | None:
     return audio
 
 
+class _Taken(Exception):
+    """Another dictation already holds this SHA-256."""
+
+
 def register(settings: Settings, dictation_id: str) -> IntakeResult:
     """Turn a claimed folder into a dictation row; de-duplicate by SHA-256 (race-safe).
 
@@ -391,13 +399,15 @@ def register(settings: Settings, dictation_id: str) -> IntakeResult:
             existing = s.get(InboxIntake, digest)
             if existing is not None and existing.dictation_id == dictation_id:
                 return IntakeResult("received", dictation_id, priority=meta.priority)
+            if existing is not None:
+                raise _Taken  # rolls the row back; handled below as a duplicate or a retry
             s.add(InboxIntake(sha256=digest, dictation_id=dictation_id))
             s.flush()
             audit.record(s, actor="system:inbox", action="dictation_received",
                          object_type="dictation", object_id=dictation_id,
                          detail={"physician_id": physician_id, "priority": meta.priority})
         return IntakeResult("received", dictation_id, priority=meta.priority)
-    except IntegrityError:
+    except (IntegrityError, _Taken):
         pass  # the SHA-256 is already taken: a duplicate, or a retry of a failed one
 
     with store.session() as s:
@@ -517,6 +527,8 @@ class _Candidate:
     mtime_ns: int
     first_seen: float
     stable_since: float
+    writing: bool = False  # inotify saw it opened for writing and not yet closed
+    closed: bool = False  # inotify saw the writer close it (or it was renamed into place)
 
 
 @dataclass
@@ -571,13 +583,22 @@ class InboxScanner:
                     if f.is_file(follow_symlinks=False) and not is_ignored(f.name):
                         yield Path(f.path)
 
-    def poke(self, path: Path | str) -> None:
-        """Note that ``path`` changed (an event arrived); check it soon."""
+    def poke(self, path: Path | str, kind: str = "modified") -> None:
+        """Note an event for ``path`` (``created``, ``modified``, ``closed``, ``moved``...);
+        the scanner checks it at once."""
         p = Path(path)
-        if is_ignored(p.name) and p.suffix.lower() != ".json":
+        if p.suffix.lower() == ".json" or is_ignored(p.name):
+            self._wake.set()  # a sidecar may complete a waiting audio file
             return
-        if p.suffix.lower() == ".json":
-            p = p.with_suffix("")  # a sidecar arrived: its audio may be ready now
+        now = time.monotonic()
+        self._observe(p, now)
+        with self._lock:
+            cand = self._candidates.get(p)
+            if cand is not None:
+                if kind in ("created", "modified"):
+                    cand.writing, cand.closed = True, False
+                elif kind in ("closed", "moved"):
+                    cand.writing, cand.closed = False, True
         self._wake.set()
 
     def rescan(self, now: float | None = None) -> None:
@@ -609,7 +630,16 @@ class InboxScanner:
     # -- decisions ------------------------------------------------------------------------
     def _ready(self, path: Path, cand: _Candidate, now: float) -> bool:
         s = self.settings
-        if now - cand.stable_since < s.stable_seconds:
+        stable_for = now - cand.stable_since
+        if cand.closed:
+            # the writer closed it (inotify) or it was renamed into place: a short settle
+            needed = min(s.stable_seconds, _CLOSED_SETTLE_S)
+        elif cand.writing:
+            # still open for writing: wait for the close, unless it is stable for very long
+            needed = max(_OPEN_WRITER_CAP_S, 10 * s.stable_seconds)
+        else:
+            needed = s.stable_seconds  # polling, or found by a rescan: size+mtime must hold
+        if stable_for < needed:
             return False
         sidecar = path.with_suffix(".json")
         if sidecar.exists():
@@ -617,7 +647,7 @@ class InboxScanner:
                 age = time.time() - sidecar.stat().st_mtime
             except FileNotFoundError:
                 return False
-            return age >= s.stable_seconds  # else the sidecar may still be being written
+            return age >= min(s.stable_seconds, _SIDECAR_SETTLE_S)  # else still being written
         return now - cand.first_seen >= s.sidecar_grace_seconds
 
     def step(self, now: float | None = None) -> list[IntakeResult]:
@@ -696,24 +726,35 @@ def start_observer(settings: Settings, scanner: InboxScanner) -> Any:
     from watchdog.observers.polling import PollingObserver
 
     class _Handler(FileSystemEventHandler):
+        polling = False
+
         def on_any_event(self, event: FileSystemEvent) -> None:
-            if not event.is_directory:
-                scanner.poke(str(getattr(event, "dest_path", "") or event.src_path))
+            if event.is_directory or event.event_type in ("deleted", "opened",
+                                                          "closed_no_write"):
+                return
+            dest = getattr(event, "dest_path", "")
+            kind = str(event.event_type)
+            if self.polling and kind != "moved":
+                kind = "poll"  # a polling observer never reports a close: size+mtime decide
+            scanner.poke(str(dest or event.src_path), kind)
 
     settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    handler = _Handler()
     if settings.watcher == "polling":
         observer: Any = PollingObserver(timeout=settings.poll_interval_seconds)
+        handler.polling = True
     else:
         observer = Observer()
     try:
-        observer.schedule(_Handler(), str(settings.inbox_dir), recursive=True)
+        observer.schedule(handler, str(settings.inbox_dir), recursive=True)
         observer.start()
     except OSError as exc:  # e.g. inotify watch limit reached: fall back to polling
         if settings.watcher == "inotify":
             raise
         log.warning("inotify unavailable (%s); using the polling observer", exc.errno)
         observer = PollingObserver(timeout=settings.poll_interval_seconds)
-        observer.schedule(_Handler(), str(settings.inbox_dir), recursive=True)
+        handler.polling = True
+        observer.schedule(handler, str(settings.inbox_dir), recursive=True)
         observer.start()
     return observer
 
