@@ -258,6 +258,8 @@ class WarmWorker:
         self._running: dict[str, Future[Any]] = {}
         self._lock = threading.Lock()
         self._flow_names: dict[str, str] = {}
+        self._queue_names: dict[str, str] = {}
+        self._queues_read = 0.0
         self.completed = 0
 
     def stop(self) -> None:
@@ -286,12 +288,16 @@ class WarmWorker:
         responses = c.get_scheduled_flow_runs_for_work_pool(
             POOL, scheduled_before=datetime.now(UTC)
         )
-        queue_names = {}
-        for name in QUEUES:
-            try:
-                queue_names[str(c.read_work_queue_by_name(name, work_pool_name=POOL).id)] = name
-            except Exception:  # a queue deleted by an administrator: treat as routine
-                continue
+        if not self._queue_names or time.monotonic() - self._queues_read > 60:
+            self._queue_names = {}
+            for name in QUEUES:
+                try:
+                    queue = c.read_work_queue_by_name(name, work_pool_name=POOL)
+                except Exception:  # a queue deleted by an administrator: treat as routine
+                    continue
+                self._queue_names[str(queue.id)] = name
+            self._queues_read = time.monotonic()
+        queue_names = self._queue_names
         responses.sort(key=lambda r: (
             QUEUES.get(queue_names.get(str(r.work_queue_id), "routine"), 99),
             r.flow_run.expected_start_time or r.flow_run.created,
