@@ -81,7 +81,7 @@ def phonetic_key(word: str) -> str:
     w = w.replace("dg", "j").replace("th", "t").replace("y", "i")
     if w.startswith(("kn", "gn", "pn", "ps", "pt")):
         w = w[1:]
-    first = w[0].upper() if w[0] in "aeiou" else ""
+    first = w[0].upper() if w[0] in "aeiouh" else ""
     out: list[str] = []
     for ch in w:
         if ch in "aeiouhw":
@@ -129,6 +129,7 @@ class VocabIndex:
     standard: dict[str, str] = field(default_factory=dict)
     units: dict[str, tuple[str, str]] = field(default_factory=dict)  # spoken -> (written, kind)
     sections: list[str] = field(default_factory=list)
+    inline_headings: list[str] = field(default_factory=list)
     confusions: dict[str, tuple[str, str]] = field(default_factory=dict)  # heard -> (term, ctx)
     specialty: dict[str, list[str]] = field(default_factory=dict)
     load_s: float = 0.0
@@ -240,6 +241,9 @@ def _load_curated(idx: VocabIndex, cur: Path) -> None:
     for row in read_tsv(cur / "confusions.tsv"):
         idx.confusions[row[0].lower()] = (row[1], row[2])
     idx.sections = [r[0].lower() for r in read_tsv(cur / "sections.txt")]
+    inline = cur / "inline_headings.txt"
+    if inline.exists():
+        idx.inline_headings = [r[0].lower() for r in read_tsv(inline)]
     for name in SPECIALTIES:
         path = cur / "specialty" / f"{name}.txt"
         if path.exists():

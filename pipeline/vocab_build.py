@@ -98,8 +98,9 @@ def _icd10cm_words() -> Counter[str]:
     for code in cm.get_all_codes():
         if code[:1] in "VWXY":  # external causes: everyday words (bicycle, abandoned, ...)
             continue
-        for w in _words(cm.get_description(code)):
-            counts[w] += 1
+        for k, w in enumerate(_words(cm.get_description(code))):
+            # the first word is capitalised as a sentence start: its case says nothing
+            counts[w.lower() if k == 0 and w[1:].islower() else w] += 1
     return counts
 
 
@@ -129,7 +130,8 @@ def _icd10pcs_words() -> tuple[Counter[str], set[str]]:
                 if not text:
                     continue
                 for w in _words(str(text)):
-                    counts[w] += 1
+                    # PCS names are in Title Case: a capital says nothing about the word
+                    counts[w.lower() if w[1:].islower() else w] += 1
                 if q.startswith("select english"):
                     t = str(text).strip()
                     if 1 < len(t.split()) <= 4:
@@ -156,10 +158,11 @@ def _english() -> dict[str, float]:
 
 def _display_form(variants: Counter[str]) -> str:
     """The most common spelling, preferring lower case for ordinary words."""
-    lower = [v for v in variants if v.islower()]
-    if lower:
-        return lower[0]
-    return variants.most_common(1)[0][0]
+    top, n = variants.most_common(1)[0]
+    lower = sum(c for v, c in variants.items() if v.islower())
+    if lower >= n or top[1:].islower() and lower:
+        return top.lower()
+    return top
 
 
 def _write_tsv(path: Path, rows: list[list[str]], header: str) -> None:
@@ -226,8 +229,10 @@ def build(vocab_dir: Path) -> dict[str, Any]:
             continue
         src = sources[low]
         display = curated_terms.get(low) or _display_form(variants)
-        if "drug" in src and low in drugs and (drugs[low][1] or drugs[low][0].lower() != low):
-            if "curated" not in src and not drugs[low][0].lower().startswith(low):
+        if "drug" in src and low in drugs and "curated" not in src:
+            canon = drugs[low][0].lower()
+            # a variant that shares its stem with the generic name is a generic form too
+            if drugs[low][1] or not any(w[:6] == low[:6] for w in canon.split()):
                 display = low.capitalize()  # brand names are proper nouns
         zipf = english.get(low, 0.0)
         is_med = "curated" in src or zipf < MEDICAL_ZIPF_MAX

@@ -14,8 +14,14 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline.normalize.abbreviations import AbbreviationPolicy, Casing, SafetyReview, SigStyle
-from pipeline.normalize.commands import DropAutoPunctuation, SpokenCommands
+from pipeline.normalize.abbreviations import (
+    AbbreviationPolicy,
+    Casing,
+    SafetyReview,
+    SigStyle,
+    Titles,
+)
+from pipeline.normalize.commands import DropAutoPunctuation, NumberedLists, SpokenCommands
 from pipeline.normalize.compose import Compose, Transform
 from pipeline.normalize.numbers import LetterSequences, SpokenNumbers, ZeroSafety
 from pipeline.normalize.prompt import PromptTerms, prompt_terms
@@ -49,12 +55,14 @@ DICTATION = Compose(
     [
         SpokenCommands(),
         DropAutoPunctuation(),
+        NumberedLists(),
         LetterSequences(),
         SpokenNumbers(),
         ZeroSafety(),
         TermCorrection(),
         SigStyle(),
         AbbreviationPolicy(),
+        Titles(),
         SafetyReview(),
         Casing(),
     ]
@@ -64,12 +72,14 @@ TEXT_ONLY = Compose(
     [
         SpokenCommands(),
         DropAutoPunctuation(),
+        NumberedLists(),
         LetterSequences(),
         SpokenNumbers(),
         ZeroSafety(),
         TermCorrection(),
         SigStyle(),
         AbbreviationPolicy(),
+        Titles(),
         Casing(),
     ]
 )

@@ -7,7 +7,7 @@ import re
 from pipeline.normalize.compose import Transform
 from pipeline.normalize.tokens import TextState, Tok, is_sentence_end, merge
 
-__all__ = ["AbbreviationPolicy", "SigStyle", "SafetyReview", "Casing", "SIG_PHRASES"]
+__all__ = ["Titles", "AbbreviationPolicy", "SigStyle", "SafetyReview", "Casing", "SIG_PHRASES"]
 
 _NUMBERISH = re.compile(r"\d")
 #: Two-letter Do-Not-Use / ISMP entries that are also English words or common tokens: only
@@ -175,6 +175,44 @@ class SafetyReview(Transform):
                 state.review("laterality", t, "Laterality uncertain in the recording.")
             elif _NUMBERISH.search(t.text):
                 state.review("number", t, "Number uncertain in the recording.")
+        return state
+
+
+class Titles(Transform):
+    """"Doctor Patel" -> "Dr. Patel"; the noun "follow up" -> "follow-up" ("in 2 weeks")."""
+
+    _NOUN_BEFORE = {"for", "of", "a", "the", "at", "schedule", "routine", "arrange", "further",
+                    "close", "outpatient", "clinic", "her", "his", "their"}
+
+    def process(self, state: TextState) -> TextState:
+        toks = state.toks
+        out: list[Tok] = []
+        for i, t in enumerate(toks):
+            if (
+                t.is_word
+                and t.text.lower() == "follow"
+                and i + 1 < len(toks)
+                and toks[i + 1].is_word
+                and toks[i + 1].text.lower() == "up"
+                and out
+                and out[-1].is_word
+                and out[-1].text.lower() in self._NOUN_BEFORE
+            ):
+                toks[i + 1] = merge([t, toks[i + 1]], t.text + "-up", "abbreviation")
+                continue
+            out.append(t)
+        state.toks = toks = out
+        for i, t in enumerate(toks[:-1]):
+            nxt = toks[i + 1]
+            if (
+                t.is_word
+                and t.text.lower() == "doctor"
+                and nxt.is_word
+                and nxt.text[:1].isupper()
+                and nxt.text[1:].islower()
+                and state.index.zipf(nxt.text) < 5.0
+            ):
+                toks[i] = merge([t], "Dr.", "abbreviation", keep_case=True)
         return state
 
 

@@ -12,6 +12,7 @@ from pipeline.normalize.tokens import BREAK, PARAGRAPH, TextState, Tok, is_sente
 
 __all__ = [
     "SpokenCommands",
+    "NumberedLists",
     "DropAutoPunctuation",
     "PUNCTUATION_COMMANDS",
     "is_command_context",
@@ -54,7 +55,7 @@ PUNCTUATION_COMMANDS: dict[tuple[str, ...], tuple[str, bool, bool, str]] = {
 _MAX_CMD = 2
 
 _DETERMINERS = {
-    "the", "a", "an", "this", "that", "each", "every", "any", "some", "no", "one", "same",
+    "the", "a", "an", "this", "that", "each", "every", "any", "some", "no", "same",
     "his", "her", "their", "its", "our", "my", "your", "which", "what", "whole", "entire",
 }
 #: words before "period" that make it the noun
@@ -123,7 +124,8 @@ class SpokenCommands(Transform):
         low = {i: _norm(toks[i]) for i in words_idx}
         # position in words_idx of each token index
         wpos = {ti: k for k, ti in enumerate(words_idx)}
-        sections = set(state.index.sections)
+        sections = set(state.index.sections) | set(state.index.inline_headings)
+        inline = set(state.index.inline_headings)
         out: list[Tok] = []
         caps = False
         i = 0
@@ -151,14 +153,25 @@ class SpokenCommands(Transform):
             before = word_at(k - 1)
 
             # --- section heading: "<heading> colon" ------------------------------------
-            heading = self._heading_at(k, seq, sections, toks, words_idx)
+            at_start = not out or out[-1].kind in ("break", "heading") or is_sentence_end(out[-1])
+            heading = (
+                self._heading_at(k, seq, sections, toks, words_idx) if at_start else None
+            )
             if heading is not None:
                 m, said_colon = heading
                 span, end = tokens_span(k, m + (1 if said_colon else 0))
                 if said_colon is False:  # Whisper wrote the colon itself
                     end = words_idx[k + m - 1] + 2
                     span = toks[words_idx[k] : end]
-                text = " ".join(word_at(k + j) or "" for j in range(m)).upper() + ":"
+                said = " ".join(word_at(k + j) or "" for j in range(m))
+                if said in inline:
+                    h = merge(span, said.capitalize() + ":", "heading", keep_case=True,
+                              protected=True)
+                    h.kind = "heading"
+                    out.append(h)
+                    i = end
+                    continue
+                text = said.upper() + ":"
                 if out:
                     while out and out[-1].kind == "auto":
                         out.pop()
@@ -346,6 +359,56 @@ _NUMBER_WORDS = {
 
 def _is_number_word(t: Tok) -> bool:
     return _norm(t) in _NUMBER_WORDS
+
+
+class NumberedLists(Transform):
+    """"one period ... two period" at the start of a line or sentence -> "1." list items.
+
+    Items must count up from one, so a sentence such as "Two." alone is left as it is.
+    """
+
+    def process(self, state: TextState) -> TextState:
+        toks = state.toks
+        out: list[Tok] = []
+        expected = 1
+        i = 0
+        while i < len(toks):
+            t = toks[i]
+            nxt = toks[i + 1] if i + 1 < len(toks) else None
+            prev = out[-1] if out else None
+            value = _LIST_NUMBERS.get(_norm(t)) if t.is_word else None
+            if (
+                value is not None
+                and value in (1, expected)
+                and nxt is not None
+                and nxt.kind == "punct"
+                and nxt.text == "."
+                and (prev is None or prev.kind in ("break", "heading") or is_sentence_end(prev))
+            ):
+                if prev is not None and not (prev.kind == "break" and prev.text == BREAK):
+                    if prev.kind == "break":
+                        out[-1] = Tok(BREAK, kind="break", orig=prev.orig, change=prev.change)
+                    else:
+                        out.append(Tok(BREAK, kind="break"))
+                item = merge([t, nxt], f"{value}.", "number", keep_case=True, protected=True)
+                item.kind = "heading"  # the next word starts a sentence
+                out.append(item)
+                expected = value + 1
+                i += 2
+                continue
+            if t.kind == "heading" and t.text.isupper():
+                expected = 1
+            out.append(t)
+            i += 1
+        state.toks = out
+        return state
+
+
+_LIST_NUMBERS = {
+    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+    "nine": 9, "ten": 10, "1": 1, "2": 2, "3": 3, "4": 4, "5": 5, "6": 6, "7": 7, "8": 8,
+    "9": 9, "10": 10,
+}
 
 
 class DropAutoPunctuation(Transform):

@@ -79,6 +79,10 @@ _PER = {
     "min": "/min", "day": "/day", "dose": "/dose", "liter": "/L", "deciliter": "/dL",
     "milliliter": "/mL", "meter": "/m2",
 }
+_SINGLE_DIGITS = {
+    "zero": "0", "oh": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9",
+}
 _DOSE_UNITS = {"mg", "mcg", "g", "mL", "L", "units", "international units", "mEq", "mmol"}
 
 
@@ -193,6 +197,25 @@ class SpokenNumbers(Transform):
                 out.append(t)
                 i += 1
                 continue
+            # --- digits said one by one (record numbers): "four four seven one" -> "4471"
+            j = i
+            while j < n and toks[j].is_word and lows[j] in _SINGLE_DIGITS:
+                j += 1
+            if j - i >= 3:
+                digits = "".join(_SINGLE_DIGITS[lows[x]] for x in range(i, j))
+                out.append(merge(toks[i:j], digits, "number", protected=True))
+                i = j
+                continue
+            # --- "A one C" -> "A1c" ------------------------------------------------------
+            if lows[i] == "a" and i + 2 < n and lows[i + 1] in ("one", "1") and lows[i + 2] == "c":
+                out.append(merge(toks[i : i + 3], "A1c", "number", protected=True,
+                                 keep_case=True))
+                i += 3
+                continue
+            if lows[i] == "a1c":
+                out.append(merge([t], "A1c", "number", protected=True, keep_case=True))
+                i += 1
+                continue
             # --- dates: "<month> <day>[,] [<year>]" ---------------------------------------
             if lows[i] in MONTHS and i + 1 < n:
                 got = self._date(toks, lows, i)
@@ -216,6 +239,11 @@ class SpokenNumbers(Transform):
                 out.append(t)
                 i += 1
                 continue
+            if num.spoken and not vital_ctx:
+                # "eight seventy five milligrams": a dose said the colloquial way
+                alt = self._number(toks, lows, i, colloquial=True)
+                if alt is not None and alt.end > num.end and self._unit(lows, alt.end, unit_keys):
+                    num = alt
             end = num.end
             # --- "A over B" (blood pressure) -----------------------------------------------
             if end < n and lows[end] == "over" and (
@@ -252,7 +280,7 @@ class SpokenNumbers(Transform):
                 i = end + 1
                 continue
             # --- time of day: "ten thirty a m" --------------------------------------------
-            got_t = self._time(toks, lows, i, num)
+            got_t = self._time(toks, lows, i, num) or self._clock(toks, lows, i, num, prev_words)
             if got_t:
                 text, tend = got_t
                 out.append(merge(toks[i:tend], text, "number", protected=True))
@@ -468,6 +496,22 @@ class SpokenNumbers(Transform):
         if ampm is None:
             return None
         return f"{hour}:{minutes:02d} {ampm}.m.", j
+
+    def _clock(
+        self, toks: list[Tok], lows: list[str], i: int, num: _Num, prev_words: list[str]
+    ) -> tuple[str, int] | None:
+        """24-hour times after "at": "at fourteen twenty" -> "14:20", "at oh eight hundred"."""
+        if not prev_words or prev_words[-1] != "at" or num.decimal or not num.spoken:
+            return None
+        if not 0 <= num.value <= 23:
+            return None
+        j = num.end
+        if j < len(lows) and lows[j] == "hundred" and num.value >= 10:
+            return f"{int(num.value):02d}:00", j + 1
+        got = self._number(toks, lows, j, colloquial=False) if j < len(lows) else None
+        if got and got.spoken and not got.decimal and 10 <= got.value <= 59:
+            return f"{int(num.value):02d}:{int(got.value):02d}", got.end
+        return None
 
     def _level(self, toks: list[Tok], lows: list[str], i: int) -> tuple[str, int] | None:
         """Spinal levels: "L four L five" -> "L4-L5", "L five S one" -> "L5-S1", "T four"."""

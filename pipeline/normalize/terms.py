@@ -58,6 +58,10 @@ _NEVER = {
     "normal", "abnormal", "mild", "moderate", "severe",
 }
 _SUTURE_SIZE = re.compile(r"^\d-0$")
+_MEDICAL_PREFIX = re.compile(
+    r"^(hyper|hypo|peri|intra|extra|sub|trans|post|pre|non|anti|endo|para|retro|supra|infra|"
+    r"inter|multi|poly|micro|macro|pseudo|neo|de|re|un)"
+)
 _SUTURE_BEFORE = re.compile(r"\b\d-0\s+$")
 _WORDLIKE = re.compile(r"^[A-Za-z][A-Za-z'\-]*$")
 
@@ -119,6 +123,10 @@ def best_candidate(
     for cand in cands:
         if cand == low or abs(len(cand) - len(low)) > max(3, len(low) // 3):
             continue
+        if cand.startswith(low) or low.startswith(cand):
+            continue  # an inflection of the same word, not a mishearing
+        if _MEDICAL_PREFIX.match(low) and index.is_medical(_MEDICAL_PREFIX.sub("", low)):
+            return None  # "hyperenhancement": a well-formed compound of a medical word
         score = fuzz.ratio(low, cand)
         term = index.terms.get(cand)
         source = "physician" if extra and cand in extra else (term.source if term else "")
@@ -275,7 +283,7 @@ class MedicalTermCorrector:
                     i += 2
                     continue
             # 5. unknown word: phonetic key + spelling
-            if zipf < _ENGLISH_ZIPF and len(low) >= 5:
+            if zipf == 0.0 and len(low) >= 5:  # not among the 60,000 commonest English words
                 cand = best_candidate(index, low, extra)
                 if cand is not None:
                     display, score, source = cand
