@@ -26,7 +26,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from pipeline.errors import PipelineError
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.settings import Settings, get_settings
 
 __all__ = ["register", "run", "settings_from_args", "result_json", "error_json"]
@@ -57,7 +60,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["data_dir"] = args.data_dir
     if getattr(args, "model", None):
         overrides["model"] = args.model
-    return Settings(**overrides) if overrides else get_settings()
+    try:
+        return Settings(**overrides) if overrides else get_settings()
+    except (ValidationError, SettingsError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"Settings could not be read from the environment: {first}") from exc
 
 
 def _flags(*lists: list[str]) -> list[str]:

@@ -1,0 +1,233 @@
+"""Benchmark: raw faster-whisper vs the full pipeline on the same audio, side by side.
+
+Each measurement runs in its own freshly spawned process so that peak memory (``ru_maxrss``)
+belongs to that measurement alone. Both sides load the same model with the same device,
+compute type and decoding options, run a short warm-up (the first seconds of the same audio,
+so that lazy initialisation is not billed to either side) and then process the whole file
+once:
+
+- raw: ``WhisperModel.transcribe(path, vad_filter=True, ...)`` with the generator consumed;
+- pipeline: ``process.process_file`` (probe, transcribe with guards, normalize, structure,
+  render, store) into a temporary data directory.
+
+``long_minutes`` additionally builds a long file (the audio looped, streamed to a WAV in a
+temporary folder) and measures the pipeline's peak memory on it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import resource
+import tempfile
+import time
+import wave
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.settings import Settings
+
+__all__ = ["RunFigures", "BenchResult", "run_bench", "make_long_audio", "measure"]
+
+
+@dataclass
+class RunFigures:
+    """What one measured run did."""
+
+    label: str
+    audio_s: float
+    wall_s: float
+    load_s: float
+    warmup_s: float
+    peak_rss_mb: float
+    words: int
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def speed(self) -> float:
+        """Real-time factor as "x faster than real time" (audio seconds / wall seconds)."""
+        return self.audio_s / self.wall_s if self.wall_s > 0 else float("inf")
+
+
+@dataclass
+class BenchResult:
+    """Raw and pipeline figures for one audio file and model, plus the optional long run."""
+
+    audio: str
+    model: str
+    device: str
+    compute_type: str
+    beam_size: int
+    raw: RunFigures
+    pipeline: RunFigures
+    long: RunFigures | None = None
+    long_raw: RunFigures | None = None
+
+    @property
+    def ratio(self) -> float:
+        """Pipeline wall time / raw faster-whisper wall time (target <= 1.15)."""
+        return self.pipeline.wall_s / self.raw.wall_s
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly figures (with speeds and the ratio)."""
+        out = asdict(self)
+        for key in ("raw", "pipeline", "long", "long_raw"):
+            figures = getattr(self, key)
+            if figures is not None:
+                out[key]["speed_x_realtime"] = round(figures.speed, 2)
+        out["ratio"] = round(self.ratio, 3)
+        return out
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _child(kind: str, settings_data: dict[str, Any], audio: str, warm: str | None) -> dict:
+    """Runs in a spawned process: load, warm up, time one run; return figures as a dict."""
+    import pipeline  # noqa: F401  (offline environment first)
+    from pipeline import speech_models
+    from pipeline.transcribe import TranscribeOptions, vad_options, whisper_kwargs
+
+    settings = Settings(**settings_data)
+    t0 = time.perf_counter()
+    model = speech_models.load(settings)
+    load_s = time.perf_counter() - t0
+
+    if kind == "raw":
+        options = TranscribeOptions.from_settings(settings)
+        language = options.language if model.model.is_multilingual else "en"
+        kwargs = whisper_kwargs(options, language)
+        if not options.vad:
+            kwargs["vad_filter"] = False
+        else:
+            kwargs["vad_filter"] = True
+            kwargs["vad_parameters"] = vad_options(options)
+
+        def once(path: str) -> tuple[float, int, dict[str, float]]:
+            segments, info = model.transcribe(path, **kwargs)
+            words = sum(len(s.words or []) for s in segments)  # consumes the generator
+            return float(info.duration), words, {}
+
+    else:
+        from pipeline.process import process_file
+
+        def once(path: str) -> tuple[float, int, dict[str, float]]:
+            result = process_file(Path(path), settings, None, store=True)
+            return (result.dictation.audio.duration_s, len(result.transcript.words),
+                    {k: round(v, 3) for k, v in result.timings.items()})
+
+    warm_s = 0.0
+    if warm:
+        t0 = time.perf_counter()
+        once(warm)
+        warm_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    audio_s, words, stages = once(audio)
+    wall = time.perf_counter() - t0
+    return {
+        "label": kind,
+        "audio_s": round(audio_s, 2),
+        "wall_s": round(wall, 3),
+        "load_s": round(load_s, 3),
+        "warmup_s": round(warm_s, 3),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "words": words,
+        "stages": stages,
+    }
+
+
+def measure(kind: str, settings: Settings, audio: Path, warm: Path | None) -> RunFigures:
+    """Run one measurement (``raw`` or ``pipeline``) in a fresh spawned process."""
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        data = pool.submit(
+            _child, kind, settings.model_dump(), str(audio), str(warm) if warm else None
+        ).result()
+    return RunFigures(**data)
+
+
+def _write_wav(path: Path, rate: int = 16000) -> wave.Wave_write:
+    w = wave.open(str(path), "wb")
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(rate)
+    return w
+
+
+def make_long_audio(source: Path, minutes: float, out: Path) -> Path:
+    """Loop ``source`` (with 1 s pauses) into a 16 kHz WAV lasting ``minutes``, streamed."""
+    from pipeline.audio import decode
+
+    pcm = (np.clip(decode(source), -1, 1) * 32767).astype("<i2").tobytes()
+    pause = bytes(2 * 16000)
+    target = int(minutes * 60 * 16000) * 2
+    written = 0
+    with _write_wav(out) as w:
+        while written < target:
+            for block in (pcm, pause):
+                block = block[: target - written]
+                w.writeframes(block)
+                written += len(block)
+    return out
+
+
+def _warm_clip(source: Path, out: Path, seconds: float = 5.0) -> Path:
+    from pipeline.audio import iter_audio
+
+    first = next(iter_audio(source, chunk_seconds=seconds))
+    with _write_wav(out) as w:
+        w.writeframes((np.clip(first, -1, 1) * 32767).astype("<i2").tobytes())
+    return out
+
+
+def run_bench(
+    audio: Path,
+    settings: Settings,
+    *,
+    long_minutes: float | None = None,
+    long_raw: bool = False,
+) -> BenchResult:
+    """Measure raw faster-whisper and the pipeline on ``audio`` (and optionally a long file)."""
+    from pipeline import audio as audio_mod
+    from pipeline import speech_models
+
+    audio_mod.probe(audio, settings)  # a clear error before spawning anything
+    resolved = speech_models.resolve(settings.model, settings)  # joins base once, here
+    device, compute = speech_models.choose_device(settings)
+    with tempfile.TemporaryDirectory(prefix="dictation-bench-") as tmp:
+        tmpdir = Path(tmp)
+        warm = _warm_clip(audio, tmpdir / "warmup.wav")
+        base = settings.model_dump()
+        raw_settings = Settings(**{**base, "data_dir": tmpdir / "raw"})
+        pipe_settings = Settings(**{**base, "data_dir": tmpdir / "pipeline"})
+        # the joined base model is in the user's cache: point both at the same folder
+        if resolved.source.startswith("joined"):
+            raw_settings.model = pipe_settings.model = str(resolved.path)
+        raw = measure("raw", raw_settings, audio, warm)
+        pipe = measure("pipeline", pipe_settings, audio, warm)
+        raw.label, pipe.label = "raw faster-whisper", "pipeline"
+        long_fig = long_raw_fig = None
+        if long_minutes:
+            long_audio = make_long_audio(audio, long_minutes, tmpdir / "long.wav")
+            long_settings = Settings(**{**pipe_settings.model_dump(),
+                                        "data_dir": tmpdir / "long"})
+            long_fig = measure("pipeline", long_settings, long_audio, warm)
+            long_fig.label = f"pipeline, {long_minutes:g} min"
+            if long_raw:
+                long_raw_fig = measure("raw", raw_settings, long_audio, warm)
+                long_raw_fig.label = f"raw faster-whisper, {long_minutes:g} min"
+    return BenchResult(
+        audio=str(audio),
+        model=resolved.name,
+        device=device,
+        compute_type=compute,
+        beam_size=settings.beam_size,
+        raw=raw,
+        pipeline=pipe,
+        long=long_fig,
+        long_raw=long_raw_fig,
+    )
