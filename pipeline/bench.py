@@ -151,7 +151,7 @@ def measure(kind: str, settings: Settings, audio: Path, warm: Path | None) -> Ru
 
 
 def _write_wav(path: Path, rate: int = 16000) -> wave.Wave_write:
-    w = wave.open(str(path), "wb")
+    w = wave.open(str(path), "wb")  # noqa: SIM115 - returned to a with-block by the caller
     w.setnchannels(1)
     w.setsampwidth(2)
     w.setframerate(rate)

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -25,9 +27,6 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.settings import Settings, get_settings
