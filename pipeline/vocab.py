@@ -23,7 +23,6 @@ from pipeline.settings import Settings
 
 __all__ = [
     "VocabIndex",
-    "Term",
     "get_index",
     "load_index",
     "phonetic_key",
@@ -104,20 +103,14 @@ def read_tsv(path: Path) -> Iterator[list[str]]:
 
 
 @dataclass
-class Term:
-    """A vocabulary entry: its display form and where it came from."""
-
-    display: str
-    source: str
-    zipf: float = 0.0
-
-
-@dataclass
 class VocabIndex:
     """Everything the medical-language stage looks up, in plain sets and dicts."""
 
     version: str = ""
-    terms: dict[str, Term] = field(default_factory=dict)  # lower single word -> term
+    words: set[str] = field(default_factory=set)  # every vocabulary word, lower case
+    displays: dict[str, str] = field(default_factory=dict)  # lower -> spelling, when different
+    curated: set[str] = field(default_factory=set)  # words from our curated lists
+    drug_only: set[str] = field(default_factory=set)  # words only the drug list has
     phrases: dict[str, str] = field(default_factory=dict)  # lower multi-word -> display
     phonetic: dict[str, list[str]] = field(default_factory=dict)  # key -> lower words
     medical: set[str] = field(default_factory=set)  # lower words counted as medical
@@ -140,8 +133,19 @@ class VocabIndex:
 
     def display(self, word: str) -> str | None:
         """The vocabulary's spelling of ``word`` (e.g. "vicryl" -> "Vicryl"), or None."""
-        t = self.terms.get(word.lower())
-        return t.display if t else None
+        low = word.lower()
+        if low not in self.words:
+            return None
+        return self.displays.get(low, low)
+
+    def source(self, word: str) -> str:
+        """Where a vocabulary word comes from: "curated", "drug", "list" or "" (unknown)."""
+        low = word.lower()
+        if low in self.curated:
+            return "curated"
+        if low in self.drug_only:
+            return "drug"
+        return "list" if low in self.words else ""
 
     @property
     def drugs(self) -> dict[str, str]:
@@ -206,25 +210,25 @@ def load_index(vocab_dir: Path) -> VocabIndex:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     idx = VocabIndex(version=str(manifest.get("version", "")))
 
-    for row in read_tsv(vocab_dir / "terms.tsv.gz"):
-        low, display, source, zipf_s, key, medical = row
-        zipf = float(zipf_s)
-        if " " in low:
-            idx.phrases[low] = display
-        else:
-            idx.terms[low] = Term(display, source, zipf)
-            if key:
-                idx.phonetic.setdefault(key, []).append(low)
-        if medical == "1":
-            idx.medical.add(low)
-    for row in read_tsv(vocab_dir / "english.tsv.gz"):
-        idx.english[row[0]] = float(row[1])
+    with gzip.open(vocab_dir / "index.json.gz", "rb") as fh:
+        fast = json.loads(fh.read())
+    idx.words = set(fast["words"])
+    idx.displays = fast["displays"]
+    idx.curated = set(fast["curated"])
+    idx.drug_only = set(fast["drug_only"])
+    idx.medical = set(fast["medical"])
+    idx.phonetic = fast["phonetic"]
+    idx.phrases = fast["phrases"]
+    idx.english = dict(
+        zip(fast["english_words"].split(" "), map(float, fast["english_zipf"].split(" ")),
+            strict=True)
+    )
     for row in read_tsv(vocab_dir / "abbreviations.tsv.gz"):
         idx.abbreviations[row[0]] = row[1].split(" | ")
     idx.vocab_dir = vocab_dir
     _load_curated(idx, _curated_dir(vocab_dir))
     idx.load_s = time.perf_counter() - t0
-    log.info("vocabulary %s loaded: %d terms in %.3f s", idx.version, len(idx.terms), idx.load_s)
+    log.info("vocabulary %s loaded: %d words in %.3f s", idx.version, len(idx.words), idx.load_s)
     return idx
 
 

@@ -174,6 +174,14 @@ def _write_tsv(path: Path, rows: list[list[str]], header: str) -> None:
             gz.write(("\t".join(clean) + "\n").encode("utf-8"))
 
 
+def _group_keys(rows: list[list[str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        if r[4]:
+            out.setdefault(r[4], []).append(r[0])
+    return out
+
+
 def build(vocab_dir: Path) -> dict[str, Any]:
     """Read every source and write the vocabulary files; return the manifest written."""
     t0 = time.perf_counter()
@@ -265,7 +273,27 @@ def build(vocab_dir: Path) -> dict[str, Any]:
         "word\tzipf",
     )
 
-    files = ["terms.tsv.gz", "abbreviations.tsv.gz", "drugs.tsv.gz", "english.tsv.gz"]
+    # The same content as one JSON document: what get_index() loads (C-speed parsing).
+    words = [r for r in rows if " " not in r[0]]
+    fast = {
+        "words": [r[0] for r in words],
+        "displays": {r[0]: r[1] for r in words if r[1] != r[0]},
+        "curated": [r[0] for r in words if "curated" in r[2].split(",")],
+        "drug_only": [r[0] for r in words if r[2] == "drug"],
+        "medical": [r[0] for r in rows if r[5] == "1"],
+        "phonetic": _group_keys(words),
+        "phrases": {r[0]: r[1] for r in rows if " " in r[0]},
+        "english_words": " ".join(english),
+        "english_zipf": " ".join(f"{v:.2f}" for v in english.values()),
+    }
+    with open(vocab_dir / "index.json.gz", "wb") as raw, gzip.GzipFile(
+        fileobj=raw, mode="wb", mtime=0
+    ) as gz:
+        gz.write(json.dumps(fast, separators=(",", ":"), sort_keys=True).encode("utf-8"))
+
+    files = [
+        "index.json.gz", "terms.tsv.gz", "abbreviations.tsv.gz", "drugs.tsv.gz", "english.tsv.gz",
+    ]
     digest = hashlib.sha256()
     for f in files:
         digest.update((vocab_dir / f).read_bytes())

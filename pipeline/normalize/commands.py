@@ -53,6 +53,10 @@ PUNCTUATION_COMMANDS: dict[tuple[str, ...], tuple[str, bool, bool, str]] = {
     ("slash",): ("/", True, True, "punct"),
 }
 _MAX_CMD = 2
+#: First words of every command (a fast path skips all other words).
+_FIRST_WORDS = {w[0] for w in PUNCTUATION_COMMANDS} | {
+    "all", "caps", "end", "scratch", "delete", "strike", "correction",
+}
 
 _DETERMINERS = {
     "the", "a", "an", "this", "that", "each", "every", "any", "some", "no", "same",
@@ -186,6 +190,10 @@ class SpokenCommands(Transform):
                 i = end
                 continue
 
+            if low[i] not in _FIRST_WORDS:
+                out.append(self._cased(tok) if caps else tok)
+                i += 1
+                continue
             # --- all caps on / off ----------------------------------------------------
             for words in _CAPS_ON + _CAPS_OFF:
                 if seq(k, len(words)) == words:
@@ -237,19 +245,21 @@ class SpokenCommands(Transform):
                     break
                 if matched:
                     continue
-                if caps:
-                    up = Tok(**{**tok.__dict__})
-                    if up.text.upper() != up.text:
-                        up.orig = tok.text if tok.orig is None else tok.orig
-                        up.change = up.change or "casing"
-                    up.text = up.text.upper()
-                    up.keep_case = True
-                    out.append(up)
-                else:
-                    out.append(tok)
+                out.append(self._cased(tok) if caps else tok)
                 i += 1
         state.toks = out
         return state
+
+    @staticmethod
+    def _cased(tok: Tok) -> Tok:
+        """The token in upper case (inside "all caps ... end caps")."""
+        up = Tok(**{**tok.__dict__})
+        if up.text.upper() != up.text:
+            up.orig = tok.text if tok.orig is None else tok.orig
+            up.change = up.change or "casing"
+        up.text = up.text.upper()
+        up.keep_case = True
+        return up
 
     @staticmethod
     def _heading_at(k, seq, sections, toks, words_idx) -> tuple[int, bool | None] | None:  # type: ignore[no-untyped-def]

@@ -128,8 +128,7 @@ def best_candidate(
         if _MEDICAL_PREFIX.match(low) and index.is_medical(_MEDICAL_PREFIX.sub("", low)):
             return None  # "hyperenhancement": a well-formed compound of a medical word
         score = fuzz.ratio(low, cand)
-        term = index.terms.get(cand)
-        source = "physician" if extra and cand in extra else (term.source if term else "")
+        source = "physician" if extra and cand in extra else index.source(cand)
         if source != "physician" and not index.is_medical(cand):
             continue  # an everyday word would have been spelled right by Whisper
         min_score = _DRUG_MIN if source == "drug" else _KEY_MATCH_MIN
@@ -140,7 +139,7 @@ def best_candidate(
         # curated and physician terms win ties over big-list words
         rank = score + (8 if "curated" in source or source == "physician" else 0)
         if best is None or rank > best[1] + (8 if "curated" in best[2] else 0):
-            display = (extra or {}).get(cand) or (term.display if term else cand)
+            display = (extra or {}).get(cand) or index.display(cand) or cand
             best = (display, score, source)
     if best is None:
         pool = _curated_pool(index)
@@ -203,6 +202,7 @@ class MedicalTermCorrector:
         prot_ends: list[int] = ud.get("protected_ends", [])
         extra: dict[str, str] = ud.get("physician_terms", {})
         lows = [t.lower_ for t in doc]
+        text = doc.text
         ctx = _context(set(lows), ud.get("document_type"))
         anchors = _phrase_anchors(index)
         fixes: list[Fix] = []
@@ -258,7 +258,7 @@ class MedicalTermCorrector:
                 if fixes and fixes[-1].start == tok.idx:
                     continue
             # 3. a suture material after a size ("4-0 crill")
-            if _SUTURE_BEFORE.search(doc.text[max(0, tok.idx - 8) : tok.idx]) and not (
+            if _SUTURE_BEFORE.search(text[max(0, tok.idx - 8) : tok.idx]) and not (
                 index.is_medical(low)
             ):
                 hit = process.extractOne(low, list(_SUTURES), scorer=fuzz.WRatio,
