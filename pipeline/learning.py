@@ -91,9 +91,9 @@ def _bare(word: str) -> str:
 def word_corrections(draft_text: str, signed_text: str) -> list[tuple[str, str]]:
     """The substitutions a reviewer made: (draft words, signed words) pairs.
 
-    Equal-length replaced runs pair word by word; short unequal runs (up to three words on
-    each side, e.g. "sealer cyst" -> "cholecystitis") stay one phrase. Pure insertions and
-    deletions are not substitutions and are left out.
+    Short replaced runs (up to three words on each side) count: equal lengths pair word by
+    word, unequal ones stay one phrase (e.g. "sealer cyst" -> "cholecystitis"). Longer runs
+    are rewrites, and pure insertions and deletions are not substitutions: both left out.
     """
     a = [_bare(w) for w in draft_text.split()]
     b = [_bare(w) for w in signed_text.split()]
@@ -102,13 +102,13 @@ def word_corrections(draft_text: str, signed_text: str) -> list[tuple[str, str]]
     sm = SequenceMatcher(None, [w.lower() for w in a], [w.lower() for w in b], autojunk=False)
     pairs: list[tuple[str, str]] = []
     for tag, a0, a1, b0, b1 in sm.get_opcodes():
-        if tag != "replace":
-            continue
+        if tag != "replace" or a1 - a0 > _MAX_PHRASE or b1 - b0 > _MAX_PHRASE:
+            continue  # longer runs are rewrites, not word corrections
         if a1 - a0 == b1 - b0:
             pairs.extend(
                 (x, y) for x, y in zip(a[a0:a1], b[b0:b1], strict=True) if x.lower() != y.lower()
             )
-        elif a1 - a0 <= _MAX_PHRASE and b1 - b0 <= _MAX_PHRASE:
+        else:
             pairs.append((" ".join(a[a0:a1]), " ".join(b[b0:b1])))
     return pairs
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -25,7 +26,7 @@ from pipeline import audit, learning
 from pipeline.db.core import DictationRow, DraftRow
 from pipeline.db.review import Addendum, DraftClaim, DraftVersion, Signature
 from pipeline.errors import ConflictError, PermissionDeniedError
-from pipeline.records import AudioInfo, Dictation, DictationMeta, Note, Section
+from pipeline.records import AudioInfo, Dictation, DictationMeta, Note, Section, to_jsonable
 from pipeline.settings import Settings
 from pipeline.users import UserInfo, authenticate
 
@@ -129,7 +130,18 @@ def render_signed(session: Session, settings: Settings, draft: DraftRow) -> dict
         meta=meta,
     )
     out_dir = settings.drafts_dir / draft.id / "signed"
-    outputs = render.render_outputs(document, dictation, draft.id, out_dir, settings)
+    kwargs: dict[str, Any] = {}
+    signature = session.scalar(
+        select(Signature).where(Signature.draft_id == draft.id, Signature.addendum_id.is_(None))
+        .order_by(Signature.id.desc()).limit(1)
+    )
+    params = inspect.signature(render.render_outputs).parameters
+    if signature is not None and "final" in params:
+        kwargs = {"final": True, "signed_by": signature.username,
+                  "signed_at": signature.signed_at}
+    outputs = render.render_outputs(document, dictation, draft.id, out_dir, settings, **kwargs)
+    # The stored structure follows the signed text (instructions feed the task list).
+    draft.document = to_jsonable(document)
     return {k: str(v) for k, v in outputs.items()}
 
 
@@ -204,7 +216,10 @@ def sign_draft(
             from pipeline import tasks
 
             with session.begin_nested():
-                made = tasks.tasks_from_draft(session, draft)
+                if "actor" in inspect.signature(tasks.tasks_from_draft).parameters:
+                    made = tasks.tasks_from_draft(session, draft, actor=user.username)
+                else:
+                    made = tasks.tasks_from_draft(session, draft)
             result.tasks = len(made or [])
         except Exception as exc:
             log.exception("draft=%s tasks_from_draft failed", draft.id)

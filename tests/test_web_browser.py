@@ -1,0 +1,220 @@
+"""End to end in a real browser: Debian chromium driven by Playwright, against uvicorn.
+
+The draft comes from real audio (espeak-ng) transcribed by the real tiny.en model with word
+timestamps. A secretary logs in, opens the worklist and the draft, plays the audio from a
+word, corrects a word, saves and sends it for signature; a second secretary is told the
+draft is claimed; the physician signs with a re-entered password. Screenshots go to
+``test-artifacts/`` in the project root.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from pipeline.db.core import DraftRow
+from pipeline.db.review import DraftAccuracy, DraftVersion, Signature
+from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.store import open_store
+from pipeline.users import create_user
+from pipeline.web.seed import add_draft
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed")
+
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+PASSWORD = "correct-horse-9"
+SPOKEN = ("The patient is a fifty year old man with chest pain since this morning. "
+          "Blood pressure is one hundred twenty over eighty. "
+          "Plan: start aspirin and follow up in two weeks.")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _real_transcript(wav: Path, settings: Settings) -> tuple[str, list[dict], float]:  # type: ignore[type-arg]
+    """Transcribe ``wav`` with the real tiny.en model (word timestamps on)."""
+    from pipeline import speech_models
+
+    model = speech_models.load(settings)
+    segs, info = model.transcribe(str(wav), language="en", beam_size=1, word_timestamps=True,
+                                  vad_filter=False, condition_on_previous_text=False)
+    segments = []
+    for i, seg in enumerate(segs):
+        segments.append({
+            "id": i, "start": seg.start, "end": seg.end, "text": seg.text,
+            "words": [{"word": w.word, "start": w.start, "end": w.end,
+                       "probability": w.probability} for w in (seg.words or [])],
+        })
+    text = " ".join(s["text"].strip() for s in segments) + "\n"
+    return text, segments, float(info.duration)
+
+
+@pytest.fixture
+def server(settings: Settings, tmp_path: Path) -> Iterator[dict]:  # type: ignore[type-arg]
+    import uvicorn
+
+    from pipeline.web.app import create_app
+
+    wav = tmp_path / "dictation.wav"
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), SPOKEN], check=True,
+                   capture_output=True)
+    text, segments, duration = _real_transcript(wav, settings)
+    assert sum(len(s["words"]) for s in segments) > 10, "the model heard too little"
+    with open_store(settings).session() as s:
+        create_user(s, "sec", PASSWORD, "secretary", ["dr-smith"])
+        create_user(s, "sec2", PASSWORD, "secretary", ["dr-smith"])
+        create_user(s, "smith", PASSWORD, "physician", ["dr-smith"])
+        draft_id = add_draft(s, text=text, segments=segments, physician_id="dr-smith",
+                             patient_name="Jane Testpatient", mrn="MRN-E2E",
+                             audio_path=wav, duration_s=duration, priority="stat",
+                             document_type="progress_note")
+    port = _free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                            log_level="warning", access_log=False)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield {"url": f"http://127.0.0.1:{port}", "draft": draft_id, "settings": settings}
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run",
+                  "--autoplay-policy=no-user-gesture-required"],
+        )
+        yield b
+        b.close()
+
+
+def _login(page, base: str, username: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{base}/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/worklist**")
+
+
+def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_secretary_corrects_and_physician_signs(server, browser) -> None:  # type: ignore[no-untyped-def]
+    base, draft_id = server["url"], server["draft"]
+    errors: list[str] = []
+
+    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = ctx.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    _login(page, base, "sec")
+    assert page.locator("table.worklist").get_by_text("Jane Testpatient").is_visible()
+    assert page.locator("tr.stat").count() == 1
+    _shot(page, "01-worklist-secretary")
+
+    page.get_by_role("link", name="Jane Testpatient").click()
+    page.wait_for_selector("#words span.w")
+    assert page.locator("#text-field").is_hidden()  # JS replaced the textarea
+    # Play from a word in the middle: the audio jumps there and plays.
+    word = page.locator("#words span.w").nth(8)
+    start = float(word.get_attribute("data-s"))
+    assert start > 0.5
+    page.wait_for_function("document.getElementById('player').readyState >= 1")
+    word.click()
+    page.wait_for_function(
+        f"(() => {{ const a = document.getElementById('player');"
+        f" return !a.paused && a.currentTime > {start}; }})()", timeout=15000)
+    page.wait_for_selector("#words span.w.current")
+    _shot(page, "02-editor-playing")
+    page.keyboard.press("F9")  # pause
+    assert page.evaluate("document.getElementById('player').paused")
+    before = page.evaluate("document.getElementById('player').currentTime")
+    page.keyboard.press("F7")  # back 3 s
+    after = page.evaluate("document.getElementById('player').currentTime")
+    assert after == pytest.approx(max(0.0, before - 3), abs=0.3)
+    page.keyboard.press("Alt+ArrowUp")
+    assert page.locator("#rate").inner_text() == "1.1"
+
+    # Correct the first word: select it and type over it.
+    first = page.locator("#words span.w").first
+    old_word = first.inner_text()
+    page.evaluate("""() => { const el = document.querySelector('#words span.w');
+        const r = document.createRange(); r.selectNodeContents(el);
+        const s = getSelection(); s.removeAllRanges(); s.addRange(r); }""")
+    page.keyboard.type("Corrected")
+    assert "unsaved" in page.locator("#dirty").inner_text()
+    page.keyboard.press("Control+s")
+    page.wait_for_selector("text=Saved as version 2")
+    with open_store(server["settings"]).session() as s:
+        saved = s.scalar(select(DraftVersion.text).where(DraftVersion.draft_id == draft_id,
+                                                         DraftVersion.version == 2))
+    assert saved is not None and saved.startswith("Corrected")
+    assert not saved.startswith(old_word)
+    assert page.locator("#words span.w.edited").first.inner_text() == "Corrected"
+    _shot(page, "03-editor-saved")
+
+    # A second secretary opening the same draft is told it is claimed.
+    ctx2 = browser.new_context(viewport={"width": 1360, "height": 900})
+    page2 = ctx2.new_page()
+    _login(page2, base, "sec2")
+    page2.goto(f"{base}/drafts/{draft_id}")
+    banner = page2.locator("#claimed-banner")
+    assert banner.is_visible() and "claimed by sec" in banner.inner_text()
+    assert page2.locator("#save-btn").count() == 0
+    assert page2.get_attribute("#words", "contenteditable") is None
+    _shot(page2, "04-editor-claimed-by-other")
+    ctx2.close()
+
+    page.click("#submit-btn")
+    page.wait_for_url(f"{base}/worklist**")
+    ctx.close()
+
+    # The physician signs with the password.
+    ctx3 = browser.new_context(viewport={"width": 1360, "height": 900})
+    page3 = ctx3.new_page()
+    page3.on("pageerror", lambda exc: errors.append(str(exc)))
+    _login(page3, base, "smith")
+    _shot(page3, "05-worklist-physician")
+    page3.get_by_role("link", name="Jane Testpatient").click()
+    page3.wait_for_selector("#sign-form")
+    page3.fill("#sign-form input[name=password]", "wrong-password")
+    page3.click("#sign-btn")
+    page3.wait_for_selector("text=password is wrong")
+    page3.go_back()
+    page3.reload()
+    page3.fill("#sign-form input[name=password]", PASSWORD)
+    page3.click("#sign-btn")
+    page3.wait_for_selector("#signature")
+    assert "Signed by smith" in page3.locator("#signature").inner_text()
+    assert page3.locator("#draft-status").inner_text() == "signed"
+    _shot(page3, "06-signed")
+    ctx3.close()
+
+    with open_store(server["settings"]).session() as s:
+        draft = s.get(DraftRow, draft_id)
+        assert draft.status == "signed" and draft.text.startswith("Corrected")
+        assert s.scalars(select(Signature).where(Signature.draft_id == draft_id)).one()
+        assert s.get(DraftAccuracy, draft_id).wer > 0
+    assert errors == []
