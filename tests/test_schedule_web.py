@@ -137,10 +137,7 @@ def test_access_table(env, role, method, path, data, expected):
     """Each role sees only its physicians' calendars and work."""
     c = _login(env, role)
     url = path.format(**env)
-    if method == "GET":
-        r = c.get(url, follow_redirects=False)
-    else:
-        r = _post(c, url, data or {})
+    r = c.get(url, follow_redirects=False) if method == "GET" else _post(c, url, data or {})
     assert r.status_code == expected, r.text[:300]
 
 
