@@ -43,8 +43,37 @@ REPEAT_THRESHOLD = 2
 _MAX_PHRASE = 3  # words on either side of a substitution we still call "one correction"
 _PUNCT = re.compile(r"[^\w'\-/.]+|(?<!\d)\.|\.(?!\d)")
 _STOP = frozenset(
-    "a an the and or of to in on at for with is was be are were it this that he she they "
-    "his her their we i you".split()
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "is",
+        "was",
+        "be",
+        "are",
+        "were",
+        "it",
+        "this",
+        "that",
+        "he",
+        "she",
+        "they",
+        "his",
+        "her",
+        "their",
+        "we",
+        "i",
+        "you",
+    ]
 )
 
 
@@ -189,22 +218,34 @@ def record_signed(
     )
     pairs = [(o[:200], r[:200]) for o, r in word_corrections(first_text, signed_text)]
     for original, replacement in pairs:
-        session.add(CorrectionStat(draft_id=draft_id, physician_id=physician_id,
-                                   original=original, replacement=replacement,
-                                   created_at=signed_at))
+        session.add(
+            CorrectionStat(
+                draft_id=draft_id,
+                physician_id=physician_id,
+                original=original,
+                replacement=replacement,
+                created_at=signed_at,
+            )
+        )
     session.flush()
     new_terms: list[str] = []
     if physician_id and pairs:
         mine = {r for _, r in pairs}
         candidates = [
-            r for _o, r, _n in repeated_corrections(session, physician_id)
+            r
+            for _o, r, _n in repeated_corrections(session, physician_id)
             if r in mine and _is_term(r)
         ]
         if candidates:
             added = _add_terms(settings, physician_id, candidates)
             new_terms = candidates if added else []
-    log.info("draft=%s wer=%.3f corrections=%d new_terms=%d", draft_id, acc.wer, len(pairs),
-             len(new_terms))
+    log.info(
+        "draft=%s wer=%.3f corrections=%d new_terms=%d",
+        draft_id,
+        acc.wer,
+        len(pairs),
+        len(new_terms),
+    )
     return LearnResult(acc, pairs, new_terms)
 
 
@@ -221,8 +262,12 @@ class TrendPoint:
 def trend(session: Session, physician_id: str, limit: int = 200) -> list[TrendPoint]:
     """The physician's signed drafts, oldest first (the newest ``limit``)."""
     rows = session.execute(
-        select(DraftAccuracy.draft_id, DraftAccuracy.signed_at, DraftAccuracy.wer,
-               DraftAccuracy.reference_words)
+        select(
+            DraftAccuracy.draft_id,
+            DraftAccuracy.signed_at,
+            DraftAccuracy.wer,
+            DraftAccuracy.reference_words,
+        )
         .where(DraftAccuracy.physician_id == physician_id)
         .order_by(DraftAccuracy.signed_at.desc())
         .limit(limit)

@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     for label, times, target in results:
         times.sort()
         med = statistics.median(times)
-        p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+        p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
         ok = med <= target
         failed |= not ok
         print(f"{label:<48} {med:>9.1f} {p95:>8.1f} {times[-1]:>8.1f} {target:>7.0f}  "

@@ -21,12 +21,54 @@ from pipeline.db.core import DictationRow, DraftRow, TranscriptRow
 
 __all__ = ["add_draft", "synthetic_transcript", "bulk_drafts"]
 
-_VOCAB = (
-    "patient presents with abdominal pain for two days nausea no vomiting history of "
-    "hypertension on lisinopril ten milligrams daily examination reveals tenderness in the "
-    "right upper quadrant murphy sign positive ultrasound shows gallbladder wall thickening "
-    "assessment acute cholecystitis plan laparoscopic cholecystectomy follow up in two weeks"
-).split()
+_VOCAB = [
+    "patient",
+    "presents",
+    "with",
+    "abdominal",
+    "pain",
+    "for",
+    "two",
+    "days",
+    "nausea",
+    "no",
+    "vomiting",
+    "history",
+    "of",
+    "hypertension",
+    "on",
+    "lisinopril",
+    "ten",
+    "milligrams",
+    "daily",
+    "examination",
+    "reveals",
+    "tenderness",
+    "in",
+    "the",
+    "right",
+    "upper",
+    "quadrant",
+    "murphy",
+    "sign",
+    "positive",
+    "ultrasound",
+    "shows",
+    "gallbladder",
+    "wall",
+    "thickening",
+    "assessment",
+    "acute",
+    "cholecystitis",
+    "plan",
+    "laparoscopic",
+    "cholecystectomy",
+    "follow",
+    "up",
+    "in",
+    "two",
+    "weeks",
+]
 
 
 def add_draft(
@@ -51,31 +93,76 @@ def add_draft(
     draft_id = uuid.uuid4().hex
     created = created_at or datetime.now(UTC)
     raw = " ".join(str(s.get("text", "")).strip() for s in segments).strip()
-    session.add(DictationRow(
-        id=dictation_id, sha256=uuid.uuid4().hex + uuid.uuid4().hex, physician_id=physician_id,
-        original_name=audio_path.name if audio_path else "", status="done",
-        audio_path=str(audio_path) if audio_path else None, priority=priority,
-        document_type=document_type, meta={"physician_id": physician_id, "mrn": mrn,
-                                           "patient_name": patient_name,
-                                           "document_type": document_type,
-                                           "priority": priority},
-        duration_s=duration_s, created_at=created,
-    ))
+    session.add(
+        DictationRow(
+            id=dictation_id,
+            sha256=uuid.uuid4().hex + uuid.uuid4().hex,
+            physician_id=physician_id,
+            original_name=audio_path.name if audio_path else "",
+            status="done",
+            audio_path=str(audio_path) if audio_path else None,
+            priority=priority,
+            document_type=document_type,
+            meta={
+                "physician_id": physician_id,
+                "mrn": mrn,
+                "patient_name": patient_name,
+                "document_type": document_type,
+                "priority": priority,
+            },
+            duration_s=duration_s,
+            created_at=created,
+        )
+    )
     session.flush()
-    session.add(TranscriptRow(dictation_id=dictation_id, model="tiny.en", raw_text=raw,
-                              segments=segments, duration_s=duration_s or 0.0))
-    session.add(DraftRow(
-        id=draft_id, dictation_id=dictation_id, physician_id=physician_id,
-        document_type=document_type, status=status, priority=priority,
-        audio_sha256="0" * 64, raw_text=raw, text=text, patient_name=patient_name, mrn=mrn,
-        document=document or {"document_type": document_type, "sections": [], "header": {},
-                              "instructions": [], "missing": [], "flags": []},
-        corrections=corrections or [], flags=[], outputs={}, created_at=created,
-        updated_at=created,
-    ))
+    session.add(
+        TranscriptRow(
+            dictation_id=dictation_id,
+            model="tiny.en",
+            raw_text=raw,
+            segments=segments,
+            duration_s=duration_s or 0.0,
+        )
+    )
+    session.add(
+        DraftRow(
+            id=draft_id,
+            dictation_id=dictation_id,
+            physician_id=physician_id,
+            document_type=document_type,
+            status=status,
+            priority=priority,
+            audio_sha256="0" * 64,
+            raw_text=raw,
+            text=text,
+            patient_name=patient_name,
+            mrn=mrn,
+            document=document
+            or {
+                "document_type": document_type,
+                "sections": [],
+                "header": {},
+                "instructions": [],
+                "missing": [],
+                "flags": [],
+            },
+            corrections=corrections or [],
+            flags=[],
+            outputs={},
+            created_at=created,
+            updated_at=created,
+        )
+    )
     session.flush()
-    audit.record(session, actor="system:seed", action="draft_created", object_type="draft",
-                 object_id=draft_id, patient_ref=mrn, detail={"dictation_id": dictation_id})
+    audit.record(
+        session,
+        actor="system:seed",
+        action="draft_created",
+        object_type="draft",
+        object_id=draft_id,
+        patient_ref=mrn,
+        detail={"dictation_id": dictation_id},
+    )
     return draft_id
 
 
@@ -90,11 +177,24 @@ def synthetic_transcript(seconds: float, seed: int = 0) -> tuple[str, list[dict[
         for _ in range(rng.randint(8, 16)):
             w = rng.choice(_VOCAB)
             dur = 0.2 + rng.random() * 0.3
-            words.append({"word": " " + w, "start": round(t, 2), "end": round(t + dur, 2),
-                          "probability": round(0.3 + rng.random() * 0.7, 3)})
+            words.append(
+                {
+                    "word": " " + w,
+                    "start": round(t, 2),
+                    "end": round(t + dur, 2),
+                    "probability": round(0.3 + rng.random() * 0.7, 3),
+                }
+            )
             t += dur + 0.1
-        segments.append({"id": seg_id, "start": words[0]["start"], "end": words[-1]["end"],
-                         "text": "".join(w["word"] for w in words), "words": words})
+        segments.append(
+            {
+                "id": seg_id,
+                "start": words[0]["start"],
+                "end": words[-1]["end"],
+                "text": "".join(str(w["word"]) for w in words),
+                "words": words,
+            }
+        )
         seg_id += 1
     text = "\n\n".join(s["text"].strip().capitalize() + "." for s in segments) + "\n"
     return text, segments
@@ -104,8 +204,12 @@ def bulk_drafts(session: Session, n: int, physicians: list[str], seed: int = 0) 
     """Insert ``n`` small drafts (mixed statuses, priorities, ages) in bulk."""
     rng = random.Random(seed)
     now = datetime.now(UTC)
-    statuses = ["queued_for_review"] * 5 + ["in_review", "awaiting_signature", "signed",
-                                            "delivered"]
+    statuses = ["queued_for_review"] * 5 + [
+        "in_review",
+        "awaiting_signature",
+        "signed",
+        "delivered",
+    ]
     types = ["progress_note", "operative_report", "consultation", "discharge_summary"]
     dictations, drafts = [], []
     for i in range(n):
@@ -113,18 +217,42 @@ def bulk_drafts(session: Session, n: int, physicians: list[str], seed: int = 0) 
         created = now - timedelta(minutes=rng.randint(0, 60 * 24 * 30))
         pid = physicians[i % len(physicians)]
         prio = "stat" if rng.random() < 0.05 else "routine"
-        dictations.append({"id": did, "sha256": uuid.uuid4().hex * 2, "physician_id": pid,
-                           "original_name": "", "status": "done", "priority": prio,
-                           "meta": {}, "duration_s": rng.uniform(20, 600),
-                           "created_at": created, "updated_at": created})
-        drafts.append({"id": rid, "dictation_id": did, "physician_id": pid,
-                       "document_type": rng.choice(types), "status": rng.choice(statuses),
-                       "priority": prio, "audio_sha256": "0" * 64, "raw_text": "",
-                       "text": "Synthetic benchmark draft.\n",
-                       "patient_name": f"Patient {i:05d}", "mrn": f"MRN{i:07d}",
-                       "document": {}, "corrections": [], "flags": [], "outputs": {},
-                       "created_at": created, "updated_at": created})
+        dictations.append(
+            {
+                "id": did,
+                "sha256": uuid.uuid4().hex * 2,
+                "physician_id": pid,
+                "original_name": "",
+                "status": "done",
+                "priority": prio,
+                "meta": {},
+                "duration_s": rng.uniform(20, 600),
+                "created_at": created,
+                "updated_at": created,
+            }
+        )
+        drafts.append(
+            {
+                "id": rid,
+                "dictation_id": did,
+                "physician_id": pid,
+                "document_type": rng.choice(types),
+                "status": rng.choice(statuses),
+                "priority": prio,
+                "audio_sha256": "0" * 64,
+                "raw_text": "",
+                "text": "Synthetic benchmark draft.\n",
+                "patient_name": f"Patient {i:05d}",
+                "mrn": f"MRN{i:07d}",
+                "document": {},
+                "corrections": [],
+                "flags": [],
+                "outputs": {},
+                "created_at": created,
+                "updated_at": created,
+            }
+        )
     for k in range(0, n, 2000):
-        session.execute(insert(DictationRow), dictations[k:k + 2000])
-        session.execute(insert(DraftRow), drafts[k:k + 2000])
+        session.execute(insert(DictationRow), dictations[k : k + 2000])
+        session.execute(insert(DraftRow), drafts[k : k + 2000])
     session.flush()

@@ -11,8 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sqlalchemy import and_, case, func, or_, select
-from sqlalchemy.sql import Select
+from sqlalchemy import case, func, or_, select
 
 from pipeline import audit
 from pipeline.db.core import DictationRow, DraftRow, Physician
@@ -45,8 +44,8 @@ def _default_status(user: UserInfo) -> str:
     return "awaiting_signature" if user.role == "physician" else "open"
 
 
-def _filtered(stmt: Select[Any], user: UserInfo, status: str, physician: str, doctype: str,
-              priority: str, q: str) -> Select[Any]:
+def _filtered(stmt: Any, user: UserInfo, status: str, physician: str, doctype: str,
+              priority: str, q: str) -> Any:
     if user.role != "admin":
         stmt = stmt.where(DraftRow.physician_id.in_(user.physician_ids or ["\x00"]))
     statuses = _STATUS_FILTERS.get(status, _OPEN)
