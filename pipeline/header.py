@@ -50,9 +50,9 @@ _DATE = (
     r"|\d{4}-\d{2}-\d{2})"  # 1962-03-04
 )
 _NAME_WORD = r"[A-Z][a-zA-Z'’\-]+"
-_NAME = rf"{_NAME_WORD}(?:\s+[A-Z]\.?)?(?:\s+{_NAME_WORD}){{1,2}}"
-_DOCTOR = rf"(?:[Dd]r\.?|[Dd]octor)\s+{_NAME_WORD}(?:\s+{_NAME_WORD})?"
-_SEP = r"\s*(?:is|:|,|-|colon)?\s*"
+_NAME = rf"{_NAME_WORD}(?:[ \t]+[A-Z]\.?)?(?:[ \t]+{_NAME_WORD}){{1,2}}"
+_DOCTOR = rf"(?:[Dd]r\.?|[Dd]octor)[ \t]+{_NAME_WORD}(?:[ \t]+{_NAME_WORD})?"
+_SEP = r"[ \t]*(?:is|:|,|-|colon)?[ \t]*"
 
 _PATTERNS: dict[str, re.Pattern[str]] = {
     "patient_name": re.compile(
@@ -70,7 +70,7 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "date_of_service": re.compile(
         r"(?i:\b(?:date\s+of\s+(?:service|surgery|operation|procedure|visit|exam|examination|"
         r"consultation|admission|encounter|study)|d\.?o\.?s\.?|seen\s+on|today's\s+date|"
-        rf"dictated\s+on)){_SEP}(?P<value>(?i:{_DATE}))"
+        rf"dictated\s+on|(?m:^[ \t]*date(?=[ \t]*:)))){_SEP}(?P<value>(?i:{_DATE}))"
     ),
     "referring_physician": re.compile(
         rf"(?i:\b(?:referring\s+(?:physician|doctor|provider)|referred\s+by|referral\s+from)){_SEP}"

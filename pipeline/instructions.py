@@ -23,7 +23,14 @@ from dataclasses import dataclass
 
 from pipeline.records import Instruction
 
-__all__ = ["Found", "find_instructions", "split_sentences", "parse_sentence", "interval_days"]
+__all__ = ["Found", "find_instructions", "split_sentences", "parse_sentence", "interval_days",
+           "parse_office_sentence", "OFFICE_PASSAGE"]
+
+#: An "instructions for the office:" passage: every sentence up to the paragraph end is one.
+OFFICE_PASSAGE = re.compile(
+    r"(?im)(?:^|(?<=[.!?])[ \t]+)[ \t]*(?:instructions?|notes?|message)\s+(?:for|to)\s+"
+    r"(?:the\s+)?(?:office|secretary|secretaries|transcriptionist|staff|front\s+desk)"
+    r"[ \t]*(?::|colon|,|-)?(?P<body>.*?)(?=\n[ \t]*\n|\Z)", re.S)
 
 _NUMBERS = {
     "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
@@ -52,7 +59,8 @@ _TESTS = (
 )
 
 _LEAD = re.compile(
-    r"^(?:(?:note\s+to\s+(?:the\s+)?(?:secretary|transcriptionist)|to\s+the\s+secretary)[:,]?\s*)?"
+    r"^(?:(?:(?:instructions?|notes?|message)\s+(?:for|to)\s+(?:the\s+)?(?:office|secretary|"
+    r"secretaries|transcriptionist|staff|front\s+desk)|to\s+the\s+secretary)\s*(?::|colon|,|-)?\s*)?"
     r"(?:(?:and|also|then|okay|ok|now)[, ]\s*)*"
     r"(?:(?:please|kindly|could\s+you|can\s+you|would\s+you|i\s+would\s+like\s+you\s+to|"
     r"i'd\s+like\s+you\s+to)[, ]\s*(?:also\s+)?)?",
@@ -64,6 +72,9 @@ _SUBJECT = re.compile(
     r"is\s+going\s+to|plan\s+to|'ll)\s+",
     re.I,
 )
+_OFFICE = re.compile(
+    r"^(?:instructions?|notes?|message)\s+(?:for|to)\s+(?:the\s+)?(?:office|secretary|"
+    r"secretaries|transcriptionist|staff|front\s+desk)\b", re.I)
 _PLEASE = re.compile(r"^(?:note\s+to|to\s+the\s+secretary|please|kindly|could\s+you|can\s+you)",
                      re.I)
 
@@ -245,9 +256,30 @@ def parse_sentence(sentence: str) -> tuple[Instruction, bool] | None:
             params["with"] = _doctor(with_doc.group("doc"))
         return make("schedule", params)
 
-    if polite and _OTHER_VERBS.match(body):
-        return make("other", {})
+    if (polite or _OFFICE.match(core)) and _OTHER_VERBS.match(body) or \
+            (not subject and re.match(r"^(?:send|fax|mail|forward)\b", body, re.I)):
+        params = {}
+        doc = re.search(_DOCTOR, body)
+        if doc:
+            params["recipient"] = _doctor(doc.group(0))
+        return make("other", params)
     return None
+
+
+def parse_office_sentence(sentence: str) -> Instruction | None:
+    """A sentence from an "instructions for the office" passage: always an instruction."""
+    parsed = parse_sentence(sentence)
+    if parsed:
+        parsed[0].params.pop("in_body", None)
+        return parsed[0]
+    text = sentence.strip()
+    if not re.search(r"\w", text):
+        return None
+    params: dict[str, object] = {}
+    doc = re.search(_DOCTOR, text)
+    if doc:
+        params["recipient"] = _doctor(doc.group(0))
+    return Instruction(kind="other", text=text, params=params)
 
 
 def _canonical_test(test: str) -> str:

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 from pipeline import header as header_mod
 from pipeline import instructions as instr_mod
-from pipeline.records import DictationMeta, Document, Instruction, Note, Section
+from pipeline.records import DictationMeta, Document, HeaderField, Instruction, Note, Section
 from pipeline.settings import Settings
 from pipeline.templates import FieldSpec, TemplateSpec, get_template, list_templates
 
@@ -177,8 +177,11 @@ _AFTER = re.compile(
 )
 
 
-def detect_headings(text: str, lexicon: Lexicon) -> list[HeadingMatch]:
-    """Headings in ``text`` in order; each one's content runs to the next heading."""
+def detect_headings(text: str, lexicon: Lexicon, *, strict: bool = False) -> list[HeadingMatch]:
+    """Headings in ``text`` in order; each one's content runs to the next heading.
+
+    ``strict`` (letters, whose paragraphs open with words like "On examination"): a heading
+    needs a delimiter (colon, comma, dash, "is", its own line) or upper case."""
     runon = _is_runon(text)
     found: list[HeadingMatch] = []
     pos = 0
@@ -192,7 +195,7 @@ def detect_headings(text: str, lexicon: Lexicon) -> list[HeadingMatch]:
         if looked is None:
             continue
         key, native = looked
-        accepted = _accept(text, match, written, native, runon)
+        accepted = _accept(text, match, written, native, runon, strict)
         if accepted is None:
             continue
         found.append(HeadingMatch(match.start(), accepted, key, written, native))
@@ -201,7 +204,7 @@ def detect_headings(text: str, lexicon: Lexicon) -> list[HeadingMatch]:
 
 
 def _accept(text: str, match: re.Match[str], written: str, native: bool,
-            runon: bool) -> int | None:
+            runon: bool, strict: bool = False) -> int | None:
     """Where the content starts if this match is a heading, else None."""
     boundary, prev_word = _prev_context(text, match.start())
     after = _AFTER.match(text, match.end())
@@ -239,7 +242,7 @@ def _accept(text: str, match: re.Match[str], written: str, native: bool,
     # speech without punctuation
     if boundary == "line" and upper:
         return content
-    if prose_before or next_word in _PROSE_AFTER or not next_word:
+    if prose_before or next_word in _PROSE_AFTER or not next_word or strict:
         return None
     multiword = " " in written.strip()
     if runon:
@@ -340,6 +343,42 @@ def _lift_instructions(text: str, only_section_sentence_keep: bool) -> tuple[str
     return remaining, [f.instruction for f in found]
 
 
+_SALUTATION = re.compile(r"(?im)^[ \t]*dear[ \t]+(?P<who>[^,\n:]{2,80}?)[ \t]*[,:]?[ \t]*$")
+_CLOSING = re.compile(
+    r"(?is)(?:^|\n|(?<=[.!?])[ \t])[ \t]*(?:yours[ \t]+(?:sincerely|truly|faithfully)|sincerely(?:[ \t]+yours)?|"
+    r"(?:kind|best|warm|with[ \t]+best)[ \t]+(?:regards|wishes)|regards|respectfully(?:[ \t]+yours)?)"
+    r"[ \t]*[,.]?[ \t]*(?:\n[^\n]*){0,3}\s*\Z"
+)
+
+
+def _strip_letter_frame(text: str) -> tuple[str, str | None]:
+    """Remove a dictated "Dear Dr. X," line and the closing ("Sincerely, Dr. Y"): the letter
+    template prints its own; return the text and the salutation's addressee."""
+    who = None
+    m = _SALUTATION.search(text)
+    if m:
+        who = re.sub(r"^(?:[Dd]octor)\b\.?", "Dr.", m.group("who").strip())
+        text = text[: m.start()] + text[m.end():]
+    closing = _CLOSING.search(text)
+    if closing:
+        text = text[: closing.start()]
+    return text, who
+
+
+def _lift_office_passages(text: str) -> tuple[str, list[Instruction]]:
+    """"Instructions for the office: ..." passages: every sentence is an instruction."""
+    found: list[Instruction] = []
+    spans: list[tuple[int, int]] = []
+    for m in instr_mod.OFFICE_PASSAGE.finditer(text):
+        body = m.group("body")
+        for start, end in instr_mod.split_sentences(body):
+            ins = instr_mod.parse_office_sentence(body[start:end])
+            if ins:
+                found.append(ins)
+        spans.append(m.span())
+    return (_remove_spans(text, spans) if spans else text), found
+
+
 def missing_fields(spec: TemplateSpec, present: set[str]) -> list[FieldSpec]:
     """The template's required fields that have no text (alternatives count as present)."""
     return [
@@ -353,20 +392,27 @@ def structure(note: Note, meta: DictationMeta | None, settings: Settings) -> Doc
     required fields, and instructions lifted out of the body."""
     text = clean_text(note.text or "")
     templates = list_templates(settings)
+    instructions: list[Instruction] = []
+    text, office = _lift_office_passages(text)
+    instructions.extend(office)
     doc_type, flags = _resolve_type(meta, text, templates)
     spec = get_template(doc_type, settings)
+    salutation: str | None = None
+    if spec.letter:
+        text, salutation = _strip_letter_frame(text)
     lexicon = lexicon_for(spec, templates.values())
-    headings = detect_headings(text, lexicon)
+    headings = detect_headings(text, lexicon, strict=spec.letter)
 
     preamble_end = headings[0].start if headings else len(text)
     preamble = text[:preamble_end]
     dictated = header_mod.extract_dictated(preamble if headings else text[:600])
     header, header_flags = header_mod.merge_header(meta, dictated, settings)
     flags.extend(header_flags)
+    if salutation:
+        header["recipient"] = HeaderField(value=salutation, source="dictation")
     if dictated.spans:
         preamble = _remove_spans(preamble, [s for s in dictated.spans if s[1] <= len(preamble)])
 
-    instructions: list[Instruction] = []
     preamble, found = _lift_instructions(preamble, False)
     instructions.extend(found)
 

@@ -16,7 +16,8 @@ Variables a template can use (all always present; a missing value is an empty st
 - ``sections``: list of objects with ``key``, ``label``, ``text``, ``paragraphs`` (list),
   ``missing`` (bool), ``inline`` (bool)
 - ``s_<field key>``: the text of each field of the field map ("" when not dictated)
-- letters: ``salutation``, ``recipient``, ``patient_ref``, ``visit_date``, ``cc``
+- letters: ``salutation``, ``recipient``, ``patient_ref``, ``visit_date``, ``cc``,
+  ``has_body`` (the physician dictated the letter's opening prose himself)
 """
 
 from __future__ import annotations
@@ -189,12 +190,13 @@ def _footer(section) -> None:
     _field(p, "NUMPAGES")
 
 
-def _header_table(doc, letter: bool) -> None:
+def _header_table(doc, key: str, letter: bool) -> None:
+    third = (("Referred to", "recipient", False) if key == "referral_letter"
+             else ("Referring physician", "h.referring_physician", letter))
     rows = [
         (("Patient", "h.patient_name", True), ("Date of birth", "h.date_of_birth", False)),
         (("MRN", "h.mrn", True), ("Date of service", "h.date_of_service", True)),
-        (("Physician", "h.physician", True),
-         ("Referring physician", "h.referring_physician", letter)),
+        (("Physician", "h.physician", True), third),
     ]
     table = doc.add_table(rows=len(rows), cols=4)
     table.alignment = WD_TABLE_ALIGNMENT.CENTER
@@ -228,7 +230,9 @@ def _sections_loop(doc) -> None:
     p.add_run("{{ s.text }}")
     p.add_run("{%r endif %}")
     doc.add_paragraph("{%p else %}")
+    doc.add_paragraph("{%p if s.label %}")
     doc.add_paragraph("{{ s.label }}", style="Heading 2")
+    doc.add_paragraph("{%p endif %}")
     doc.add_paragraph("{%p if s.missing %}")
     mp = doc.add_paragraph(style="Body Text")
     _missing_run(mp, "[MISSING: {{ s.label }}]")
@@ -256,7 +260,9 @@ def _signature(doc, letter: bool) -> None:
     doc.add_paragraph("{{ signature_text }}", style="Small")
     doc.add_paragraph("{%p else %}")
     sp = doc.add_paragraph(style="Small")
-    _missing_run(sp, "{{ signature_text }}")
+    draft = sp.add_run("{{ signature_text }}")
+    draft.bold = True
+    draft.font.color.rgb = RGBColor(0x9C, 0x00, 0x06)
     doc.add_paragraph("{%p endif %}")
     doc.add_paragraph("{%p if cc %}")
     cp = doc.add_paragraph(style="Small")
@@ -267,6 +273,7 @@ def _signature(doc, letter: bool) -> None:
 
 def _letter_opening(doc, key: str) -> None:
     p = doc.add_paragraph("{{ rendered_date }}", style="Body Text")
+    p.paragraph_format.space_before = Pt(4)
     p.paragraph_format.space_after = Pt(8)
     doc.add_paragraph("{{ recipient }}", style="Body Text")
     p = doc.add_paragraph(style="Body Text")
@@ -291,7 +298,9 @@ def _letter_opening(doc, key: str) -> None:
             "I would be grateful if you could see {{ patient_ref }}. The reason for referral "
             "and the relevant history are summarised below."
         )
+    doc.add_paragraph("{%p if not has_body %}")
     doc.add_paragraph(text, style="Body Text")
+    doc.add_paragraph("{%p endif %}")
 
 
 def build(key: str, spec: dict[str, object], out: Path) -> Path:
@@ -310,9 +319,9 @@ def build(key: str, spec: dict[str, object], out: Path) -> Path:
     _letterhead(section)
     _footer(section)
     doc.add_paragraph("{{ title }}", style="Title")
+    _header_table(doc, key, letter)
     if letter:
         _letter_opening(doc, key)
-    _header_table(doc, letter)
     _sections_loop(doc)
     _signature(doc, letter)
     core = doc.core_properties
