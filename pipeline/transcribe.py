@@ -109,6 +109,8 @@ class TranscribeOptions:
     #: weak-segment thresholds for the hallucination guard
     hallucination_max_word_prob: float = 0.6
     hallucination_min_no_speech_prob: float = 0.3
+    #: faster than ~10 words per second is not speech, it is a decoding loop
+    min_seconds_per_word: float = 0.1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TranscribeOptions:
@@ -279,15 +281,32 @@ def _mean_word_prob(seg: Segment) -> float:
     return float(np.mean([w.probability for w in seg.words]))
 
 
-def is_hallucination(seg: Segment, options: TranscribeOptions, speech_overlap: float) -> bool:
-    """True for Whisper's silence phrases ("You", "Thank you.", ". . .") said weakly.
+def _squeezed(seg: Segment, min_seconds_per_word: float) -> bool:
+    """Four or more words crammed into less time than anyone can say them."""
+    n = len(seg.words)
+    return n >= 4 and (seg.end - seg.start) < n * min_seconds_per_word
 
-    Punctuation-only segments are always dropped; a known phrase is dropped when its words
-    are unsure, Whisper itself thought it was not speech, or the VAD heard little speech there.
+
+def is_hallucination(seg: Segment, options: TranscribeOptions, speech_overlap: float) -> bool:
+    """True for text Whisper invented rather than heard.
+
+    Dropped: punctuation-only segments; segments whose words are squeezed into impossibly
+    little time (seen: "Thank you so much for watching..." looped into the last 0.4 s of a
+    file); repetitive segments (compression ratio above the threshold) that Whisper itself
+    scored as probably not speech; and the known silence phrases ("You", "Thank you.") when
+    their words are unsure, Whisper thought it was not speech, or the VAD heard little speech.
     """
     text = _norm(seg.text)
     if not text:
         return True
+    if _squeezed(seg, options.min_seconds_per_word):
+        return True
+    if (
+        options.compression_ratio_threshold is not None
+        and seg.compression_ratio > options.compression_ratio_threshold
+        and seg.no_speech_prob >= 0.5
+    ):
+        return True  # a repetitive loop where Whisper itself doubted there was speech
     if text not in KNOWN_HALLUCINATIONS:
         return False
     return (
@@ -493,8 +512,14 @@ def transcribe(
     flags: list[str] = []
     diagnostics: dict[str, Any] = {"vad_speech_s": round(sum(b - a for a, b in stretches), 2)}
 
+    before = segments
     segments, dropped_hallucinations, dropped_prompt = guard_segments(
         segments, stretches, options
+    )
+    kept_ids = {id(s) for s in segments}
+    looped = sum(
+        1 for s in before
+        if id(s) not in kept_ids and find_repeats([_norm(w.word) for w in s.words])
     )
 
     # Guard: repetition loops.
@@ -508,7 +533,7 @@ def transcribe(
             _norm(s.text) for s in segments
         ]
         kept_repeats = sum((n * (c - 1)) for _, n, c in find_repeats(flat))
-    if removed or kept_repeats:
+    if removed or kept_repeats or looped:
         flags.append(REPETITION)
 
     for i, seg in enumerate(segments):
@@ -525,6 +550,7 @@ def transcribe(
 
     diagnostics.update(
         dropped_hallucinations=dropped_hallucinations,
+        dropped_loop_segments=looped,
         dropped_prompt_segments=dropped_prompt,
         removed_repeat_words=removed,
         kept_repeat_words=kept_repeats,

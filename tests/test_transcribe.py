@@ -103,6 +103,26 @@ def test_spoken_repetition_loop_is_removed_and_flagged(tmp_path: Path, settings:
     assert t.options["diagnostics"]["removed_repeat_words"] >= 12
 
 
+#: A term prompt like the medical-language stage's; with it, tiny.en once ended this clip with
+#: "Thank you so much for watching and I'll see you in the next video, see you in the ..."
+#: looped into the last 0.4 s (compression ratio 10.9).
+PROMPT = ("Medical dictation. cholecystectomy, cholecystitis, cholelithiasis, laparoscopic, "
+          "trocar, trocars, Veress needle, pneumoperitoneum, Calot's triangle, cystic duct, "
+          "cystic artery, common bile duct, electrocautery, Vicryl, Monocryl, Prolene.")
+
+
+def test_regression_prompted_decoding_invents_no_youtube_outro(
+    clip: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """(16 kHz copy of the clip: the loop showed there.) The invented outro is dropped."""
+    path = gen.ffmpeg(clip, tmp_path / "clip16k.wav", "-ar", "16000")
+    t = _run(path, settings, TranscribeOptions(initial_prompt=PROMPT))
+    text = t.raw_text.lower()
+    assert "watching" not in text and "video" not in text, text
+    assert "anesthesia" in text
+    assert all(len(s.words) < 4 or s.end - s.start >= 0.1 * len(s.words) for s in t.segments)
+
+
 def test_long_file_is_chunked_with_offsets_and_progress(
     clip: Path, tmp_path: Path, settings: Settings
 ) -> None:
@@ -235,6 +255,19 @@ def test_is_hallucination(text: str, prob: float, nsp: float, overlap: float,
                           dropped: bool) -> None:
     seg = _seg(text, 0, 1, prob=prob, nsp=nsp)
     assert transcribe.is_hallucination(seg, TranscribeOptions(), overlap) is dropped
+
+
+def test_squeezed_or_looping_segments_are_hallucinations() -> None:
+    options = TranscribeOptions()
+    squeezed = _seg("see you in the next video see you in the next", 10.1, 10.5)
+    assert transcribe.is_hallucination(squeezed, options, 1.0)
+    normal = _seg("see you in the clinic next week", 10.0, 12.5)
+    assert not transcribe.is_hallucination(normal, options, 1.0)
+    loop = _seg("closed closed closed closed closed closed", 0, 6, nsp=0.7)
+    loop.compression_ratio = 3.1
+    assert transcribe.is_hallucination(loop, options, 1.0)
+    loop.no_speech_prob = 0.1  # Whisper sure it is speech: left to the repetition guard
+    assert not transcribe.is_hallucination(loop, options, 1.0)
 
 
 def test_prompt_leakage_over_non_speech_is_dropped() -> None:
