@@ -79,6 +79,8 @@ _COLON_ORGAN_BEFORE = _DETERMINERS | {
 _COLON_ORGAN_AFTER = {
     "was", "is", "were", "are", "cancer", "carcinoma", "polyp", "polyps", "resection", "wall",
     "mucosa", "lumen", "which", "that", "appeared", "showed", "and", "with", "to", "mass",
+    "distension", "distention", "dilation", "perforation", "obstruction", "biopsy", "biopsies",
+    "injury", "tumor", "tumour", "lesion", "ischemia", "volvulus",
 }
 _COMMA_NOUN_AFTER = {"shaped", "shape", "sign", "like"}
 _QUOTE_NOUN_BEFORE = {"a", "the", "insurance", "price", "cost"}
@@ -441,8 +443,12 @@ class DropAutoPunctuation(Transform):
             return state
         out: list[Tok] = []
         pending_stop = False
-        for t in state.toks:
+        toks = state.toks
+        for k, t in enumerate(toks):
             if t.kind == "auto" and t.text in drop:
+                if t.text in ".?!" and self._ends_paragraph(toks, k):
+                    out.append(t)  # a sentence the physician forgot to close
+                    continue
                 if t.text in ".?!":
                     pending_stop = True
                 continue
@@ -455,3 +461,13 @@ class DropAutoPunctuation(Transform):
             out.append(t)
         state.toks = out
         return state
+
+    @staticmethod
+    def _ends_paragraph(toks: list[Tok], k: int) -> bool:
+        """True if only punctuation follows before a break, a heading or the end."""
+        for t in toks[k + 1 :]:
+            if t.kind in ("break", "heading"):
+                return True
+            if t.is_word or t.kind == "punct":
+                return False
+        return True

@@ -51,6 +51,9 @@ _DIGIT_COMMA = re.compile(r"^\d{1,3}(?:,\d{3})+$")
 _NAKED_DECIMAL = re.compile(r"^\.\d+$")
 _SUTURE_DIGITS = re.compile(r"^(\d)[-.](0)$")
 _ORDINAL_DIGITS = re.compile(r"^(\d{1,2})(?:st|nd|rd|th)$")
+_HYPHEN_SIZE = re.compile(
+    r"^(one|two|three|four|five|six|seven|eight|nine|ten|\d{1,2})[-.](?:oh|o|zero|0)$"
+)
 _LETTER_NUM = re.compile(r"^([CTLS])(\d{1,2})$")
 #: Words after which a small number is a measure, not a word ("day 2", "grade 3").
 _NUMBER_KEYWORDS = {
@@ -214,6 +217,14 @@ class SpokenNumbers(Transform):
                 continue
             if lows[i] == "a1c":
                 out.append(merge([t], "A1c", "number", protected=True, keep_case=True))
+                i += 1
+                continue
+            # --- "four-oh" / "4.0" before a suture material -> "4-0" -----------------------
+            m = _HYPHEN_SIZE.match(lows[i])
+            nxt_w = lows[i + 1] if i + 1 < n else ""
+            if m and (m.group(1) in ONES or nxt_w in _SUTURE_MATERIALS):
+                size = ONES.get(m.group(1), m.group(1))
+                out.append(merge([t], f"{size}-0", "number", protected=True))
                 i += 1
                 continue
             # --- dates: "<month> <day>[,] [<year>]" ---------------------------------------
