@@ -106,7 +106,7 @@ _FOLLOW = re.compile(
     re.I,
 )
 _ORDER = re.compile(
-    rf"^(?P<verb>order|obtain|get|schedule|book|arrange|request|check|draw|do|send\s+for)\s+"
+    rf"^(?P<verb>order|obtain|get|schedule|book|arrange|request|send\s+for)\s+"
     rf"(?:(?:him|her|them|the\s+patient)\s+(?:for\s+)?)?(?:a\s+|an\s+|the\s+|some\s+|repeat\s+|"
     rf"a\s+repeat\s+|for\s+(?:a|an)\s+)?(?P<test>(?i:{_TESTS})(?:\s+(?:scan|study|"
     rf"with(?:out)?\s+(?:and\s+without\s+)?contrast))*|[^.;]+?)"
@@ -233,6 +233,8 @@ def parse_sentence(sentence: str) -> tuple[Instruction, bool] | None:
         test = order.group("test").strip()
         verb = order.group("verb").lower()
         is_test = bool(_TEST_ONLY.match(test))
+        if verb == "get" and not polite:
+            is_test = False  # "Get a CBC" in a plan is advice; "please get a CBC" is a request
         if is_test or verb == "order":
             if not re.match(r"^(?:follow|appointment|visit|return)", test, re.I):
                 params = {"test": _canonical_test(test)}

@@ -144,9 +144,11 @@ def clean_text(text: str) -> str:
 
 
 def _is_runon(text: str) -> bool:
+    """Speech without punctuation or line breaks (fewer than one stop per 25 words)."""
+    text = text.strip()
     words = len(text.split())
     stops = len(re.findall(r"[.!?:\n]", text))
-    return words >= 12 and stops * 40 < words
+    return words >= 12 and stops * 25 < words
 
 
 def _prev_context(text: str, start: int) -> tuple[str, str]:

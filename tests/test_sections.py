@@ -1,0 +1,179 @@
+"""Section detection and document structure on the project's own synthetic dictations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.records import DictationMeta, Note
+from pipeline.sections import (
+    detect_document_type,
+    detect_headings,
+    lexicon_for,
+    structure,
+)
+from pipeline.templates import DOCUMENT_TYPES, get_template, list_templates
+
+DATA = Path(__file__).parent / "data" / "documents"
+EXPECTED = json.loads((DATA / "sections.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_section_found_with_document_type_given(name: str, settings) -> None:
+    """100% of the sections of each synthetic dictation are found, in order, non-empty."""
+    expected = EXPECTED[name]
+    text = (DATA / name).read_text(encoding="utf-8")
+    doc = structure(Note(text=text), DictationMeta(document_type=expected["type"]), settings)
+    assert doc.document_type == expected["type"]
+    assert [s.key for s in doc.sections] == expected["keys"]
+    assert all(s.text.strip() for s in doc.sections)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_document_type_detected_from_content(name: str, settings) -> None:
+    """Without a sidecar the template is chosen from the dictation itself."""
+    text = (DATA / name).read_text(encoding="utf-8")
+    doc = structure(Note(text=text), None, settings)
+    assert doc.document_type == EXPECTED[name]["type"]
+    assert [s.key for s in doc.sections] == EXPECTED[name]["keys"]
+
+
+def test_every_document_type_has_a_synthetic_text() -> None:
+    assert {e["type"] for e in EXPECTED.values()} == set(DOCUMENT_TYPES)
+
+
+def test_section_text_lands_in_the_right_field(settings) -> None:
+    text = (DATA / "operative_written.txt").read_text(encoding="utf-8")
+    doc = structure(Note(text=text), DictationMeta(document_type="operative_report"), settings)
+    by_key = {s.key: s.text for s in doc.sections}
+    assert by_key["estimated_blood_loss"] == "15 mL."
+    assert by_key["preoperative_diagnosis"] == "Right inguinal hernia."
+    assert "polypropylene mesh" in by_key["description"]
+    assert "4-0 Monocryl" in by_key["description"]  # second paragraph stays in its section
+    assert "\n\n" in by_key["description"]
+    # the spoken preamble with the header data is not a section
+    assert not any("dictating" in s.text for s in doc.sections)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "content"),
+    [
+        ("PREOPERATIVE DIAGNOSIS: Acute cholecystitis.", "preoperative_diagnosis",
+         "Acute cholecystitis."),
+        ("preoperative diagnosis colon acute cholecystitis.", "preoperative_diagnosis",
+         "Acute cholecystitis."),
+        ("Preoperative diagnosis is acute cholecystitis.", "preoperative_diagnosis",
+         "Acute cholecystitis."),
+        ("Preoperative diagnosis, acute cholecystitis.", "preoperative_diagnosis",
+         "Acute cholecystitis."),
+        ("Pre-op diagnosis: acute cholecystitis.", "preoperative_diagnosis",
+         "Acute cholecystitis."),
+        ("Preoperative Diagnoses\nAcute cholecystitis.", "preoperative_diagnosis",
+         "Acute cholecystitis."),
+        ("EBL: 50 mL.", "estimated_blood_loss", "50 mL."),
+        ("Estimated blood loss 50 mL.", "estimated_blood_loss", "50 mL."),
+        ("Procedures performed: laparoscopic cholecystectomy.", "procedure",
+         "Laparoscopic cholecystectomy."),
+        ("Details of the procedure: the patient was placed supine.", "description",
+         "The patient was placed supine."),
+    ],
+)
+def test_heading_variants(text: str, key: str, content: str, settings) -> None:
+    """Written, spoken ("colon", "is", comma), hyphenated, plural and abbreviated headings."""
+    doc = structure(Note(text=text), DictationMeta(document_type="operative_report"), settings)
+    assert [(s.key, s.text) for s in doc.sections] == [(key, content)]
+
+
+@pytest.mark.parametrize(
+    "prose",
+    [
+        "The procedure was uneventful and the patient went to recovery.",
+        "She has a past medical history of diabetes and hypertension.",
+        "Findings were discussed with the family.",
+        "History of diabetes for ten years.",
+        "The plan is to continue metformin.",
+    ],
+)
+def test_prose_is_not_a_heading(prose: str, settings) -> None:
+    """Heading words inside ordinary sentences do not split the text."""
+    for doc_type in DOCUMENT_TYPES:
+        spec = get_template(doc_type, settings)
+        lex = lexicon_for(spec, list_templates(settings).values())
+        assert detect_headings("The patient is well. " + prose, lex) == [], doc_type
+
+
+def test_second_procedure_heading_is_the_description(settings) -> None:
+    """MTSamples-style reports say PROCEDURE twice: the title, then the narrative."""
+    text = ("PROCEDURE: Colonoscopy.\nANESTHESIA: MAC.\n"
+            "PROCEDURE: The scope was advanced to the cecum. Withdrawal was slow.")
+    doc = structure(Note(text=text), DictationMeta(document_type="operative_report"), settings)
+    by_key = {s.key: s.text for s in doc.sections}
+    assert by_key["procedure"] == "Colonoscopy."
+    assert by_key["description"].startswith("The scope was advanced")
+
+
+def test_missing_required_sections_listed(settings) -> None:
+    text = "PREOPERATIVE DIAGNOSIS: Hernia.\nPROCEDURE: Repair.\nANESTHESIA: General."
+    doc = structure(Note(text=text), DictationMeta(document_type="operative_report"), settings)
+    assert doc.missing == [
+        "Postoperative diagnosis", "Description of procedure", "Estimated blood loss",
+        "Complications",
+    ]
+
+
+def test_unknown_heading_from_another_template_kept_as_extra_section(settings) -> None:
+    """Text under a heading the template lacks is never dropped."""
+    text = ("PREOPERATIVE DIAGNOSIS: Hernia.\nPAST MEDICAL HISTORY: Asthma.\n"
+            "PROCEDURE: Repair.")
+    doc = structure(Note(text=text), DictationMeta(document_type="operative_report"), settings)
+    extra = [s for s in doc.sections if s.key == "past_medical_history"]
+    assert extra and extra[0].text == "Asthma." and extra[0].heading == "Past medical history"
+
+
+def test_text_without_headings_is_kept_in_body(settings) -> None:
+    text = "Knee swelling is better. Range of motion full."
+    doc = structure(Note(text=text), DictationMeta(document_type="progress_note"), settings)
+    assert doc.sections[0].key == "body"
+    assert doc.sections[0].text == text
+    assert "no_sections" in doc.flags
+
+
+def test_empty_note(settings) -> None:
+    doc = structure(Note(text=""), DictationMeta(document_type="radiology_report"), settings)
+    assert doc.sections == []
+    assert doc.missing == ["Examination", "Clinical history", "Findings", "Impression"]
+
+
+def test_sidecar_alias_and_unknown_type(settings) -> None:
+    text = (DATA / "radiology_report.txt").read_text(encoding="utf-8")
+    assert structure(Note(text=text), DictationMeta(document_type="radiology"),
+                     settings).document_type == "radiology_report"
+    doc = structure(Note(text=text), DictationMeta(document_type="tax_return"), settings)
+    assert doc.document_type == "radiology_report"
+    assert "unknown_document_type" in doc.flags
+
+
+def test_letter_salutation_and_closing_are_not_body_text(settings) -> None:
+    text = (DATA / "consult_letter.txt").read_text(encoding="utf-8")
+    doc = structure(Note(text=text), DictationMeta(document_type="consult_letter"), settings)
+    joined = " ".join(s.text for s in doc.sections)
+    assert "Dear" not in joined and "Sincerely" not in joined
+    assert doc.header["recipient"].value == "Dr. Moreno"
+
+
+def test_detect_document_type_scores(settings) -> None:
+    templates = list_templates(settings)
+    key, score = detect_document_type("IMPRESSION: Normal chest. FINDINGS: Clear lungs. "
+                                      "COMPARISON: None.", templates)
+    assert key == "radiology_report" and score > 0
+    assert detect_document_type("", templates) == ("progress_note", 0.0)
+
+
+def test_hostile_text_is_cleaned(settings) -> None:
+    text = "FINDINGS: bad\x00byte\x0b and <script>alert(1)</script> & more \U0001F600"
+    doc = structure(Note(text=text), DictationMeta(document_type="radiology_report"), settings)
+    findings = doc.sections[0].text
+    assert "\x00" not in findings and "\x0b" not in findings
+    assert "<script>alert(1)</script> & more \U0001F600" in findings
