@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -72,6 +73,7 @@ __all__ = [
     "pending_resubmits",
     "load_meta",
     "claimed_audio",
+    "claim_is_stale",
     "status_counts",
     "recent",
     "ACTIVE_STATUSES",
@@ -82,6 +84,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between full rescans of the inbox (finds files whose events were lost).
 RESCAN_SECONDS = 10.0
+#: A claim by another host that is older than this is treated as abandoned by ``resume``.
+STALE_CLAIM_SECONDS = 600.0
 #: Dictations still to be processed.
 ACTIVE_STATUSES = ("received", "processing")
 #: A sidecar modified more recently than this may still be being written.
@@ -202,6 +206,7 @@ def claim(path: Path, settings: Settings, physician_folder: str | None) -> str |
         "physician_folder": physician_folder,
         "original_name": path.name,
         "claimed_at": datetime.now(UTC).isoformat(),
+        "host": socket.gethostname(),
         "pid": os.getpid(),
     }
     (target_dir / _CLAIM_FILE).write_text(json.dumps(claim_info), encoding="utf-8")
@@ -236,6 +241,30 @@ def _read_claim(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def claim_is_stale(folder: Path) -> bool:
+    """True if the process that claimed ``folder`` is gone: a dead pid on this host, or a
+    claim older than ``STALE_CLAIM_SECONDS`` from another host (scale-out)."""
+    info = _read_claim(folder)
+    if info is None:
+        return True
+    if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
+        pid = int(info["pid"])
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        age = time.time() - (folder / _CLAIM_FILE).stat().st_mtime
+    except FileNotFoundError:
+        return True
+    return age > STALE_CLAIM_SECONDS
 
 
 def load_meta(audio_path: Path, physician_id: str | None) -> DictationMeta:
@@ -323,7 +352,8 @@ def archive(settings: Settings, dictation_id: str) -> Path | None:
     if src.is_dir():
         if dst.exists():
             dst = settings.archive_dir / f"{dictation_id}.{int(time.time())}"
-        os.rename(src, dst)
+        with contextlib.suppress(FileNotFoundError):  # archived by another instance just now
+            os.rename(src, dst)
     if not dst.is_dir():
         return None
     audio = claimed_audio(dst)
@@ -478,39 +508,54 @@ def resume(settings: Settings, submit: Submit | None = None,
            should_resubmit: Callable[[str | None], bool] | None = None) -> dict[str, int]:
     """Finish what a crash left behind; returns counts per action.
 
+    Only folders whose claim is stale (``claim_is_stale``: the claiming process is gone) are
+    touched, so several instances sharing a data directory do not trip over each other.
+
     - ``processing/<id>/`` without a row: registered now (as if just claimed).
-    - a finished row whose folder is still in processing/: archived.
-    - unfinished rows (received/processing): submitted again when ``should_resubmit(flow
-      run id)`` says so (default: always); the flow is idempotent per dictation id.
+    - a finished row whose folder is still in processing/: archived (or quarantined).
+    - unfinished rows: submitted again if their flow run is gone/finished/crashed
+      (``should_resubmit(flow run id)``, default: always) or, never submitted, if their
+      claim is stale. The flow is idempotent per dictation id.
     """
     counts = {"registered": 0, "archived": 0, "resubmitted": 0}
     settings.processing_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings)
+    just_submitted: set[str] = set()
     for folder in sorted(settings.processing_dir.iterdir()):
-        if not folder.is_dir():
+        if not folder.is_dir() or not claim_is_stale(folder):
             continue
         did = folder.name
         with store.session() as s:
             row = s.get(DictationRow, did)
             status = row.status if row else None
+            reason = (row.error_message, row.error_code) if row else (None, None)
         if row is None:
             if claimed_audio(folder) is None:
                 continue
             result = register(settings, did)
             counts["registered"] += 1
             _submit(settings, result, submit)
+            just_submitted.add(did)
             continue
         if status in ("done", "duplicate"):
             archive(settings, did)
             counts["archived"] += 1
         elif status in ("quarantined", "failed"):
-            quarantine(settings, did, row.error_message or "Processing failed.",
-                       code=row.error_code or "failed", status=status)
+            with contextlib.suppress(FileNotFoundError):
+                quarantine(settings, did, reason[0] or "Processing failed.",
+                           code=reason[1] or "failed", status=status)
     if submit is not None:
         for did, priority, run_id in pending_resubmits(settings):
-            if should_resubmit is None or should_resubmit(run_id):
-                _submit(settings, IntakeResult("received", did, priority=priority), submit)
-                counts["resubmitted"] += 1
+            if did in just_submitted:
+                continue
+            if run_id is None:
+                folder = settings.processing_dir / did
+                if not folder.is_dir() or not claim_is_stale(folder):
+                    continue  # being registered/submitted by a live instance right now
+            elif should_resubmit is not None and not should_resubmit(run_id):
+                continue
+            _submit(settings, IntakeResult("received", did, priority=priority), submit)
+            counts["resubmitted"] += 1
     if any(counts.values()):
         log.info("resume %s", counts)
     return counts

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -337,26 +338,47 @@ def test_rescan_finds_files_dropped_while_down(settings: Settings, wav: Path) ->
     assert sorted(r.outcome for r in results) == ["received"] * 3
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_resume_after_crash(settings: Settings, wav: Path) -> None:
-    """A claimed folder without a row is registered; a finished one is archived; unfinished
-    rows are submitted again."""
+    """After a crash (the claiming process is gone): a claimed folder without a row is
+    registered, a finished one is archived, unfinished rows are submitted again; folders
+    claimed by a live process are left alone."""
     inbox.ensure_layout(settings)
+    dead = {"host": socket.gethostname(), "pid": _dead_pid()}
     # 1. crashed between claim and register
     orphan = settings.processing_dir / ("a" * 32)
     orphan.mkdir()
     shutil.copy(wav, orphan / "crash.wav")
     (orphan / "claim.json").write_text(json.dumps({"physician_folder": "dr-smith",
-                                                   "original_name": "crash.wav"}))
+                                                   "original_name": "crash.wav", **dead}))
     # 2. finished, crashed before archiving
     done = inbox.InboxScanner(settings).take(
         _variant(wav, settings.inbox_dir / "dr-patel" / "done.wav", 3))
+    claim_file = settings.processing_dir / done.dictation_id / "claim.json"
+    claim_file.write_text(json.dumps({**json.loads(claim_file.read_text()), **dead}))
     with open_store(settings).session() as s:
         s.get(DictationRow, done.dictation_id).status = "done"
+    # 3. claimed by a live process (this one) and not yet submitted: not touched
+    live = inbox.InboxScanner(settings).take(
+        _variant(wav, settings.inbox_dir / "dr-patel" / "live.wav", 4))
+    # 4. submitted before, its flow run crashed: submitted again
+    stuck = inbox.InboxScanner(settings).take(
+        _variant(wav, settings.inbox_dir / "dr-patel" / "stuck.wav", 5))
+    with open_store(settings).session() as s:
+        row = s.get(DictationRow, stuck.dictation_id)
+        row.status, row.flow_run_id = "processing", "crashed-run"
     submitted: list[tuple[str, str]] = []
-    counts = inbox.resume(settings, lambda did, prio: submitted.append((did, prio)) or "run-1")
+    counts = inbox.resume(settings, lambda did, prio: submitted.append((did, prio)) or "run-1",
+                          should_resubmit=lambda run_id: run_id == "crashed-run")
     assert counts == {"registered": 1, "archived": 1, "resubmitted": 1}
     assert (settings.archive_dir / done.dictation_id / "done.wav").exists()
-    assert [d for d, _ in submitted] == ["a" * 32, "a" * 32]  # registered, then pending
+    assert [d for d, _ in submitted] == ["a" * 32, stuck.dictation_id]  # once each
+    assert live.dictation_id not in [d for d, _ in submitted]
     with open_store(settings).session() as s:
         assert s.get(DictationRow, "a" * 32).flow_run_id == "run-1"
 
