@@ -78,6 +78,13 @@ def _tz(settings: Settings) -> ZoneInfo:
     return zone(settings.timezone)
 
 
+def _view_tz(session: Session, settings: Settings, physician: str) -> ZoneInfo:
+    """One physician's calendar in their zone; the master schedule in the practice's."""
+    if physician:
+        return physician_zone(session, physician, _options(settings))
+    return _tz(settings)
+
+
 def _parse_day(value: str | None, tz: ZoneInfo) -> date:
     if value:
         try:
@@ -194,9 +201,9 @@ def week_view(request: Request, date: str = "", physician: str = "",
               user: UserInfo = Depends(current_user)) -> Response:
     """The week calendar for one physician or every visible one (master schedule)."""
     settings = get_settings_dep(request)
-    tz = _tz(settings)
     with open_store(settings).session() as s:
         scope = _scope(s, user, physician)
+        tz = _view_tz(s, settings, physician)
         ctx = week_context(s, scope, _parse_day(date, tz), tz)
         _view_audit(s, user, "calendar_week", date=str(ctx["monday"]), physician=physician or
                     None, physicians=len(scope))
@@ -209,9 +216,9 @@ def day_view(request: Request, date: str = "", physician: str = "",
              user: UserInfo = Depends(current_user)) -> Response:
     """The day calendar with status actions for each appointment."""
     settings = get_settings_dep(request)
-    tz = _tz(settings)
     with open_store(settings).session() as s:
         scope = _scope(s, user, physician)
+        tz = _view_tz(s, settings, physician)
         ctx = day_context(s, scope, _parse_day(date, tz), tz)
         _view_audit(s, user, "calendar_day", date=str(ctx["day"]), physician=physician or None,
                     physicians=len(scope))
