@@ -255,10 +255,8 @@ class Casing(Transform):
                     and not (prev is not None and prev.text.lower() in ("dr.", "mr.", "mrs.", "ms."))
                 ):
                     t.text = t.text.lower()
-            if start and t.text[:1].islower() and not t.protected:
+            if start and t.text[:1].islower() and not t.keep_case:
                 t.text = t.text[:1].upper() + t.text[1:]
-            elif start and t.text[:1].islower() and t.change == "number" and " " not in t.text:
-                pass
             start = False
             prev = t
         return state

@@ -24,6 +24,7 @@ PARAGRAPH = "\n\n"
 
 #: Words that keep their period ("Dr." is a word, not a sentence end).
 _TITLES = {"dr.", "mr.", "mrs.", "ms.", "st.", "vs.", "etc.", "e.g.", "i.e.", "no.", "jr.", "sr."}
+_DOTTED = re.compile(r"^(?:[A-Za-z]\.){2,}$")  # "b.i.d.", "p.o.", "a.m." stay whole
 _LEAD = "\"'(["
 _TRAIL = ".,;:!?\"')]"
 _SENTENCE_END = {".", "?", "!"}
@@ -113,7 +114,7 @@ def _split(word: str, start: float | None, end: float | None, prob: float) -> li
     while w and w[0] in _LEAD and len(w) > 1:
         lead.append(Tok(w[0], start, start, prob, kind="auto", glue_right=w[0] in "(["))
         w = w[1:]
-    if w.lower() not in _TITLES:
+    if w.lower() not in _TITLES and not _DOTTED.match(w):
         while w and w[-1] in _TRAIL and len(w) > 1:
             # keep "s/p" and decimals whole; "11.2." loses only the final period
             trail.insert(0, Tok(w[-1], end, end, prob, kind="auto"))
