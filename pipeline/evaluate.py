@@ -343,6 +343,8 @@ class SpelledLetters(Transform):
             if len(tok) == 1 and tok.isalpha():
                 run.append(tok)
                 continue
+            if len(run) >= 3 and run[0] in ("a", "i"):
+                out.append(run.pop(0))  # "a c g r p" -> "a cgrp": the article stays a word
             if len(run) >= 2:
                 out.append("".join(run))
             else:
@@ -350,6 +352,35 @@ class SpelledLetters(Transform):
             run = []
             if tok:
                 out.append(tok)
+        return " ".join(out)
+
+
+class LetterNumberCodes(Transform):
+    """A letter read before a one- or two-digit number is one code: "t 4" -> "t4",
+    "l 4 l 5" -> "l4 l5", "a 1 c" -> "a1c". "a" and "i" alone are words ("a 5" stays apart),
+    and longer numbers are quantities ("vitamin d 1000")."""
+
+    def __call__(self, text: str) -> str:
+        toks = text.split()
+        out: list[str] = []
+        i = 0
+        while i < len(toks):
+            tok = toks[i]
+            nxt = toks[i + 1] if i + 1 < len(toks) else ""
+            after = toks[i + 2] if i + 2 < len(toks) else ""
+            then = toks[i + 3] if i + 3 < len(toks) else ""
+            single = len(tok) == 1 and tok.isalpha()
+            short_number = nxt.isdigit() and len(nxt) <= 2
+            if single and short_number and len(after) == 1 and after.isalpha() \
+                    and after not in ("a", "i") and not then.isdigit():
+                out.append(tok + nxt + after)  # "a 1 c" -> "a1c"
+                i += 3
+            elif single and tok not in ("a", "i") and short_number:
+                out.append(tok + nxt)
+                i += 2
+            else:
+                out.append(tok)
+                i += 1
         return " ".join(out)
 
 
@@ -408,6 +439,7 @@ WER_NORMALISATION = Compose(
         NumbersToDigits(),
         MergeDigitRuns(),
         SpelledLetters(),
+        LetterNumberCodes(),
         CanonicalWords(),
         RemoveBoundaries(),
         CollapseSpaces(),

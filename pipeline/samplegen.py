@@ -5,7 +5,8 @@ holds ``[pause N]`` lines for silence gaps) and one row of the set's ``manifest.
 the text-to-speech ``engine`` (``espeak-ng`` or ``flite``), the ``voice`` and the ``rate``
 (words per minute for espeak-ng, a duration stretch factor for flite). Rendering:
 
-    script -> TTS per text chunk -> 16 kHz mono 16-bit WAV (sox) -> silence gaps (sox)
+    script -> TTS per text chunk -> 16 kHz mono 16-bit WAV (sox -R: repeatable dither)
+           -> silence gaps (sox)
            -> concatenated -> FLAC (sox) or OGG/Opus 24 kbit/s (ffmpeg, bit-exact flags)
 
 and the row's ``duration_s`` is rewritten from the result. espeak-ng, flite, sox and ffmpeg
@@ -172,9 +173,10 @@ def render_audio(
             if chunk.text:
                 spoken = tmp / f"tts{i:03d}.wav"
                 _tts(chunk.text, engine, voice, rate, spoken)
-                _run([sox, str(spoken), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(part)])
+                _run([sox, "-R", str(spoken), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
+                      str(part)])
             else:
-                _run([sox, "-n", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(part),
+                _run([sox, "-R", "-n", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(part),
                       "trim", "0", f"{chunk.pause_s:.3f}"])
             parts.append(part)
         if not parts:
@@ -183,10 +185,10 @@ def render_audio(
         if len(parts) == 1:
             shutil.copyfile(parts[0], joined)
         else:
-            _run([sox, *map(str, parts), str(joined)])
+            _run([sox, "-R", *map(str, parts), str(joined)])
         out_path.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".flac":
-            _run([sox, str(joined), "-C", "8", str(out_path)])
+            _run([sox, "-R", str(joined), "-C", "8", str(out_path)])
         else:
             _run([_need("ffmpeg"), "-loglevel", "error", "-y", "-i", str(joined),
                   "-c:a", "libopus", "-b:a", opus_bitrate, "-application", "voip",
