@@ -1,0 +1,182 @@
+"""Scale-out on Prefect: PostgreSQL (Prefect's database and ours) on loopback, one Prefect
+server, and two service instances (each a watcher + a warm worker) sharing one data
+directory. A batch of dictations is processed exactly once: each file claimed by one
+instance, one dictation row, one flow run, one draft.
+
+Needs PostgreSQL 15 server binaries (Debian: ``apt-get install -y postgresql``)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from pipeline import prefect_env
+from pipeline.db.core import DictationRow, DraftRow
+from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.store import open_store
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+_PG_DIRS = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/local/bin"), Path("/usr/bin")]
+
+
+def _pg_bin(name: str) -> Path | None:
+    for d in _PG_DIRS:
+        if (d / name).exists():
+            return d / name
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _as_pg_user(cmd: list[str]) -> list[str]:
+    """initdb refuses to run as root: run PostgreSQL as the ``postgres`` (or nobody) user."""
+    if os.geteuid() != 0:
+        return cmd
+    for user in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            continue
+        return ["runuser", "-u", user, "--", *cmd]
+    pytest.skip("running as root and no 'postgres' or 'nobody' user to run PostgreSQL as")
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL on 127.0.0.1 with databases ``prefect`` and ``dictation``."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; "
+                    "install the Debian package 'postgresql'")
+    import psycopg2
+
+    root = Path(tempfile.mkdtemp(prefix="dictation-pg-"))
+    root.chmod(0o755)
+    data = root / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        user = _as_pg_user(["x"])[2]
+        shutil.chown(root, user)
+        shutil.chown(data, user)
+    port = _free_port()
+    subprocess.run(_as_pg_user([str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres",
+                                "--no-sync", "-E", "UTF8"]), check=True, capture_output=True)
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    subprocess.run(_as_pg_user([str(pg_ctl), "-D", str(data), "-o", opts, "-l",
+                                str(root / "pg.log"), "-w", "start"]),
+                   check=True, capture_output=True)
+    try:
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE prefect")
+            cur.execute("CREATE DATABASE dictation")
+        conn.close()
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(_as_pg_user([str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait(pred, timeout: float, every: float = 1.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_two_instances_share_one_prefect_server_exactly_once(
+    postgres: str, tmp_path: Path
+) -> None:
+    """One Prefect server on PostgreSQL, two `dictation run` instances (watcher + warm worker
+    each) on one data directory and one PostgreSQL database: every file exactly once."""
+    n = int(os.environ.get("DICTATION_TEST_SCALEOUT", "8"))
+    settings = Settings(
+        data_dir=tmp_path / "shared", model="tiny.en", device="cpu", compute_type="int8",
+        physicians=["dr-smith", "dr-patel"], pdf="never", stable_seconds=0.3,
+        sidecar_grace_seconds=0.3, poll_interval_seconds=0.2, workers=1,
+        prefect_port=_free_port(),
+        database_url=f"postgresql+psycopg2://postgres@{postgres}/dictation",
+    )
+    pg_prefect = f"postgresql+asyncpg://postgres@{postgres}/prefect"
+    server = prefect_env.start_server(
+        settings, extra_env={"PREFECT_API_DATABASE_CONNECTION_URL": pg_prefect})
+    api = f"http://127.0.0.1:{settings.prefect_port}/api"
+    instances: list[subprocess.Popen[bytes]] = []
+    try:
+        prefect_env.wait_healthy(api, proc=server)
+        # the pool allows two runs at once: one per worker
+        prefect_env.ensure_deployments(api, settings, pool_limit=2)
+        speech = tmp_path / "speech.wav"
+        subprocess.run(["espeak-ng", "-w", str(speech), "Follow up in two weeks."], check=True)
+        names = []
+        for i in range(n):
+            folder = settings.inbox_dir / ("dr-smith" if i % 2 else "dr-patel")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"batch{i:02d}.wav").write_bytes(
+                speech.read_bytes() + b"\x00\x00" * (i + 1))
+            names.append(f"batch{i:02d}.wav")
+        env = prefect_env.child_env(settings, api)
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = pg_prefect
+        for k in range(2):
+            log = open(tmp_path / f"instance{k}.log", "wb")  # noqa: SIM115
+            instances.append(subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "run", "--no-web", "--no-live", "--once",
+                 "--idle-seconds", "5"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+                start_new_session=True,
+            ))
+            log.close()
+        for proc in instances:
+            proc.wait(timeout=300)
+        logs = "\n".join((tmp_path / f"instance{k}.log").read_text() for k in range(2))
+        assert [p.returncode for p in instances] == [0, 0], logs[-4000:]
+
+        with open_store(settings).session() as s:
+            rows = list(s.scalars(select(DictationRow)))
+            drafts = s.scalar(select(func.count()).select_from(DraftRow))
+        assert sorted(r.original_name for r in rows) == sorted(names), logs[-3000:]
+        assert {r.status for r in rows} == {"done"}, [(r.status, r.error_code) for r in rows]
+        assert drafts == n
+        # one flow run per dictation, all completed; both workers took part
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+        with prefect_env.client(api) as c:
+            runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=["routine"])), limit=200)
+        by_dictation: dict[str, list[str]] = {}
+        for run in runs:
+            by_dictation.setdefault(run.parameters["dictation_id"], []).append(
+                run.state_type.value)
+        assert sorted(by_dictation) == sorted(r.id for r in rows)
+        assert all(states == ["COMPLETED"] for states in by_dictation.values()), by_dictation
+        claimers = {run.infrastructure_pid for run in runs}
+        assert len(claimers) == 2, claimers  # the work was shared by the two workers
+        left = [f for p in ("dr-smith", "dr-patel") for f in (settings.inbox_dir / p).iterdir()]
+        assert left == []
+    finally:
+        for proc in instances:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        prefect_env.stop_process_group(server)
