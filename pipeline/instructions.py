@@ -40,9 +40,11 @@ _NUMBERS = {
     "a few": 3, "few": 3, "several": 3,
 }
 _UNIT_DAYS = {"day": 1, "week": 7, "month": 30, "year": 365}
-_NUM = r"(?P<n>\d{1,3}(?:\s*(?:-|to)\s*\d{1,3})?|a\s+couple(?:\s+of)?|a\s+few|several|an?|" + "|".join(
-    sorted((k for k in _NUMBERS if " " not in k), key=len, reverse=True)
-) + r")"
+_NUM = (
+    r"(?P<n>\d{1,3}(?:\s*(?:-|to)\s*\d{1,3})?|a\s+couple(?:\s+of)?|a\s+few|several|an?|"
+    + "|".join(sorted((k for k in _NUMBERS if " " not in k), key=len, reverse=True))
+    + r")"
+)
 _UNIT = r"(?P<unit>days?|weeks?|months?|years?|wks?|mos?)"
 _DOCTOR = r"(?:[Dd]r\.?|[Dd]octor)\s+[A-Z][\w'’\-]+(?:\s+[A-Z][\w'’\-]+)?"
 
@@ -95,8 +97,9 @@ _SCHEDULE_VERB = re.compile(
     r"\s+(?:for\s+)?)?(?:a\s+|an\s+|the\s+)?(?P<what>.+?)$",
     re.I,
 )
-_INTERVAL = re.compile(rf"\b(?:in|within|after|for)\s+(?:about\s+|approximately\s+)?{_NUM}\s+{_UNIT}\b",
-                       re.I)
+_INTERVAL = re.compile(
+    rf"\b(?:in|within|after|for)\s+(?:about\s+|approximately\s+)?{_NUM}\s+{_UNIT}\b", re.I
+)
 _FOLLOW = re.compile(
     r"^(?:follow[\s-]?up|f/u|return(?:\s+to\s+(?:the\s+)?(?:clinic|office))?(?:\s+visit)?|"
     r"recheck|re-?evaluate|come\s+back|see\s+(?:him|her|them|the\s+patient)\s+(?:back|again)|"
@@ -198,8 +201,8 @@ def parse_sentence(sentence: str) -> tuple[Instruction, bool] | None:
     copy = _COPY.match(body)
     if copy and not subject:
         rest = copy.group("rest").strip()
-        parts = [p for p in re.split(r"\s*(?:,\s*and\s+|\s+and\s+|;\s*|,\s*(?=(?:[Dd]r|[Dd]octor)\b))",
-                                     rest) if p]
+        splitter = r"\s*(?:,\s*and\s+|\s+and\s+|;\s*|,\s*(?=(?:[Dd]r|[Dd]octor)\b))"
+        parts = [p for p in re.split(splitter, rest) if p]
         recipients = []
         for part in parts:
             m = _RECIPIENT.match(part.strip())
@@ -235,16 +238,17 @@ def parse_sentence(sentence: str) -> tuple[Instruction, bool] | None:
         is_test = bool(_TEST_ONLY.match(test))
         if verb == "get" and not polite:
             is_test = False  # "Get a CBC" in a plan is advice; "please get a CBC" is a request
-        if is_test or verb == "order":
-            if not re.match(r"^(?:follow|appointment|visit|return)", test, re.I):
-                params = {"test": _canonical_test(test)}
-                if order.group("part"):
-                    params["body_part"] = _clean_target(order.group("part"))
-                interval = _INTERVAL.search(body)
-                if interval:
-                    params["interval_days"] = interval_days(interval.group("n"),
-                                                            interval.group("unit"))[0]
-                return make("order", params)
+        if (is_test or verb == "order") and not re.match(
+            r"^(?:follow|appointment|visit|return)", test, re.I
+        ):
+            params = {"test": _canonical_test(test)}
+            if order.group("part"):
+                params["body_part"] = _clean_target(order.group("part"))
+            interval = _INTERVAL.search(body)
+            if interval:
+                params["interval_days"] = interval_days(interval.group("n"),
+                                                        interval.group("unit"))[0]
+            return make("order", params)
 
     interval = _INTERVAL.search(body)
     schedule = _SCHEDULE_VERB.match(body)
@@ -258,7 +262,7 @@ def parse_sentence(sentence: str) -> tuple[Instruction, bool] | None:
             params["with"] = _doctor(with_doc.group("doc"))
         return make("schedule", params)
 
-    if (polite or _OFFICE.match(core)) and _OTHER_VERBS.match(body) or \
+    if ((polite or _OFFICE.match(core)) and _OTHER_VERBS.match(body)) or \
             (not subject and re.match(r"^(?:send|fax|mail|forward)\b", body, re.I)):
         params = {}
         doc = re.search(_DOCTOR, body)

@@ -146,8 +146,10 @@ def build_context(
 ) -> dict[str, Any]:
     """Every variable a template may use (see templates/build_templates.py)."""
     now = now or _now(settings)
-    h = {k: clean_text((document.header.get(k).value or "") if document.header.get(k) else "")
-         for k in HEADER_KEYS}
+    h: dict[str, str] = {}
+    for k in HEADER_KEYS:
+        field = document.header.get(k)
+        h[k] = clean_text(field.value or "") if field is not None else ""
     items = _items(document, spec)
     copies = [i for i in document.instructions if i.kind == "copy"]
     cc_names: list[str] = []

@@ -54,16 +54,24 @@ DOCUMENT_TYPE_ALIASES = {
 
 # Words before a heading-looking phrase that show it is prose ("a past medical history of").
 _PROSE_BEFORE = frozenset(
-    "a an the his her their its our no any with of for and or in on to from this that some "
-    "without significant prior previous further my your at by was were is are be been".split()
+    [
+        "a", "an", "the", "his", "her", "their", "its", "our", "no", "any", "with", "of", "for",
+        "and", "or", "in", "on", "to", "from", "this", "that", "some", "without", "significant",
+        "prior", "previous", "further", "my", "your", "at", "by", "was", "were", "is", "are",
+        "be", "been",
+    ]
 )
 # Words after it that show prose ("History of diabetes", "Procedure was", "Plan to").
 _PROSE_AFTER = frozenset(
-    "of was were is are to for and with that which has had have will would can could should "
-    "included includes showed shows revealed reveals demonstrated demonstrates consisted noted "
-    "went began started include including given used administered obtained placed remain "
-    "remains remained appear appears appeared seem seems consist consists may might must on in at "
-    "as by from into through be been being also".split()
+    [
+        "of", "was", "were", "is", "are", "to", "for", "and", "with", "that", "which", "has",
+        "had", "have", "will", "would", "can", "could", "should", "included", "includes",
+        "showed", "shows", "revealed", "reveals", "demonstrated", "demonstrates", "consisted",
+        "noted", "went", "began", "started", "include", "including", "given", "used",
+        "administered", "obtained", "placed", "remain", "remains", "remained", "appear",
+        "appears", "appeared", "seem", "seems", "consist", "consists", "may", "might", "must",
+        "on", "in", "at", "as", "by", "from", "into", "through", "be", "been", "being", "also",
+    ]
 )
 _SHORT = 3  # headings this short (EBL, HPI, S, O) need an explicit colon
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
@@ -332,7 +340,9 @@ def _remove_spans(text: str, spans: list[tuple[int, int]]) -> str:
     return text
 
 
-def _lift_instructions(text: str, only_section_sentence_keep: bool) -> tuple[str, list[Instruction]]:
+def _lift_instructions(
+    text: str, only_section_sentence_keep: bool
+) -> tuple[str, list[Instruction]]:
     found = instr_mod.find_instructions(text)
     removable = [f for f in found if f.remove]
     spans = [(f.start, f.end) for f in removable]
@@ -347,8 +357,9 @@ def _lift_instructions(text: str, only_section_sentence_keep: bool) -> tuple[str
 
 _SALUTATION = re.compile(r"(?im)^[ \t]*dear[ \t]+(?P<who>[^,\n:]{2,80}?)[ \t]*[,:]?[ \t]*$")
 _CLOSING = re.compile(
-    r"(?is)(?:^|\n|(?<=[.!?])[ \t])[ \t]*(?:yours[ \t]+(?:sincerely|truly|faithfully)|sincerely(?:[ \t]+yours)?|"
-    r"(?:kind|best|warm|with[ \t]+best)[ \t]+(?:regards|wishes)|regards|respectfully(?:[ \t]+yours)?)"
+    r"(?is)(?:^|\n|(?<=[.!?])[ \t])[ \t]*(?:yours[ \t]+(?:sincerely|truly|faithfully)|"
+    r"sincerely(?:[ \t]+yours)?|(?:kind|best|warm|with[ \t]+best)[ \t]+(?:regards|wishes)|"
+    r"regards|respectfully(?:[ \t]+yours)?)"
     r"[ \t]*[,.]?[ \t]*(?:\n[^\n]*){0,3}\s*\Z"
 )
 

@@ -190,7 +190,11 @@ def _signature(folder: Path) -> tuple[tuple[str, float], ...]:
     if not folder.is_dir():
         return ()
     return tuple(
-        sorted((p.name, p.stat().st_mtime) for p in folder.iterdir() if p.suffix in (".toml", ".docx"))
+        sorted(
+            (p.name, p.stat().st_mtime)
+            for p in folder.iterdir()
+            if p.suffix in (".toml", ".docx")
+        )
     )
 
 

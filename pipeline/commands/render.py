@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 __all__ = ["register"]
@@ -50,7 +50,7 @@ def _handler(args: argparse.Namespace) -> int:
     outputs = render_outputs(
         document, dictation, draft_id, out_dir, settings,
         final=args.final, signed_by=args.signed_by,
-        signed_at=datetime.now(timezone.utc) if args.final else None,
+        signed_at=datetime.now(UTC) if args.final else None,
         pdf="always" if args.pdf else None,
     )
     if args.json:
