@@ -55,7 +55,12 @@ def _make_env(settings: Settings, tmp_path: Path) -> dict:  # type: ignore[type-
         patel = add_draft(s, text=text, segments=segments, physician_id="dr-patel",
                           patient_name="Bob Patelpatient", mrn="MRN-P1", priority="stat")
         hostile = add_draft(s, text=HOSTILE_TEXT, segments=[], physician_id="dr-smith",
-                            patient_name=HOSTILE_NAME, mrn="MRN-H1")
+                            patient_name=HOSTILE_NAME, mrn="MRN-H1",
+                            document={"missing": ["physical_exam", "plan"], "header": {
+                                "mrn": {"value": "MRN-H1", "source": "sidecar",
+                                        "conflict": "MRN-H9 <i>"}},
+                                "instructions": [{"kind": "copy",
+                                                  "text": "copy to Dr. Patel", "params": {}}]})
     return {"app": app, "settings": settings, "smith": smith, "patel": patel,
             "hostile": hostile}
 
@@ -348,3 +353,37 @@ def test_admin_adds_user_and_searches_audit(env) -> None:  # type: ignore[no-unt
     html = c.get("/admin/audit?patient=MRN-P1&action=view").text
     assert "newsec" in html
     assert "Alice" not in html
+
+
+def test_editor_lists_missing_sections_and_header_mismatches(env) -> None:  # type: ignore[no-untyped-def]
+    html = _login(env, "sec").get(f"/drafts/{env['hostile']}").text
+    missing = html[html.index('id="missing"'):]
+    assert "<li>physical exam</li>" in missing and "<li>plan</li>" in missing
+    mismatch = html[html.index('id="mismatches"'):]
+    assert "MRN-H1" in mismatch and "MRN-H9 &lt;i&gt;" in mismatch
+    assert "copy to Dr. Patel" in html
+
+
+def test_keyboard_shortcuts_are_documented_on_the_editor(env) -> None:  # type: ignore[no-untyped-def]
+    html = _login(env, "sec").get(f"/drafts/{env['smith']}").text
+    keys = html[html.index('id="shortcuts"'):]
+    for label in ("play / pause", "back 3 s", "forward 3 s", "slower / faster",
+                  "next flagged word", "save"):
+        assert label in keys
+
+
+def test_export_of_outputs_is_access_checked_and_audited(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "document.txt"
+    out.write_text("rendered")
+    with open_store(env["settings"]).session() as s:
+        s.get(DraftRow, env["smith"]).outputs = {"txt": str(out)}
+        s.get(DraftRow, env["patel"]).outputs = {"txt": str(out)}
+    c = _login(env, "sec")
+    r = c.get(f"/drafts/{env['smith']}/outputs/txt")
+    assert r.status_code == 200 and r.text == "rendered"
+    assert c.get(f"/drafts/{env['patel']}/outputs/txt").status_code == 403
+    assert c.get(f"/drafts/{env['smith']}/outputs/pdf").status_code == 404
+    with open_store(env["settings"]).session() as s:
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == "export")).all()
+    assert [(e.outcome, e.patient_ref) for e in events] == [("ok", "MRN-S1"),
+                                                           ("denied", "MRN-P1")]

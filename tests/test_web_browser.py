@@ -9,6 +9,7 @@ draft is claimed; the physician signs with a re-entered password. Screenshots go
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -141,11 +142,12 @@ def test_secretary_corrects_and_physician_signs(server, browser) -> None:  # typ
     word = page.locator("#words span.w").nth(8)
     start = float(word.get_attribute("data-s"))
     assert start > 0.5
-    page.wait_for_function("document.getElementById('player').readyState >= 1")
+    # Predicates are functions: the page's CSP (no eval) forbids string expressions.
+    page.wait_for_function("() => document.getElementById('player').readyState >= 1")
     word.click()
     page.wait_for_function(
-        f"(() => {{ const a = document.getElementById('player');"
-        f" return !a.paused && a.currentTime > {start}; }})()", timeout=15000)
+        "(t) => { const a = document.getElementById('player');"
+        " return !a.paused && a.currentTime > t; }", arg=start, timeout=15000)
     page.wait_for_selector("#words span.w.current")
     _shot(page, "02-editor-playing")
     page.keyboard.press("F9")  # pause
@@ -217,4 +219,10 @@ def test_secretary_corrects_and_physician_signs(server, browser) -> None:  # typ
         assert draft.status == "signed" and draft.text.startswith("Corrected")
         assert s.scalars(select(Signature).where(Signature.draft_id == draft_id)).one()
         assert s.get(DraftAccuracy, draft_id).wer > 0
+        outputs = dict(draft.outputs)
+    if importlib.util.find_spec("pipeline.render") is not None:
+        # Final outputs were rendered again from the signed text.
+        signed_txt = Path(outputs["txt"])
+        assert signed_txt.parent.name == "signed" and "Corrected" in signed_txt.read_text()
+        assert Path(outputs["docx"]).is_file()
     assert errors == []

@@ -117,34 +117,25 @@ class _Cell:
     entries: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _entry_dict(entry: schedule.calendars.CalendarEntry, appts: dict[int, Appointment],
-                names: dict[int, str]) -> dict[str, Any]:
-    appt = appts.get(entry.ref_id) if entry.kind == "appointment" else None
+def _entry_dict(entry: schedule.calendars.CalendarEntry, names: dict[int, str]
+                ) -> dict[str, Any]:
+    appt = entry.kind == "appointment"
     return {
         "kind": entry.kind,
         "id": entry.ref_id,
-        "start": entry.start,
-        "end": entry.end,
         "time": "all day" if entry.all_day else
         f"{entry.start:%H:%M}-{entry.end:%H:%M}",
         "title": entry.title,
         "status": entry.status,
         "status_label": STATUS_LABELS.get(entry.status, entry.status),
-        "patient": appt.patient_name if appt else None,
+        "patient": entry.patient,
         "resource": names.get(entry.resource_id) if entry.resource_id else None,
         "next": TRANSITIONS.get(entry.status, ()) if appt else (),
     }
 
 
-def _load(session: Session, entries: list[schedule.calendars.CalendarEntry]
-          ) -> tuple[dict[int, Appointment], dict[int, str]]:
-    ids = [e.ref_id for e in entries if e.kind == "appointment"]
-    appts: dict[int, Appointment] = {}
-    for i in range(0, len(ids), 500):
-        for a in session.scalars(select(Appointment).where(Appointment.id.in_(ids[i:i + 500]))):
-            appts[a.id] = a
-    names = {r.id: r.name for r in session.scalars(select(Resource))}
-    return appts, names
+def _resource_names(session: Session) -> dict[int, str]:
+    return {rid: name for rid, name in session.execute(select(Resource.id, Resource.name))}
 
 
 def week_context(session: Session, physician_ids: list[str], day: date,
@@ -154,8 +145,9 @@ def week_context(session: Session, physician_ids: list[str], day: date,
     days = [monday + timedelta(days=i) for i in range(7)]
     start, _ = local_day_bounds(monday, tz)
     _, end = local_day_bounds(days[-1], tz)
-    entries = master_schedule(session, start, end, physician_ids=physician_ids, tz=tz)
-    appts, names = _load(session, entries)
+    entries = master_schedule(session, start, end, physician_ids=physician_ids, tz=tz,
+                              with_patient=True)
+    names = _resource_names(session)
     grid: dict[str, dict[date, _Cell]] = {p: {d: _Cell() for d in days} for p in physician_ids}
     for e in entries:
         if e.physician_id not in grid:
@@ -164,7 +156,7 @@ def week_context(session: Session, physician_ids: list[str], day: date,
         last = (e.end - timedelta(microseconds=1)).date()
         while d <= last:
             if d in grid[e.physician_id]:
-                grid[e.physician_id][d].entries.append(_entry_dict(e, appts, names))
+                grid[e.physician_id][d].entries.append(_entry_dict(e, names))
             d += timedelta(days=1)
     physicians = {p.id: p.name or p.id for p in session.scalars(
         select(Physician).where(Physician.id.in_(physician_ids)))}
@@ -178,12 +170,12 @@ def day_context(session: Session, physician_ids: list[str], day: date,
     """Context of the day view: one column per physician, entries in time order."""
     start, end = local_day_bounds(day, tz)
     entries = master_schedule(session, start, end, physician_ids=physician_ids, tz=tz,
-                              include_cancelled=True)
-    appts, names = _load(session, entries)
+                              include_cancelled=True, with_patient=True)
+    names = _resource_names(session)
     columns: dict[str, list[dict[str, Any]]] = {p: [] for p in physician_ids}
     for e in entries:
         if e.physician_id in columns:
-            columns[e.physician_id].append(_entry_dict(e, appts, names))
+            columns[e.physician_id].append(_entry_dict(e, names))
     physicians = {p.id: p.name or p.id for p in session.scalars(
         select(Physician).where(Physician.id.in_(physician_ids)))}
     return {"day": day, "columns": columns, "physicians": physicians,

@@ -36,6 +36,7 @@ class Token:
     heard: str | None = None  # what Whisper heard, when our processing changed the word
     kind: str | None = None  # correction kind
     edited: bool = False  # not in the pipeline's text: a person wrote it
+    corr: int | None = None  # index of the pipeline correction covering this word
 
     @property
     def low(self) -> bool:
@@ -82,8 +83,9 @@ def map_words(
         offset = tok_end
         if not tok.is_word:
             continue
-        for c_start, c_end, corr in spans:
+        for n, (c_start, c_end, corr) in enumerate(spans):
             if c_start < tok_end and tok_start < c_end:
+                tok.corr = n
                 tok.heard = str(corr.get("original", ""))
                 tok.kind = str(corr.get("kind", "term"))
                 if corr.get("source_start_s") is not None:
@@ -92,28 +94,43 @@ def map_words(
                 break
             if c_start >= tok_end:
                 break
-    # Whisper's words -> base words.
+    # Whisper's words -> base words. A corrected run is compared in the form Whisper heard
+    # it (the correction's ``original``), so "ten milligrams" lines up with "10 mg".
     base_words = [t for t in base if t.is_word]
-    sm = _matcher([_norm(str(w.get("word", ""))) for w in heard_words],
-                  [_norm(t.text) for t in base_words])
-    for block in sm.get_matching_blocks():
-        for k in range(block.size):
-            w = heard_words[block.a + k]
-            t = base_words[block.b + k]
-            t.start = float(w.get("start", 0.0))
-            t.end = float(w.get("end", 0.0))
-            t.probability = float(w.get("probability", 1.0))
-    # Replaced runs (e.g. "two" -> "2"): take the first heard word's time.
+    keys: list[str] = []
+    owners: list[list[Token]] = []
+    groups: dict[int, list[Token]] = {}
+    for t in base_words:
+        if t.corr is not None:
+            if t.corr in groups:
+                groups[t.corr].append(t)
+                continue
+            groups[t.corr] = [t]
+            for w in (t.heard or "").split() or [t.text]:
+                keys.append(_norm(w))
+                owners.append(groups[t.corr])
+        else:
+            keys.append(_norm(t.text))
+            owners.append([t])
+
+    def _give(owner: list[Token], w: dict[str, Any]) -> None:
+        for t in owner:
+            if t.start is None:
+                t.start = float(w.get("start", 0.0))
+            t.end = max(t.end or 0.0, float(w.get("end", 0.0)))
+            p = float(w.get("probability", 1.0))
+            t.probability = p if t.probability is None else min(t.probability, p)
+
+    sm = _matcher([_norm(str(w.get("word", ""))) for w in heard_words], keys)
     for tag, a0, a1, b0, b1 in sm.get_opcodes():
-        if tag == "replace" and a1 > a0:
-            first = heard_words[a0]
-            low = min(float(w.get("probability", 1.0)) for w in heard_words[a0:a1])
-            for t in base_words[b0:b1]:
-                if t.start is None:
-                    t.start = float(first.get("start", 0.0))
-                    t.end = float(heard_words[a1 - 1].get("end", 0.0))
-                if t.probability is None:
-                    t.probability = low
+        if tag == "equal":
+            for k in range(a1 - a0):
+                _give(owners[b0 + k], heard_words[a0 + k])
+        elif tag == "replace":
+            # Unrecognised words: spread the heard run over the draft run in order.
+            n_heard, n_keys = a1 - a0, b1 - b0
+            for k in range(n_keys):
+                _give(owners[b0 + k], heard_words[a0 + (k * n_heard) // n_keys])
     if text == base_text:
         tokens = base
     else:

@@ -177,3 +177,30 @@ def diff(request: Request, draft_id: str, a: int = 1, b: int = 0,
         ctx = {"title": f"Changes in draft {draft_id[:8]}", "draft": draft, "a": a, "b": b,
                "versions": sorted(texts), "chunks": word_diff(texts[a], texts[b])}
     return render(request, "diff.html", ctx)
+
+
+_EXPORT_TYPES = {
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "pdf": "application/pdf",
+    "txt": "text/plain; charset=utf-8",
+    "fhir": "application/fhir+json",
+    "hl7": "application/hl7-v2",
+}
+
+
+@router.get("/drafts/{draft_id}/outputs/{kind}")
+def export(request: Request, draft_id: str, kind: str,
+           user: UserInfo = Depends(current_user)) -> Response:
+    """Download one rendered output (docx, pdf, txt, fhir, hl7); access-checked and audited."""
+    with open_store(get_settings_dep(request)).session() as s:
+        draft = wf.load_draft(s, user, draft_id, action="export")
+        raw = (draft.outputs or {}).get(kind)
+        path = Path(raw) if raw and kind in _EXPORT_TYPES else None
+        if path is None or not path.is_file():
+            raise NotFoundError(f"No {kind!r} output exists for this draft.")
+        audit.record(s, actor=user.username, action="export", object_type="draft",
+                     object_id=draft.id, patient_ref=draft.mrn,
+                     detail={"kind": kind, "status": draft.status})
+    name = f"{draft_id[:8]}-{'signed' if draft.status in ('signed', 'delivered') else 'draft'}"
+    suffix = {"fhir": ".fhir.json", "hl7": ".hl7"}.get(kind, f".{kind}")
+    return FileResponse(path, media_type=_EXPORT_TYPES[kind], filename=name + suffix)

@@ -140,6 +140,7 @@ def worklist(
     priority: str = "",
     q: str = "",
     page: int = 1,
+    sent: str = "",
 ) -> Response:
     """The worklist page (or only its table for an htmx request)."""
     status = status if status in _STATUS_FILTERS else _default_status(user)
@@ -169,6 +170,7 @@ def worklist(
         "physicians": physicians,
         "doctypes": doctypes,
         "now": datetime.now(UTC),
+        "sent": sent[:32],
     }
     if request.headers.get("hx-request") and request.headers.get("hx-target") == "worklist-table":
         return render(request, "_worklist_table.html", ctx)
