@@ -1126,8 +1126,8 @@ def _chart(report: EvaluationReport, path: Path) -> None:
                       padding=2)
     ax1.set_xticks([j + width * (len(report.configs) - 1) / 2 for j in range(len(metrics))])
     ax1.set_xticklabels([METRIC_LABELS[k] for k in metrics], rotation=20, fontsize=8)
-    tallest = max((v for c in report.configs for v in report.overall[c].metrics().values()
-                   if isinstance(v, float) and v <= 10), default=1.0)
+    tallest = max((report.overall[c].metrics()[k] or 0.0 for c in report.configs
+                   for k in metrics), default=1.0)
     ax1.set_ylim(0, max(1.15, tallest * 1.15))
     ax1.set_title(f"{report.set_name}: overall ({report.model})")
     ax1.legend(fontsize=8)
