@@ -162,13 +162,16 @@ def test_transcribes_with_networking_unavailable(files: dict[str, Path], tmp_pat
     (guard_dir / "sitecustomize.py").write_text(_GUARD)
     log = tmp_path / "net.log"
     prefix: list[str] = []
-    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"]).returncode == 0:
+    if shutil.which("unshare") and subprocess.run(
+        ["unshare", "-n", "true"], capture_output=True
+    ).returncode == 0:
         prefix += ["unshare", "-n"]
     trace = tmp_path / "strace.log"
+    strace = ["strace", "--seccomp-bpf", "-f", "-qq", "-e", "trace=connect,sendto"]
     if shutil.which("strace") and subprocess.run(
-        ["strace", "-f", "-qq", "-e", "trace=connect", "-o", os.devnull, "true"]
+        [*strace, "-o", os.devnull, "true"], capture_output=True
     ).returncode == 0:
-        prefix += ["strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace)]
+        prefix += [*strace, "-o", str(trace)]
     script = (
         "import sys, time; from pipeline.cli import main; "
         f"rc = main(['transcribe', '--json', {str(files['good'])!r}]); "
