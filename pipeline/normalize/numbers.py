@@ -202,10 +202,12 @@ class SpokenNumbers(Transform):
                 continue
             # --- digits said one by one (record numbers): "four four seven one" -> "4471"
             j = i
-            while j < n and toks[j].is_word and lows[j] in _SINGLE_DIGITS:
+            while j < n and toks[j].is_word and (lows[j] in _SINGLE_DIGITS or (
+                len(lows[j]) == 1 and lows[j].isdigit()
+            )):
                 j += 1
             if j - i >= 3:
-                digits = "".join(_SINGLE_DIGITS[lows[x]] for x in range(i, j))
+                digits = "".join(_SINGLE_DIGITS.get(lows[x], lows[x]) for x in range(i, j))
                 out.append(merge(toks[i:j], digits, "number", protected=True))
                 i = j
                 continue
@@ -568,6 +570,16 @@ class LetterSequences(Transform):
         n = len(toks)
         while i < n:
             t = toks[i]
+            if t.is_word and re.fullmatch(r"(?:[A-Za-z0-9]-){2,}[A-Za-z0-9]", t.text):
+                # "M-R-N-3-3-8-1" -> "MRN 3381": spelled out with hyphens
+                parts = t.text.split("-")
+                letters = "".join(p.upper() for p in parts if p.isalpha())
+                digits = "".join(p for p in parts if p.isdigit())
+                if letters and digits and parts[0].isalpha() and parts[-1].isdigit():
+                    out.append(merge([t], f"{letters} {digits}", "number", keep_case=True,
+                                     protected=True))
+                    i += 1
+                    continue
             if t.is_word and re.fullmatch(r"(?:[A-Z]\.){2,}", t.text):
                 out.append(merge([t], t.text.replace(".", ""), "number"))
                 i += 1

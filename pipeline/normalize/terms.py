@@ -62,12 +62,13 @@ _MEDICAL_PREFIX = re.compile(
     r"^(hyper|hypo|peri|intra|extra|sub|trans|post|pre|non|anti|endo|para|retro|supra|infra|"
     r"inter|multi|poly|micro|macro|pseudo|neo|de|re|un)"
 )
-_SUTURE_BEFORE = re.compile(r"\b\d-0\s+$")
+_SUTURE_BEFORE = re.compile(r"(?:\b\d-0|\b(?:with|of|and) (?:zero|0))\s+$")
 _WORDLIKE = re.compile(r"^[A-Za-z][A-Za-z'\-]*$")
 
 # Thresholds (rapidfuzz ratio, 0-100).
 _KEY_MATCH_MIN = 60.0  # same phonetic key: spelling may differ a lot ("sefalad")
 _FUZZY_MIN = 86.0  # no key match: spelling must be close
+_FUZZY_LONG_MIN = 80.0  # the same for words of 8 letters or more
 _UNSURE_MIN = 70.0  # an English word Whisper was unsure of
 _DRUG_MIN = 88.0  # a drug name is only proposed when the spelling is close
 _ENGLISH_ZIPF = 2.5  # at or above: an ordinary English word
@@ -145,7 +146,9 @@ def best_candidate(
         pool = _curated_pool(index)
         if extra:
             pool = {**pool, **extra}
-        hit = process.extractOne(low, list(pool), scorer=fuzz.ratio, score_cutoff=_FUZZY_MIN)
+        # long words carry more evidence: "gallander" -> "gallbladder" (80)
+        cutoff = _FUZZY_MIN if len(low) < 8 else _FUZZY_LONG_MIN
+        hit = process.extractOne(low, list(pool), scorer=fuzz.ratio, score_cutoff=cutoff)
         if hit is not None and hit[0] != low:
             best = (pool[hit[0]], float(hit[1]), "curated")
     return best
@@ -196,6 +199,10 @@ class MedicalTermCorrector:
 
     def __call__(self, doc: Doc) -> Doc:
         index = self.index
+        with doc.retokenize() as retok:  # "Calot's" is one word here, not "Calot" + "'s"
+            for t in doc[1:]:
+                if t.lower_ in ("'s", "’s") and not doc[t.i - 1].whitespace_:
+                    retok.merge(doc[t.i - 1 : t.i + 1])
         ud = doc.user_data
         probs: dict[int, float] = ud.get("probs", {})
         prot_starts: list[int] = ud.get("protected_starts", [])
@@ -258,7 +265,7 @@ class MedicalTermCorrector:
                 if fixes and fixes[-1].start == tok.idx:
                     continue
             # 3. a suture material after a size ("4-0 crill")
-            if _SUTURE_BEFORE.search(text[max(0, tok.idx - 8) : tok.idx]) and not (
+            if _SUTURE_BEFORE.search(text[max(0, tok.idx - 12) : tok.idx]) and not (
                 index.is_medical(low)
             ):
                 hit = process.extractOne(low, list(_SUTURES), scorer=fuzz.WRatio,
