@@ -46,6 +46,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "WEEKDAYS",
     "physician_zone",
+    "physician_zones",
     "add_location",
     "add_resource",
     "add_availability",
@@ -55,6 +56,7 @@ __all__ = [
     "add_on_call",
     "add_meeting",
     "availability",
+    "availability_many",
     "busy_items",
     "BusyItem",
     "master_schedule",
@@ -98,6 +100,17 @@ def physician_zone(session: Session, physician_id: str, options: ScheduleOptions
     if physician is None:
         raise NotFoundError(f"physician {physician_id!r} arrived; expected a known physician id")
     return zone(physician.timezone, options.default_timezone)
+
+
+def physician_zones(session: Session, physician_ids: list[str],
+                    options: ScheduleOptions) -> dict[str, ZoneInfo]:
+    """Time zones of several physicians in one query; ``NotFoundError`` for unknown ids."""
+    rows = dict(session.execute(select(Physician.id, Physician.timezone)
+                                .where(Physician.id.in_(physician_ids))).all())
+    missing = [p for p in physician_ids if p not in rows]
+    if missing:
+        raise NotFoundError(f"physician {missing[0]!r} arrived; expected a known physician id")
+    return {pid: zone(rows[pid], options.default_timezone) for pid in physician_ids}
 
 
 # --- directory --------------------------------------------------------------------------
@@ -230,19 +243,22 @@ class _Template:
         default_factory=lambda: defaultdict(list))
 
 
-def _load_template(session: Session, physician_id: str, first: date, last: date) -> _Template:
-    tpl = _Template()
+def _load_templates(session: Session, physician_ids: list[str], first: date,
+                    last: date) -> dict[str, _Template]:
+    """Weekly rules and the dated exceptions in ``[first, last]`` of several physicians
+    (two queries in all)."""
+    tpls = {pid: _Template() for pid in physician_ids}
     for rule in session.scalars(
-        select(AvailabilityRule).where(AvailabilityRule.physician_id == physician_id)
+        select(AvailabilityRule).where(AvailabilityRule.physician_id.in_(physician_ids))
     ):
-        tpl.rules[rule.weekday].append(rule)
+        tpls[rule.physician_id].rules[rule.weekday].append(rule)
     for exc in session.scalars(
         select(AvailabilityException).where(
-            AvailabilityException.physician_id == physician_id,
+            AvailabilityException.physician_id.in_(physician_ids),
             AvailabilityException.day >= first, AvailabilityException.day <= last)
     ):
-        tpl.exceptions[exc.day].append(exc)
-    return tpl
+        tpls[exc.physician_id].exceptions[exc.day].append(exc)
+    return tpls
 
 
 def _window(day: date, start: time, end: time, tz: ZoneInfo) -> Interval:
@@ -277,21 +293,44 @@ def availability(session: Session, physician_id: str, start: datetime, end: date
 
     Time off and other blocks are *not* removed here; see ``busy_items``.
     """
+    return availability_many(session, [physician_id], start, end, options)[physician_id]
+
+
+def availability_many(session: Session, physician_ids: list[str], start: datetime,
+                      end: datetime, options: ScheduleOptions | None = None, *,
+                      preloaded: tuple[dict[str, ZoneInfo], dict[str, _Template]] | None = None
+                      ) -> dict[str, list[Interval]]:
+    """``availability`` for several physicians at once (each in their own time zone).
+
+    ``preloaded`` (from ``preload_templates``) saves the queries when called repeatedly.
+    """
     options = options or ScheduleOptions()
     start, end = to_utc(start), to_utc(end)
-    tz = physician_zone(session, physician_id, options)
-    first = start.astimezone(tz).date() - timedelta(days=1)
-    last = end.astimezone(tz).date()
-    tpl = _load_template(session, physician_id, first, last)
-    out: list[Interval] = []
-    day = first
-    while day <= last:
-        for s, e in _day_windows(day, tpl, tz):
-            s2, e2 = max(s, start), min(e, end)
-            if s2 < e2:
-                out.append((s2, e2))
-        day += timedelta(days=1)
-    return merge(out)
+    zones, tpls = preloaded or preload_templates(session, physician_ids, start, end, options)
+    result: dict[str, list[Interval]] = {}
+    for pid in physician_ids:
+        tz, tpl = zones[pid], tpls[pid]
+        out: list[Interval] = []
+        day = start.astimezone(tz).date() - timedelta(days=1)
+        stop = end.astimezone(tz).date()
+        while day <= stop:
+            for s, e in _day_windows(day, tpl, tz):
+                s2, e2 = max(s, start), min(e, end)
+                if s2 < e2:
+                    out.append((s2, e2))
+            day += timedelta(days=1)
+        result[pid] = merge(out)
+    return result
+
+
+def preload_templates(session: Session, physician_ids: list[str], start: datetime,
+                      end: datetime, options: ScheduleOptions
+                      ) -> tuple[dict[str, ZoneInfo], dict[str, _Template]]:
+    """Zones and availability templates (exceptions within ``[start, end)``) of physicians."""
+    zones = physician_zones(session, physician_ids, options)
+    first = min(to_utc(start).astimezone(tz).date() for tz in zones.values()) - timedelta(days=1)
+    last = max(to_utc(end).astimezone(tz).date() for tz in zones.values())
+    return zones, _load_templates(session, physician_ids, first, last)
 
 
 # --- busy time --------------------------------------------------------------------------
@@ -346,11 +385,12 @@ def busy_items(session: Session, start: datetime, end: datetime, *,
         block_owners.append(CalendarBlock.physician_id.in_(physician_ids))
     if resource_ids:
         block_owners.append(CalendarBlock.resource_id.in_(resource_ids))
-    bstmt = select(CalendarBlock).where(
-        or_(*block_owners), CalendarBlock.start_utc < end, CalendarBlock.end_utc > start)
-    for b in session.scalars(bstmt):
-        items.append(BusyItem(b.kind, as_utc(b.start_utc), as_utc(b.end_utc), b.id,
-                              b.physician_id, b.resource_id, b.title))
+    bstmt = select(
+        CalendarBlock.kind, CalendarBlock.start_utc, CalendarBlock.end_utc, CalendarBlock.id,
+        CalendarBlock.physician_id, CalendarBlock.resource_id, CalendarBlock.title,
+    ).where(or_(*block_owners), CalendarBlock.start_utc < end, CalendarBlock.end_utc > start)
+    for kind, s, e, bid, pid, rid, title in session.execute(bstmt):
+        items.append(BusyItem(kind, as_utc(s), as_utc(e), bid, pid, rid, title))
     items.sort(key=lambda i: (i.start, i.end))
     return items
 
@@ -371,29 +411,36 @@ class CalendarEntry:
     title: str
     status: str = ""
     all_day: bool = False
+    patient: str | None = None  # only with ``with_patient=True`` (PHI)
 
 
 def master_schedule(session: Session, start: datetime, end: datetime, *,
                     physician_ids: list[str] | None = None, tz: ZoneInfo | None = None,
-                    include_cancelled: bool = False) -> list[CalendarEntry]:
+                    include_cancelled: bool = False,
+                    with_patient: bool = False) -> list[CalendarEntry]:
     """Every appointment and block in ``[start, end)`` for the physicians (all when None),
-    in display time zone ``tz``, sorted by start. Titles hold no patient names."""
+    in display time zone ``tz``, sorted by start. Patient names only with ``with_patient``."""
     from pipeline.db.schedule import AppointmentType
 
     start, end = to_utc(start), to_utc(end)
     tz = tz or zone("UTC")
     names = {t.code: t.name for t in session.scalars(select(AppointmentType))}
-    stmt = select(Appointment).where(Appointment.start_utc < end, Appointment.end_utc > start,
-                                     Appointment.start_utc > start - MAX_APPOINTMENT)
+    cols = [Appointment.id, Appointment.physician_id, Appointment.resource_id,
+            Appointment.start_utc, Appointment.end_utc, Appointment.type_code,
+            Appointment.status]
+    if with_patient:
+        cols.append(Appointment.patient_name)
+    stmt = select(*cols).where(Appointment.start_utc < end, Appointment.end_utc > start,
+                               Appointment.start_utc > start - MAX_APPOINTMENT)
     if physician_ids is not None:
         stmt = stmt.where(Appointment.physician_id.in_(physician_ids))
     if not include_cancelled:
         stmt = stmt.where(Appointment.status.in_((*ACTIVE_STATUSES, "no_show")))
     entries = [
-        CalendarEntry("appointment", a.id, a.physician_id, a.resource_id,
-                      as_utc(a.start_utc).astimezone(tz), as_utc(a.end_utc).astimezone(tz),
-                      names.get(a.type_code, a.type_code), a.status)
-        for a in session.scalars(stmt)
+        CalendarEntry("appointment", row[0], row[1], row[2], as_utc(row[3]).astimezone(tz),
+                      as_utc(row[4]).astimezone(tz), names.get(row[5], row[5]), row[6],
+                      patient=row[7] if with_patient else None)
+        for row in session.execute(stmt)
     ]
     bstmt = select(CalendarBlock).where(CalendarBlock.start_utc < end,
                                         CalendarBlock.end_utc > start)

@@ -19,7 +19,12 @@ from sqlalchemy.orm import Session
 
 from pipeline.db.schedule import Resource
 from pipeline.errors import ConflictError
-from pipeline.schedule.calendars import ScheduleOptions, availability, busy_items
+from pipeline.schedule.calendars import (
+    ScheduleOptions,
+    availability_many,
+    busy_items,
+    preload_templates,
+)
 from pipeline.schedule.timeutil import GRID_MINUTES, Interval, ceil_to_grid, subtract, to_utc
 
 __all__ = ["Slot", "find_free_slots", "next_free_slot"]
@@ -96,11 +101,15 @@ def find_free_slots(
     after = ceil_to_grid(to_utc(after))
     horizon = to_utc(before) if before else after + timedelta(days=options.search_horizon_days)
     length = timedelta(minutes=duration_min)
-    chunk = timedelta(days=options.search_chunk_days)
+    # windows grow 1, 2, 4... days up to the chunk size: most searches end on day one
+    chunk = timedelta(days=1)
+    max_chunk = timedelta(days=options.search_chunk_days)
     found: list[Slot] = []
+    preloaded = preload_templates(session, physician_ids, after, horizon + length, options)
     lo = after
     while lo < horizon and len(found) < limit:
         hi = min(lo + chunk, horizon)
+        chunk = min(chunk * 2, max_chunk)
         # one query for every physician and resource in this chunk
         items = busy_items(session, lo, hi + length, physician_ids=physician_ids,
                            resource_ids=resource_ids)
@@ -109,8 +118,10 @@ def find_free_slots(
             res_free[rid] = subtract([(lo, hi + length)],
                                      [(i.start, i.end) for i in items if i.resource_id == rid])
         chunk_found: list[Slot] = []
+        all_windows = availability_many(session, physician_ids, lo, hi + length, options,
+                                        preloaded=preloaded)
         for pid in physician_ids:
-            windows = availability(session, pid, lo, hi + length, options)
+            windows = all_windows[pid]
             busy = [(i.start, i.end) for i in items if i.physician_id == pid]
             free = subtract(windows, busy)
             chosen: dict[datetime, int | None] = {}

@@ -123,8 +123,9 @@ def _entry_dict(entry: schedule.calendars.CalendarEntry, names: dict[int, str]
     return {
         "kind": entry.kind,
         "id": entry.ref_id,
-        "time": "all day" if entry.all_day else
-        f"{entry.start:%H:%M}-{entry.end:%H:%M}",
+        "time": "all day" if entry.all_day else (
+            f"{entry.start.hour:02d}:{entry.start.minute:02d}-"
+            f"{entry.end.hour:02d}:{entry.end.minute:02d}"),
         "title": entry.title,
         "status": entry.status,
         "status_label": STATUS_LABELS.get(entry.status, entry.status),
