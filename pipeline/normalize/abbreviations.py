@@ -242,6 +242,8 @@ class Casing(Transform):
                 continue
             if not t.keep_case:
                 display = index.display(t.text) if t.text.isalpha() else None
+                if display and index.zipf(t.text) >= 3.0 and t.change != "term":
+                    display = None  # "men" is a word, not "MEN" (multiple endocrine neoplasia)
                 if display and display != display.lower() and t.text == t.text.lower():
                     t.text = display
                 elif (

@@ -8,6 +8,7 @@ or before "was" is the organ, "comma" before "shaped" is a shape.
 from __future__ import annotations
 
 from pipeline.normalize.compose import Transform
+from pipeline.vocab import phonetic_key
 from pipeline.normalize.tokens import BREAK, PARAGRAPH, TextState, Tok, is_sentence_end, merge
 
 __all__ = [
@@ -90,6 +91,14 @@ _CAPS_OFF = (("end", "caps"), ("caps", "off"), ("end", "all", "caps"))
 _SCRATCH = (("scratch", "that"), ("delete", "that"), ("strike", "that"))
 
 
+def _sounds_like_colon(words: tuple[str, ...]) -> bool:
+    """Whisper's usual mishearings of "colon" right after a heading ("coal and", "Colin")."""
+    key = phonetic_key(words[0])
+    if key in ("KLN", "KLNS"):
+        return True
+    return key == "KL" and len(words) > 1 and words[1] in ("and", "in", "on")
+
+
 def _norm(tok: Tok) -> str:
     return tok.text.lower().strip(".,;:!?\"'")
 
@@ -164,9 +173,9 @@ class SpokenCommands(Transform):
                 self._heading_at(k, seq, sections, toks, words_idx) if at_start else None
             )
             if heading is not None:
-                m, said_colon = heading
-                span, end = tokens_span(k, m + (1 if said_colon else 0))
-                if said_colon is False:  # Whisper wrote the colon itself
+                m, colon_words = heading
+                span, end = tokens_span(k, m + colon_words)
+                if colon_words == 0:  # Whisper wrote the colon itself
                     end = words_idx[k + m - 1] + 2
                     span = toks[words_idx[k] : end]
                 said = " ".join(word_at(k + j) or "" for j in range(m))
@@ -264,20 +273,23 @@ class SpokenCommands(Transform):
         return up
 
     @staticmethod
-    def _heading_at(k, seq, sections, toks, words_idx) -> tuple[int, bool | None] | None:  # type: ignore[no-untyped-def]
-        """(number of heading words, True if "colon" was said / False if Whisper wrote ":")."""
+    def _heading_at(k, seq, sections, toks, words_idx) -> tuple[int, int] | None:  # type: ignore[no-untyped-def]
+        """(heading words, words of the spoken colon: 0 when Whisper wrote ":" itself)."""
         for m in (5, 4, 3, 2, 1):
             words = seq(k, m)
             if len(words) < m or " ".join(words) not in sections:
                 continue
-            nxt = seq(k + m, 1)
-            if nxt == ("colon",):
-                return m, True
+            nxt = seq(k + m, 2)
+            if nxt[:1] == ("colon",):
+                return m, 1
+            if nxt and _sounds_like_colon(nxt):
+                # "diagnosis coal and" / "anesthesia Colin's": a misheard colon
+                return m, 1 if phonetic_key(nxt[0]) in ("KLN", "KLNS") else 2
             last_tok = words_idx[k + m - 1]
             if last_tok + 1 < len(toks) and toks[last_tok + 1].text == ":" and (
                 toks[last_tok + 1].kind == "auto"
             ):
-                return m, False
+                return m, 0
         return None
 
     @staticmethod

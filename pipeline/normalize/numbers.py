@@ -580,6 +580,12 @@ class LetterSequences(Transform):
                                      protected=True))
                     i += 1
                     continue
+            m_id = re.fullmatch(r"([A-Z]{2,4})(\d{4,})", t.text) if t.is_word else None
+            if m_id:  # "MRN5520914" -> "MRN 5520914"
+                out.append(merge([t], f"{m_id.group(1)} {m_id.group(2)}", "number",
+                                 keep_case=True, protected=True))
+                i += 1
+                continue
             if t.is_word and re.fullmatch(r"(?:[A-Z]\.){2,}", t.text):
                 out.append(merge([t], t.text.replace(".", ""), "number"))
                 i += 1

@@ -67,6 +67,7 @@ _WORDLIKE = re.compile(r"^[A-Za-z][A-Za-z'\-]*$")
 
 # Thresholds (rapidfuzz ratio, 0-100).
 _KEY_MATCH_MIN = 60.0  # same phonetic key: spelling may differ a lot ("sefalad")
+_LIST_MIN = 80.0  # same key, but the term only comes from a big list (ICD, PCS)
 _FUZZY_MIN = 86.0  # no key match: spelling must be close
 _FUZZY_LONG_MIN = 80.0  # the same for words of 8 letters or more
 _UNSURE_MIN = 70.0  # an English word Whisper was unsure of
@@ -130,9 +131,11 @@ def best_candidate(
             return None  # "hyperenhancement": a well-formed compound of a medical word
         score = fuzz.ratio(low, cand)
         source = "physician" if extra and cand in extra else index.source(cand)
-        if source != "physician" and not index.is_medical(cand):
-            continue  # an everyday word would have been spelled right by Whisper
+        if source != "physician" and (not index.is_medical(cand) or index.zipf(cand) >= 3.0):
+            continue  # an everyday word ("stride") would have been spelled right by Whisper
         min_score = _DRUG_MIN if source == "drug" else _KEY_MATCH_MIN
+        if source not in ("curated", "physician"):
+            min_score = max(min_score, _LIST_MIN)  # big lists: closer spelling needed
         if len(low) <= 6:
             min_score = max(min_score, 75.0)  # short words: few letters, many neighbours
         if score < min_score:
@@ -149,7 +152,8 @@ def best_candidate(
         # long words carry more evidence: "gallander" -> "gallbladder" (80)
         cutoff = _FUZZY_MIN if len(low) < 8 else _FUZZY_LONG_MIN
         hit = process.extractOne(low, list(pool), scorer=fuzz.ratio, score_cutoff=cutoff)
-        if hit is not None and hit[0] != low:
+        # the ending carries the meaning ("-itis" vs "-lith"): it must agree
+        if hit is not None and hit[0] != low and hit[0][-3:] == low[-3:]:
             best = (pool[hit[0]], float(hit[1]), "curated")
     return best
 
@@ -290,7 +294,7 @@ class MedicalTermCorrector:
                     i += 2
                     continue
             # 5. unknown word: phonetic key + spelling
-            if zipf == 0.0 and len(low) >= 5:  # not among the 60,000 commonest English words
+            if zipf == 0.0 and len(low) >= 5 and not _inflection_of_known(index, low):
                 cand = best_candidate(index, low, extra)
                 if cand is not None:
                     display, score, source = cand
@@ -310,6 +314,17 @@ class MedicalTermCorrector:
             i += 1
         ud["term_fixes"] = fixes
         return doc
+
+
+def _inflection_of_known(index: VocabIndex, low: str) -> bool:
+    """ "sutured", "debrides", "intubating": an ending added to a word we know."""
+    for suffix in ("ed", "d", "s", "es", "ing", "ly", "ally"):
+        stem = low[: -len(suffix)] if low.endswith(suffix) else ""
+        if len(stem) >= 4 and (index.is_medical(stem) or index.zipf(stem) >= 2.5 or (
+            index.is_medical(stem + "e")
+        )):
+            return True
+    return False
 
 
 _SUTURES = {

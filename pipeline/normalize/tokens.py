@@ -124,11 +124,38 @@ def _split(word: str, start: float | None, end: float | None, prob: float) -> li
     return lead + [Tok(w, start, end, prob)] + trail
 
 
+#: Pieces of a hyphenated Whisper word that are dictation commands ("period-new-paragraph").
+_COMMAND_PIECES = {"period", "comma", "colon", "semicolon", "paragraph", "line"}
+
+
+def _pieces(word: str) -> list[str]:
+    """Split "period-new-paragraph" into words; "4-0" and "well-healed" stay whole."""
+    parts = word.split("-")
+    if len(parts) > 1 and any(p.lower().strip(".,;:") in _COMMAND_PIECES for p in parts):
+        return [p for p in parts if p]
+    return [word]
+
+
 def from_words(words: list[Word]) -> list[Tok]:
-    """Tokens from Whisper's timed words."""
-    out: list[Tok] = []
+    """Tokens from Whisper's timed words.
+
+    A Whisper word without a leading space continues the previous one ("98" + ".4",
+    "68" + "-year" + "-old"), so the pieces are joined before punctuation is split off.
+    """
+    merged: list[list] = []  # [text, start, end, prob]
     for w in words:
-        out.extend(_split(w.word, w.start, w.end, float(w.probability)))
+        text = w.word
+        if merged and text and not text[0].isspace() and not merged[-1][0].endswith(" "):
+            m = merged[-1]
+            m[0] += text
+            m[2] = w.end
+            m[3] = min(m[3], float(w.probability))
+        else:
+            merged.append([text, w.start, w.end, float(w.probability)])
+    out: list[Tok] = []
+    for text, start, end, prob in merged:
+        for piece in _pieces(text.strip()):
+            out.extend(_split(piece, start, end, prob))
     return out
 
 
@@ -141,8 +168,9 @@ def from_text(text: str) -> list[Tok]:
         for line_i, line in enumerate(para.split("\n")):
             if line_i and out and out[-1].kind != "break":
                 out.append(Tok(BREAK, kind="break"))
-            for piece in line.split():
-                out.extend(_split(piece, None, None, 1.0))
+            for word in line.split():
+                for piece in _pieces(word):
+                    out.extend(_split(piece, None, None, 1.0))
     return out
 
 
@@ -153,8 +181,9 @@ def from_transcript(transcript: Transcript) -> list[Tok]:
         return from_words(words)
     toks: list[Tok] = []
     for seg in transcript.segments:
-        for piece in seg.text.split():
-            toks.extend(_split(piece, seg.start, seg.end, 1.0))
+        for word in seg.text.split():
+            for piece in _pieces(word):
+                toks.extend(_split(piece, seg.start, seg.end, 1.0))
     return toks
 
 
