@@ -22,9 +22,13 @@ Variables a template can use (all always present; a missing value is an empty st
 
 from __future__ import annotations
 
+import re
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
+
+from lxml import etree
 
 from docx import Document
 from docx.enum.section import WD_SECTION
@@ -223,6 +227,7 @@ def _sections_loop(doc) -> None:
     doc.add_paragraph("{%p for s in sections %}")
     doc.add_paragraph("{%p if s.inline %}")
     p = doc.add_paragraph(style="Body Text")
+    p.paragraph_format.space_before = Pt(5)
     p.add_run("{{ s.label }}: ", style="Field Label")
     p.add_run("{%r if s.missing %}")
     _missing_run(p, "[MISSING: {{ s.label }}]")
@@ -330,7 +335,63 @@ def build(key: str, spec: dict[str, object], out: Path) -> Path:
     core.comments = f"Template {key}; field map {key}.toml"
     path = out / f"{key}.docx"
     doc.save(str(path))
+    _slim(path)
     return path
+
+
+_W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+_DROP_PARTS = ("word/stylesWithEffects.xml", "docProps/thumbnail.jpeg", "customXml/")
+
+
+def _slim(path: Path) -> None:
+    """Drop what python-docx's default template carries and we do not use (790 KB of style
+    definitions, a thumbnail, custom XML): rendering parses and writes every part, so the
+    template's size is most of the render time. Word re-adds built-in styles on demand."""
+    with zipfile.ZipFile(path) as zin:
+        items = {name: zin.read(name) for name in zin.namelist()}
+    items = {n: d for n, d in items.items() if not n.startswith(_DROP_PARTS)}
+    root = etree.fromstring(items["word/styles.xml"])
+    ns = {"w": _W}
+    for latent in root.findall("w:latentStyles", ns):
+        root.remove(latent)
+    by_id = {s.get(f"{{{_W}}}styleId"): s for s in root.findall("w:style", ns)}
+    keep: set[str] = set()
+    wanted = {"Normal", "Title", "Heading 2", "Body Text", "Field Label", "Missing", "Small",
+              "Header", "Footer", "Default Paragraph Font", "Normal Table", "No List",
+              "Table Grid"}
+    stack = [sid for sid, s in by_id.items()
+             if s.find("w:name", ns) is not None
+             and s.find("w:name", ns).get(f"{{{_W}}}val") in wanted]
+    used = set(re.findall(rb'w:(?:pStyle|rStyle|tblStyle) w:val="([^"]+)"',
+                          b"".join(d for n, d in items.items() if n.startswith("word/"))))
+    stack += [u.decode() for u in used]
+    while stack:
+        sid = stack.pop()
+        if sid in keep or sid not in by_id:
+            continue
+        keep.add(sid)
+        for tag in ("basedOn", "link", "next"):
+            ref = by_id[sid].find(f"w:{tag}", ns)
+            if ref is not None:
+                stack.append(ref.get(f"{{{_W}}}val"))
+    for sid, style in by_id.items():
+        if sid not in keep:
+            root.remove(style)
+    items["word/styles.xml"] = etree.tostring(root, xml_declaration=True, encoding="UTF-8",
+                                              standalone=True)
+    for rels in ("_rels/.rels", "word/_rels/document.xml.rels"):
+        xml = items[rels].decode("utf-8")
+        xml = re.sub(r'<Relationship [^>]*Target="[^"]*(?:stylesWithEffects|thumbnail|'
+                     r'customXml/)[^"]*"/>', "", xml)
+        items[rels] = xml.encode("utf-8")
+    ct = items["[Content_Types].xml"].decode("utf-8")
+    ct = re.sub(r'<Override PartName="/(?:word/stylesWithEffects\.xml|customXml/[^"]*)"[^>]*/>',
+                "", ct)
+    ct = re.sub(r'<Default Extension="jpeg"[^>]*/>', "", ct)
+    items["[Content_Types].xml"] = ct.encode("utf-8")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        for name, data in items.items():
+            zout.writestr(name, data)
 
 
 def main(argv: list[str]) -> int:
