@@ -153,15 +153,29 @@ def _proposals(session: Session, draft: DraftRow, interval: int, base: datetime,
     return [s.to_dict() | {"type": atype.code} for s in slots]
 
 
+def _default_options(settings: Any) -> TaskOptions:
+    if settings is None:
+        try:
+            from pipeline.settings import get_settings
+
+            settings = get_settings()
+        except Exception:  # settings unreadable here: practice zone falls back to UTC
+            log.warning("tasks: settings not readable; using UTC for proposals")
+            return TaskOptions(schedule=ScheduleOptions())
+    return TaskOptions(schedule=ScheduleOptions.from_settings(settings))
+
+
 def tasks_from_draft(session: Session, draft_row: DraftRow, *, actor: str = "system:tasks",
-                     options: TaskOptions | None = None,
+                     options: TaskOptions | None = None, settings: Any = None,
                      now: datetime | None = None) -> list[Task]:
     """Turn the draft's instructions (``document["instructions"]``) into tasks; return the
-    draft's instruction tasks (existing ones included, none duplicated)."""
-    if options is None:
-        from pipeline.settings import get_settings
+    draft's instruction tasks (existing ones included, none duplicated).
 
-        options = TaskOptions(schedule=ScheduleOptions.from_settings(get_settings()))
+    ``settings`` gives the practice time zone for proposed slots (default: the process
+    settings); ``options`` overrides everything.
+    """
+    if options is None:
+        options = _default_options(settings)
     now = now or datetime.now(UTC)
     instructions = (draft_row.document or {}).get("instructions") or []
     existing = {t.key: t for t in session.scalars(

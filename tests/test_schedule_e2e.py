@@ -1,0 +1,97 @@
+"""End to end: a dictated text with instructions -> pipeline.sections.structure -> draft ->
+signed by the physician (pipeline.signing calls tasks_from_draft) -> tasks, referral and
+route -> the signed document e-mailed to a real SMTP server on loopback -> draft delivered."""
+
+from __future__ import annotations
+
+import email
+import socket
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import select
+
+from pipeline import route, sections, signing
+from pipeline.db.core import DraftRow
+from pipeline.db.schedule import Delivery, Referral, Task
+from pipeline.records import DictationMeta, Note, to_jsonable
+from pipeline.schedule import add_availability
+from pipeline.store import open_store
+from pipeline.users import create_user
+from pipeline.web.seed import add_draft
+
+PASSWORD = "correct-horse-9"
+# Written for this project (synthetic; no real patient).
+DICTATION = (
+    "History of present illness: The patient is a 61-year-old woman seen for follow-up of "
+    "type 2 diabetes. Her glucose readings have improved. Examination: Blood pressure 128/76. "
+    "Feet without ulcers. Assessment: Type 2 diabetes, improving. "
+    "Plan: Continue metformin 500 mg twice daily. Please schedule a follow-up in six weeks. "
+    "Order a hemoglobin A1c. Refer to ophthalmology for a diabetic eye exam. "
+    "Please copy Dr. Patel at Riverside Cardiology."
+)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope.content)
+        return "250 OK"
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_dictation_to_tasks_to_delivered(settings):
+    store = open_store(settings)
+    doc = sections.structure(Note(text=DICTATION), DictationMeta(physician_id="dr-smith",
+                                                                 mrn="MRN-E2E"), settings)
+    assert sorted(i.kind for i in doc.instructions) == ["copy", "order", "refer", "schedule"]
+    with store.session() as s:
+        user = create_user(s, "smith", PASSWORD, "physician", ["dr-smith"])
+        for wd in range(5):
+            add_availability(s, "dr-smith", wd, "08:00", "16:00")
+        rec = route.add_recipient(s, "Dr. Anil Patel", "referring_physician", "email",
+                                  "patel@riverside.example",
+                                  organization="Riverside Cardiology")
+        draft_id = add_draft(s, text=DICTATION, segments=[], physician_id="dr-smith",
+                             mrn="MRN-E2E", document_type=doc.document_type,
+                             document=to_jsonable(doc), status="awaiting_signature")
+    with store.session() as s:
+        draft = s.get(DraftRow, draft_id)
+        result = signing.sign_draft(s, settings, user, draft, PASSWORD)
+        assert result.tasks == 4, result.problems
+    with store.session() as s:
+        made = {t.kind: t for t in s.scalars(select(Task).where(Task.draft_id == draft_id))}
+        assert sorted(made) == ["copy", "order", "refer", "schedule"]
+        assert made["schedule"].params["interval_days"] == 42
+        assert len(made["schedule"].proposed_slots) == 3
+        assert made["order"].status == "preauth_needed"
+        assert s.get(Referral, made["refer"].referral_id).specialty.startswith("ophthalmology")
+        delivery = s.get(Delivery, made["copy"].delivery_id)
+        assert delivery.recipient_id == rec.id and delivery.status == "pending"
+        outputs = s.get(DraftRow, draft_id).outputs
+    port = _port()
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        opts = route.RouteOptions.from_settings(settings)
+        opts.smtp_host, opts.smtp_port, opts.smtp_security = "127.0.0.1", port, "none"
+        report = route.deliver_due(settings, opts)
+    finally:
+        controller.stop()
+    assert report.delivered == [delivery.id], report
+    msg = email.message_from_bytes(inbox.messages[0])
+    names = [p.get_filename() for p in msg.walk() if p.get_filename()]
+    expected_suffix = ".pdf" if outputs.get("pdf") else ".docx" if outputs.get("docx") else ".txt"
+    assert names and names[0].endswith(expected_suffix)
+    with store.session() as s:
+        assert s.get(DraftRow, draft_id).status == "delivered"
+        assert s.get(Task, made["copy"].id).status == "done"
