@@ -140,6 +140,8 @@ class SpokenCommands(Transform):
         # position in words_idx of each token index
         wpos = {ti: k for k, ti in enumerate(words_idx)}
         sections = set(state.index.sections) | set(state.index.inline_headings)
+        # "discharge medication" for "discharge medications", "finding" for "findings"
+        sections |= {h[:-1] for h in sections if h.endswith("s") and not h.endswith("ss")}
         inline = set(state.index.inline_headings)
         out: list[Tok] = []
         caps = False
@@ -185,6 +187,8 @@ class SpokenCommands(Transform):
                     h.kind = "heading"
                     out.append(h)
                     i = end
+                    while i < n and toks[i].kind == "auto":
+                        i += 1
                     continue
                 text = said.upper() + ":"
                 if out:
@@ -199,6 +203,8 @@ class SpokenCommands(Transform):
                 h.kind = "heading"
                 out.append(h)
                 i = end
+                while i < n and toks[i].kind == "auto":  # "colon," -> no stray comma
+                    i += 1
                 continue
 
             if low[i] not in _FIRST_WORDS:
@@ -407,7 +413,12 @@ class NumberedLists(Transform):
                 and nxt is not None
                 and nxt.kind == "punct"
                 and nxt.text == "."
-                and (prev is None or prev.kind in ("break", "heading") or is_sentence_end(prev))
+                and (
+                    prev is None
+                    or prev.kind in ("break", "heading")
+                    or is_sentence_end(prev)
+                    or (prev.kind == "punct" and prev.text == ":")
+                )
             ):
                 if prev is not None and not (prev.kind == "break" and prev.text == BREAK):
                     if prev.kind == "break":
