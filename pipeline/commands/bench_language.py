@@ -9,6 +9,7 @@ from the synthetic sample references, then measures: vocabulary load from disk (
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -90,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     normalize.prompt_terms(settings, document_type=args.document_type)
     prompt_s = time.perf_counter() - t0
     n_words = len(transcript.words)
-    print(f"medical-language benchmark ({n_words} words, {args.runs} warm runs)")
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"medical-language benchmark ({n_words} words, {args.runs} warm runs, "
+          f"{os.cpu_count()} CPUs, load average {load1:.1f})")
     print(f"  vocabulary load from disk   {load_s * 1000:8.1f} ms   target <= 1000 ms  "
           f"{'OK' if load_s <= 1.0 else 'OVER'}")
     print(f"  get_index (first call)      {cached_load_s * 1000:8.1f} ms")
