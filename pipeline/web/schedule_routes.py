@@ -40,10 +40,23 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/schedule")
 
+#: Button labels for moving an appointment to a status.
+ACTIONS = {"confirmed": "confirm", "arrived": "check in", "completed": "complete",
+           "cancelled": "cancel", "no_show": "no-show"}
+
 register_nav("Calendar", "/schedule/week")
 register_nav("Tasks", "/schedule/tasks")
 register_nav("Referrals", "/schedule/referrals")
 register_nav("Routing", "/schedule/routing")
+
+
+def _render(request: Request, name: str, ctx: dict[str, Any], status_code: int = 200
+            ) -> Response:
+    ctx.setdefault("actions", ACTIONS)
+    ctx.setdefault("notice", "")
+    ctx.setdefault("error", "")
+    ctx.setdefault("physician", "")
+    return render(request, name, ctx, status_code=status_code)
 
 
 # --- access -----------------------------------------------------------------------------
@@ -201,7 +214,7 @@ def week_view(request: Request, date: str = "", physician: str = "",
         _view_audit(s, user, "calendar_week", date=str(ctx["monday"]), physician=physician or
                     None, physicians=len(scope))
         ctx.update(title="Week", physician=physician, all_physicians=visible_physicians(s, user))
-    return render(request, "schedule/week.html", ctx)
+    return _render(request, "schedule/week.html", ctx)
 
 
 @router.get("/day")
@@ -218,7 +231,7 @@ def day_view(request: Request, date: str = "", physician: str = "",
         ctx.update(title="Day", physician=physician, all_physicians=visible_physicians(s, user),
                    notice=request.query_params.get("notice", ""),
                    error=request.query_params.get("error", ""))
-    return render(request, "schedule/day.html", ctx)
+    return _render(request, "schedule/day.html", ctx)
 
 
 # --- booking ----------------------------------------------------------------------------
@@ -267,7 +280,7 @@ def book_form(request: Request, physician: str = "", date: str = "", time: str =
                  "local": sl.start.astimezone(physician_zone(s, sl.physician_id,
                                                              _options(settings))),
                  } for sl in slots]
-    return render(request, "schedule/book.html", ctx)
+    return _render(request, "schedule/book.html", ctx)
 
 
 def _parse_time(value: str) -> time:
@@ -316,8 +329,8 @@ def book_submit(
             s.rollback()
             ctx = _book_form_context(s, user, values)
             ctx["conflicts"] = [c.message for c in getattr(exc, "conflicts", [])] or [str(exc)]
-            ctx["error"] = "The appointment was not booked."
-            return render(request, "schedule/book.html", ctx, status_code=409)
+            ctx["conflict_title"] = "The appointment was not booked:"
+            return _render(request, "schedule/book.html", ctx, status_code=409)
     return _back(f"/schedule/day?date={quote(date)}&physician={quote(physician)}",
                  notice=f"Appointment {appt_id} booked.")
 
@@ -356,7 +369,7 @@ def appointment_detail(request: Request, appointment_id: int,
                "type": schedule.get_type(s, appt.type_code).name,
                "history": schedule.history(s, appt.id), "tz": tz.key,
                "next": TRANSITIONS.get(appt.status, ()), "labels": STATUS_LABELS}
-    return render(request, "schedule/appointment.html", ctx)
+    return _render(request, "schedule/appointment.html", ctx)
 
 
 @router.get("/confirmations")
@@ -374,7 +387,7 @@ def confirmations(request: Request, date: str = "", physician: str = "",
         ctx = {"title": "Confirmation calls", "calls": calls, "day": day,
                "physician": physician, "all_physicians": visible_physicians(s, user),
                "notice": request.query_params.get("notice", "")}
-    return render(request, "schedule/confirmations.html", ctx)
+    return _render(request, "schedule/confirmations.html", ctx)
 
 
 @router.get("/ics/{physician_id}.ics")
@@ -440,7 +453,7 @@ def task_page(request: Request, show: str = "open", mine: int = 0,
         ctx = {"title": "Tasks", "items": items, "show": show, "mine": mine,
                "notice": request.query_params.get("notice", ""),
                "error": request.query_params.get("error", "")}
-    return render(request, "schedule/tasks.html", ctx)
+    return _render(request, "schedule/tasks.html", ctx)
 
 
 def _task_for(s: Session, user: UserInfo, task_id: int) -> Task:
@@ -506,7 +519,7 @@ def referral_page(request: Request, show: str = "open",
                                             .order_by(Recipient.name))),
                "notice": request.query_params.get("notice", ""),
                "error": request.query_params.get("error", "")}
-    return render(request, "schedule/referrals.html", ctx)
+    return _render(request, "schedule/referrals.html", ctx)
 
 
 def _referral_for(s: Session, user: UserInfo, referral_id: int) -> Referral:
@@ -582,7 +595,7 @@ def routing_page(request: Request, user: UserInfo = Depends(current_user)) -> Re
                "channels": route.CHANNELS, "kinds": route.RECIPIENT_KINDS,
                "notice": request.query_params.get("notice", ""),
                "error": request.query_params.get("error", "")}
-    return render(request, "schedule/routing.html", ctx)
+    return _render(request, "schedule/routing.html", ctx)
 
 
 @router.post("/recipients", dependencies=[Depends(csrf_protect)])
