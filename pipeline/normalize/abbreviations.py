@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from pipeline.normalize.compose import Transform
 from pipeline.normalize.tokens import TextState, Tok, is_sentence_end, merge
@@ -10,6 +11,7 @@ from pipeline.normalize.tokens import TextState, Tok, is_sentence_end, merge
 __all__ = ["Titles", "AbbreviationPolicy", "SigStyle", "SafetyReview", "Casing", "SIG_PHRASES"]
 
 _NUMBERISH = re.compile(r"\d")
+_TITLE_WORDS = ("dr.", "mr.", "mrs.", "ms.")
 #: Two-letter Do-Not-Use / ISMP entries that are also English words or common tokens: only
 #: expanded right after a dose ("10 units SC").
 _DOSE_CONTEXT_ONLY = {"U", "u", "IN", "AS", "AD", "AU", "BT", "SC", "SQ", "HS", "hs", "cc",
@@ -97,7 +99,11 @@ class SigStyle(Transform):
     @staticmethod
     def _dose_near(out: list[Tok]) -> bool:
         for t in out[-4:]:
-            if t.change == "number" or _NUMBERISH.search(t.text) or t.text in _LATIN_TOKENS.values():
+            if (
+                t.change == "number"
+                or _NUMBERISH.search(t.text)
+                or t.text in _LATIN_TOKENS.values()
+            ):
                 return True
         return False
 
@@ -181,8 +187,10 @@ class SafetyReview(Transform):
 class Titles(Transform):
     """"Doctor Patel" -> "Dr. Patel"; the noun "follow up" -> "follow-up" ("in 2 weeks")."""
 
-    _NOUN_BEFORE = {"for", "of", "a", "the", "at", "schedule", "routine", "arrange", "further",
-                    "close", "outpatient", "clinic", "her", "his", "their"}
+    _NOUN_BEFORE: ClassVar[set[str]] = {
+        "for", "of", "a", "the", "at", "schedule", "routine", "arrange", "further", "close",
+        "outpatient", "clinic", "her", "his", "their",
+    }
 
     def process(self, state: TextState) -> TextState:
         toks = state.toks
@@ -254,7 +262,7 @@ class Casing(Transform):
                     and t.text != "I"
                     and index.zipf(t.text) >= 3.0
                     and not (display and display != display.lower())
-                    and not (prev is not None and prev.text.lower() in ("dr.", "mr.", "mrs.", "ms."))
+                    and not (prev is not None and prev.text.lower() in _TITLE_WORDS)
                 ):
                     t.text = t.text.lower()
             if start and t.text[:1].islower() and not t.keep_case:

@@ -8,8 +8,8 @@ or before "was" is the organ, "comma" before "shaped" is a shape.
 from __future__ import annotations
 
 from pipeline.normalize.compose import Transform
-from pipeline.vocab import phonetic_key
 from pipeline.normalize.tokens import BREAK, PARAGRAPH, TextState, Tok, is_sentence_end, merge
+from pipeline.vocab import phonetic_key
 
 __all__ = [
     "SpokenCommands",
@@ -235,13 +235,13 @@ class SpokenCommands(Transform):
                 # --- punctuation and breaks -------------------------------------------------
                 matched = False
                 for m in range(_MAX_CMD, 0, -1):
-                    words = seq(k, m)
-                    if len(words) < m or words not in PUNCTUATION_COMMANDS:
+                    cmd = seq(k, m)
+                    if len(cmd) < m or cmd not in PUNCTUATION_COMMANDS:
                         continue
                     after = word_at(k + m)
-                    if not is_command_context(words, before, after):
+                    if not is_command_context(cmd, before, after):
                         continue
-                    text, gl, gr, kind = PUNCTUATION_COMMANDS[words]
+                    text, gl, gr, kind = PUNCTUATION_COMMANDS[cmd]
                     span, end = tokens_span(k, m)
                     if kind == "punct" and text in ".,;:?!":
                         # Whisper's own punctuation right before a dictated one is redundant
@@ -353,7 +353,7 @@ class SpokenCommands(Transform):
             if target is not None:
                 pos = len(out) - 1 - out[::-1].index(target)
                 old = [out.pop(pos)]
-                gone = merge(old + [toks[i]], "", "command", protected=True)
+                gone = merge([*old, toks[i]], "", "command", protected=True)
                 out[pos:pos] = [gone, *new_words]
                 state.review("correction_command", new_words[0],
                              "Dictated correction changed a number.")
@@ -368,7 +368,7 @@ class SpokenCommands(Transform):
             return None
         while old and not old[0].is_word:
             out.append(old.pop(0))
-        gone = merge(old + [toks[i]], "", "command", protected=True)
+        gone = merge([*old, toks[i]], "", "command", protected=True)
         out.append(gone)
         out.extend(new_words)
         t = new_words[0]

@@ -331,11 +331,14 @@ class SpokenNumbers(Transform):
             next_w = lows[end] if end < n else ""
             prev_w = prev_words[-1] if prev_words else ""
             if num.spoken:
-                if num.decimal or not small or vital_ctx:
-                    out.append(merge(toks[i:end], num.text, "number", protected=True))
-                elif prev_w in _NUMBER_KEYWORDS and prev_w != "of":
-                    out.append(merge(toks[i:end], num.text, "number", protected=True))
-                elif next_w in _TIME_UNITS and not words_style:
+                as_digits = (
+                    num.decimal
+                    or not small
+                    or vital_ctx
+                    or (prev_w in _NUMBER_KEYWORDS and prev_w != "of")
+                    or (next_w in _TIME_UNITS and not words_style)
+                )
+                if as_digits:
                     out.append(merge(toks[i:end], num.text, "number", protected=True))
                 else:
                     out.extend(toks[i:end])
@@ -362,10 +365,7 @@ class SpokenNumbers(Transform):
         return w in ONES or w in TENS or bool(_DIGIT.match(w))
 
     def _over_follows(self, lows: list[str], i: int) -> bool:
-        for j in range(i + 1, min(i + 4, len(lows))):
-            if lows[j] == "over":
-                return True
-        return False
+        return any(lows[j] == "over" for j in range(i + 1, min(i + 4, len(lows))))
 
     def _number(self, toks: list[Tok], lows: list[str], i: int, colloquial: bool) -> _Num | None:
         """A number at token i: Whisper digits or spoken words, with "point" decimals."""
@@ -593,11 +593,11 @@ class LetterSequences(Transform):
             j = i
             while j < n and toks[j].is_word and self._letter(toks[j].text):
                 j += 1
-            letters = toks[i:j]
-            if len(letters) >= 2 and not all(x.text.upper() in ("A", "I") for x in letters) and (
-                all(x.text.isupper() for x in letters)
+            spelled = toks[i:j]
+            if len(spelled) >= 2 and not all(x.text.upper() in ("A", "I") for x in spelled) and (
+                all(x.text.isupper() for x in spelled)
             ):
-                out.append(merge(letters, "".join(x.text.upper() for x in letters), "number",
+                out.append(merge(spelled, "".join(x.text.upper() for x in spelled), "number",
                                  keep_case=True))
                 i = j
                 continue
@@ -608,7 +608,7 @@ class LetterSequences(Transform):
 
     @staticmethod
     def _letter(text: str) -> bool:
-        return len(text) == 1 and text.isalpha() or bool(re.fullmatch(r"[A-Z]\.", text))
+        return (len(text) == 1 and text.isalpha()) or bool(re.fullmatch(r"[A-Z]\.", text))
 
 
 class ZeroSafety(Transform):

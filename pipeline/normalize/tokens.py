@@ -120,8 +120,8 @@ def _split(word: str, start: float | None, end: float | None, prob: float) -> li
             trail.insert(0, Tok(w[-1], end, end, prob, kind="auto"))
             w = w[:-1]
     if w in _TRAIL or w in _LEAD:
-        return lead + [Tok(w, start, end, prob, kind="auto")] + trail
-    return lead + [Tok(w, start, end, prob)] + trail
+        return [*lead, Tok(w, start, end, prob, kind="auto"), *trail]
+    return [*lead, Tok(w, start, end, prob), *trail]
 
 
 #: Pieces of a hyphenated Whisper word that are dictation commands ("period-new-paragraph").
