@@ -8,6 +8,7 @@ forged forms without a CSRF token (rejected).
 from __future__ import annotations
 
 import re
+import shutil
 import wave
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,19 +66,40 @@ def _make_env(settings: Settings, tmp_path: Path) -> dict:  # type: ignore[type-
             "hostile": hostile}
 
 
-@pytest.fixture
-def env(settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A fresh environment for tests that change drafts."""
-    return _make_env(settings, tmp_path)
+def _settings(data_dir: Path) -> Settings:
+    return Settings(data_dir=data_dir, model="tiny.en", device="cpu", compute_type="int8",
+                    physicians=["dr-smith", "dr-patel"], pdf="never")
 
 
 @pytest.fixture(scope="module")
-def shared_env(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """One environment (and one logged-in client per role) for the access table."""
-    tmp = tmp_path_factory.mktemp("web-access")
-    settings = Settings(data_dir=tmp / "var", model="tiny.en", device="cpu",
-                        compute_type="int8", physicians=["dr-smith", "dr-patel"], pdf="never")
-    e = _make_env(settings, tmp)
+def template(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
+    """Users and drafts made once (argon2 hashing and migrations are slow on a busy CPU);
+    each test gets its own copy of this database."""
+    tmp = tmp_path_factory.mktemp("web-template")
+    e = _make_env(_settings(tmp / "var"), tmp)
+    with open_store(e["settings"]).engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    return e
+
+
+def _copy_env(template: dict, data_dir: Path) -> dict:  # type: ignore[type-arg]
+    settings = _settings(data_dir)
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template["settings"].data_path / "dictation.db",
+                    settings.data_path / "dictation.db")
+    return {**template, "settings": settings, "app": create_app(settings)}
+
+
+@pytest.fixture
+def env(template: dict, tmp_path: Path) -> dict:  # type: ignore[type-arg]
+    """A fresh copy of the template for tests that change drafts."""
+    return _copy_env(template, tmp_path / "var")
+
+
+@pytest.fixture(scope="module")
+def shared_env(template: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
+    """One copy (and one logged-in client per role) for the whole access table."""
+    e = _copy_env(template, tmp_path_factory.mktemp("web-access") / "var")
     e["clients"] = {}
     return e
 
@@ -147,6 +169,10 @@ ACCESS = [
     ("admin", "GET", "/admin/users", 200),
     ("admin", "POST", "/drafts/{smith}/sign", 403),
     ("admin", "GET", "/drafts/does-not-exist", 404),
+    ("admin", "POST", "/drafts/{smith}/save", 403),  # administrators read, never edit
+    ("smith", "POST", "/drafts/{smith}/save", 403),  # physicians edit only what awaits them
+    ("sec", "POST", "/drafts/{smith}/claim", 204),
+    ("sec", "POST", "/drafts/{patel}/claim", 403),
 ]
 
 
@@ -387,3 +413,23 @@ def test_export_of_outputs_is_access_checked_and_audited(env, tmp_path: Path) ->
         events = s.scalars(select(AuditEvent).where(AuditEvent.action == "export")).all()
     assert [(e.outcome, e.patient_ref) for e in events] == [("ok", "MRN-S1"),
                                                            ("denied", "MRN-P1")]
+
+
+def test_accuracy_page_draws_the_trend(env) -> None:  # type: ignore[no-untyped-def]
+    from pipeline import learning
+
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    with open_store(env["settings"]).session() as s:
+        for k, (first, final) in enumerate([("a b c d", "a b c x"), ("a b c d", "a b c d"),
+                                            ("sealer cyst", "cholecystitis"),
+                                            ("sealer cyst", "cholecystitis")]):
+            did = add_draft(s, text=final, segments=[], physician_id="dr-smith")
+            learning.record_signed(s, env["settings"], draft_id=did, physician_id="dr-smith",
+                                   first_text=first, signed_text=final,
+                                   signed_at=t0 + timedelta(days=k))
+    html = _login(env, "sec").get("/accuracy?physician=dr-smith").text
+    svg = html[html.index('<svg class="chart"'):html.index("</svg>")]
+    assert svg.count("<circle") == 4 and "<polyline" in svg
+    assert "2026-11-01: WER 25.0%" in svg
+    assert "<td>sealer cyst</td><td>cholecystitis</td><td>2</td>" in html
+    assert "Mean over 4 drafts" in html

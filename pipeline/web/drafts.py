@@ -40,11 +40,12 @@ log = logging.getLogger(__name__)
 
 #: A claim lasts this long after the holder's last save or page load.
 CLAIM_MINUTES = 15
-#: Statuses in which each role may change the text.
+#: Statuses in which each role may change the text. Administrators only read drafts (an
+#: audit look must not lock a draft away from the secretaries); physicians edit what waits
+#: for their signature.
 EDITABLE = {
     "secretary": ("queued_for_review", "in_review"),
-    "admin": ("queued_for_review", "in_review"),
-    "physician": ("queued_for_review", "in_review", "awaiting_signature"),
+    "physician": ("awaiting_signature",),
 }
 
 
@@ -111,7 +112,7 @@ def claim(session: Session, user: UserInfo, draft: DraftRow) -> ClaimState:
             audit.record(session, actor=user.username, action="claim", object_type="draft",
                          object_id=draft.id, patient_ref=draft.mrn,
                          detail={"expired_claim_taken_over": True})
-    if draft.status == "queued_for_review" and user.role != "physician":
+    if draft.status == "queued_for_review" and user.role == "secretary":
         draft.status = "in_review"
     session.flush()
     return ClaimState(user.username, True, expires)
@@ -197,8 +198,8 @@ def send_for_signature(session: Session, user: UserInfo, draft: DraftRow) -> Non
             f"Only a draft in review can be sent for signature; this one is "
             f"{draft.status.replace('_', ' ')}."
         )
-    if user.role not in ("secretary", "admin"):
-        raise PermissionDeniedError("Only a secretary or administrator sends drafts to sign.")
+    if user.role != "secretary":
+        raise PermissionDeniedError("Only a secretary sends drafts for signature.")
     state = claim_state(session, user, draft.id)
     if state.holder and not state.mine:
         raise ConflictError(f"This draft is claimed by {state.holder}.")

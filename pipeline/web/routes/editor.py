@@ -79,7 +79,7 @@ def editor_context(session: Any, user: UserInfo, draft: DraftRow, *, claim: bool
         "claim": state,
         "can_edit": editable and state.mine,
         "claimed_by_other": bool(state.holder and not state.mine),
-        "can_submit": user.role in ("secretary", "admin") and
+        "can_submit": user.role == "secretary" and
                       draft.status in ("queued_for_review", "in_review") and state.mine,
         "can_sign": user.role == "physician" and draft.status == "awaiting_signature" and
                     draft.physician_id in user.physician_ids,
@@ -137,6 +137,20 @@ def release(request: Request, draft_id: str, user: UserInfo = Depends(current_us
         draft = wf.load_draft(s, user, draft_id)
         wf.release(s, user, draft)
     return RedirectResponse("/worklist", status_code=303)
+
+
+@router.post("/drafts/{draft_id}/claim", dependencies=[Depends(csrf_protect)])
+def renew_claim(request: Request, draft_id: str,
+                user: UserInfo = Depends(current_user)) -> Response:
+    """Keep the edit lock while the editor is in use (the page calls this every few minutes)."""
+    with open_store(get_settings_dep(request)).session() as s:
+        draft = wf.load_draft(s, user, draft_id, action="claim")
+        if not wf.may_edit(user, draft):
+            return Response(status_code=409)
+        state = wf.claim(s, user, draft)
+    if not state.mine:
+        return Response(f"claimed by {state.holder}", status_code=409, media_type="text/plain")
+    return Response(status_code=204)
 
 
 @router.get("/drafts/{draft_id}/audio")

@@ -135,6 +135,24 @@
       if (handled) ev.preventDefault();
     });
 
+    // Keep the claim while the reviewer is active (typing or listening), not for idle tabs.
+    var claimUrl = words.getAttribute("data-claim-url");
+    var lastActive = Date.now();
+    function active() { lastActive = Date.now(); }
+    words.addEventListener("input", active);
+    document.addEventListener("keydown", active);
+    if (audio) audio.addEventListener("timeupdate", active);
+    if (claimUrl) {
+      var token = document.querySelector('meta[name="csrf-token"]').getAttribute("content");
+      setInterval(function () {
+        if (Date.now() - lastActive > 10 * 60 * 1000) return;
+        fetch(claimUrl, {method: "POST", headers: {"X-CSRF-Token": token}, credentials: "same-origin"})
+          .then(function (r) {
+            if (r.status === 409 && dirtyOut) dirtyOut.textContent = "another user has claimed this draft; your changes cannot be saved";
+          }).catch(function () {});
+      }, 4 * 60 * 1000);
+    }
+
     if (form && field) {
       words.addEventListener("input", function () {
         if (!dirty) { dirty = true; if (dirtyOut) dirtyOut.textContent = "unsaved changes"; }
