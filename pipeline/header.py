@@ -60,7 +60,7 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
         rf"(?P<value>{_NAME})"
     ),
     "date_of_birth": re.compile(
-        rf"(?i:\b(?:date\s+of\s+birth|d\.?o\.?b\.?|birth\s*date|born(?:\s+on)?)){_SEP}(?P<value>(?i:{_DATE}))"
+        rf"(?i:\b(?:date\s+o[fn]\s+birth|d\.?o\.?b\.?|birth\s*date|born(?:\s+on)?)){_SEP}(?P<value>(?i:{_DATE}))"
     ),
     "mrn": re.compile(
         r"(?i:\b(?:mrn|m\.r\.n\.|medical\s+record(?:\s+number)?|record\s+number|hospital\s+number|"
@@ -68,14 +68,18 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
         r"(?P<value>[A-Z]{0,3}\d(?:[\s-]?\d){2,14}(?:[A-Z])?)\b"
     ),
     "date_of_service": re.compile(
-        r"(?i:\b(?:date\s+of\s+(?:service|surgery|operation|procedure|visit|exam|examination|"
-        r"consultation|admission|encounter|study)|d\.?o\.?s\.?|seen\s+on|today's\s+date|"
+        r"(?i:\b(?:date\s+o[fn]\s+(?:service|surgery|operation|procedure|visit|exam|examination|"
+        r"consultation|admission|encounter|study)|(?:exam|examination|study|visit|service|"
+        r"surgery|procedure)\s+date|d\.?o\.?s\.?|seen\s+on|today's\s+date|"
         rf"dictated\s+on|(?m:^[ \t]*date(?=[ \t]*:)))){_SEP}(?P<value>(?i:{_DATE}))"
     ),
     "referring_physician": re.compile(
         rf"(?i:\b(?:referring\s+(?:physician|doctor|provider)|referred\s+by|referral\s+from)){_SEP}"
         rf"(?P<value>{_DOCTOR})"
     ),
+    # read so that it leaves the preamble; the sidecar's priority is what counts
+    "priority": re.compile(r"(?im)^[ \t]*priority[ \t]*(?::|is|colon)[ \t]*(?P<value>stat|routine|"
+                           r"urgent|emergency|normal)\b"),
     "physician": re.compile(
         rf"(?i:\b(?:this\s+is|dictating\s+physician|attending(?:\s+physician)?)){_SEP}"
         rf"(?P<value>{_DOCTOR})"

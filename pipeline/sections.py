@@ -251,6 +251,8 @@ def _accept(text: str, match: re.Match[str], written: str, native: bool,
     # the start of a line or sentence; a one-word heading opening a short sentence; run-on
     # speech without punctuation
     if boundary == "line" and upper:
+        if re.match(r"[ \t]+[A-Z][A-Z /&'-]*:", text[match.end():match.end() + 40]):
+            return None  # "EXAM DATE:" is a longer label, not our "exam"
         return content
     if prose_before or next_word in _PROSE_AFTER or not next_word or strict:
         return None
