@@ -41,9 +41,9 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         prefect_env.wait_healthy(api, proc=proc)
         with temporary_settings(updates={PREFECT_API_URL: api}):
             yield api
-            from prefect.logging.handlers import APILogHandler
+            from prefect.logging.handlers import APILogWorker
 
-            APILogHandler.flush()  # send buffered run logs before the server goes away
+            APILogWorker.drain_all(timeout=10)  # send buffered run logs before the server stops
     finally:
         prefect_env.stop_process_group(proc)
 

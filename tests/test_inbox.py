@@ -140,7 +140,8 @@ def test_concurrent_intake_of_same_audio_is_race_safe(settings: Settings, wav: P
         barrier.wait()
         results.append(sc.take(p))
 
-    threads = [threading.Thread(target=go, args=(sc, p)) for sc, p in zip(scanners, paths)]
+    pairs = zip(scanners, paths, strict=True)
+    threads = [threading.Thread(target=go, args=(sc, p)) for sc, p in pairs]
     for t in threads:
         t.start()
     for t in threads:
@@ -407,3 +408,45 @@ def test_status_counts_and_recent_hold_no_names(settings: Settings, wav: Path) -
     assert counts["received"] == 1 and counts["done"] == 0
     text = json.dumps(inbox.recent(settings))
     assert "MRN999" not in text and "letter.wav" not in text
+
+
+def test_hundred_files_at_once_are_each_taken_exactly_once(settings: Settings, wav: Path) -> None:
+    """100 files dropped at once while two scanners (two service instances) watch: every file
+    is claimed and submitted exactly once, none lost, none twice; the counts match."""
+    settings = settings.model_copy(update={"stable_seconds": 0.2, "sidecar_grace_seconds": 0.0})
+    inbox.ensure_layout(settings)
+    submitted: list[str] = []
+    lock = threading.Lock()
+
+    def submit(did: str, priority: str) -> str:
+        with lock:
+            submitted.append(did)
+        return f"run-{did}"
+
+    scanners = [inbox.InboxScanner(settings, submit, rescan_seconds=1.0) for _ in range(2)]
+    observers = [inbox.start_observer(settings, sc) for sc in scanners]
+    loops = [threading.Thread(target=sc.run, daemon=True) for sc in scanners]
+    for t in loops:
+        t.start()
+    try:
+        for i in range(100):
+            folder = settings.inbox_dir / ("dr-smith", "dr-patel")[i % 2]
+            _variant(wav, folder / f"burst{i:03d}.wav", i)
+        assert _wait(lambda: sum(sc.stats.received for sc in scanners) >= 100, 60)
+        time.sleep(1.5)  # let any second claim attempt happen
+    finally:
+        for sc in scanners:
+            sc.stop()
+        for ob in observers:
+            ob.stop()
+            ob.join(5)
+        for t in loops:
+            t.join(5)
+    rows = _rows(settings)
+    assert len(rows) == 100 and {r.status for r in rows} == {"received"}
+    assert sorted(r.original_name for r in rows) == [f"burst{i:03d}.wav" for i in range(100)]
+    assert sorted(submitted) == sorted(r.id for r in rows)  # each submitted exactly once
+    assert sum(sc.stats.received for sc in scanners) == 100
+    assert sum(sc.stats.errors for sc in scanners) == 0
+    assert len(list(settings.processing_dir.iterdir())) == 100
+    assert [f for p in settings.physicians for f in (settings.inbox_dir / p).iterdir()] == []
