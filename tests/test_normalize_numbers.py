@@ -47,6 +47,10 @@ NUMBERS = [
     ("closed with four oh vicryl", "Closed with 4-0 Vicryl"),
     ("three oh nylon sutures", "3-0 nylon sutures"),
     ("two-oh silk", "2-0 silk"),
+    ("the skin with four on nylon", "The skin with 4-0 nylon"),
+    ("three of silk ties", "3-0 silk ties"),
+    ("three of the nurses", "Three of the nurses"),
+    ("biopsy with 2mm margins", "Biopsy with 2 mm margins"),
     # letters and levels
     ("C B C and B M P", "CBC and BMP"),
     ("an E K G", "An EKG"),

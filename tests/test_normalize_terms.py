@@ -24,6 +24,7 @@ REPAIRS = [
      "The abdomen was prepped and draped"),
     ("retracted sefalad", "operative_report", "Retracted cephalad"),
     ("electro cautery was used", "operative_report", "Electrocautery was used"),
+    ("he mostasis was obtained", "operative_report", "Hemostasis was obtained"),
 ]
 
 PLAIN_ENGLISH = (

@@ -51,6 +51,9 @@ _DIGIT_COMMA = re.compile(r"^\d{1,3}(?:,\d{3})+$")
 _NAKED_DECIMAL = re.compile(r"^\.\d+$")
 _SUTURE_DIGITS = re.compile(r"^(\d)[-.](0)$")
 _ORDINAL_DIGITS = re.compile(r"^(\d{1,2})(?:st|nd|rd|th)$")
+_GLUED_UNITS = {"mm": "mm", "cm": "cm", "mg": "mg", "mcg": "mcg", "ml": "mL", "kg": "kg",
+                "g": "g", "meq": "mEq", "mmhg": "mmHg"}
+_GLUED_UNIT = re.compile(r"^(\d*\.?\d+)(mm|cm|mg|mcg|ml|mL|kg|g|mEq|meq|mmHg|mmhg)$")
 _HYPHEN_SIZE = re.compile(
     r"^(one|two|three|four|five|six|seven|eight|nine|ten|\d{1,2})[-.](?:oh|o|zero|0)$"
 )
@@ -221,6 +224,16 @@ class SpokenNumbers(Transform):
                 out.append(merge([t], "A1c", "number", protected=True, keep_case=True))
                 i += 1
                 continue
+            # --- a unit glued to its number: "2mm" -> "2 mm" --------------------------------
+            m_glued = _GLUED_UNIT.match(t.text)
+            if m_glued:
+                unit = _GLUED_UNITS[m_glued.group(2).lower()]
+                value = m_glued.group(1)
+                if value.startswith("."):
+                    value = "0" + value
+                out.append(merge([t], f"{value} {unit}", "number", protected=True))
+                i += 1
+                continue
             # --- "four-oh" / "4.0" before a suture material -> "4-0" -----------------------
             m = _HYPHEN_SIZE.match(lows[i])
             nxt_w = lows[i + 1] if i + 1 < n else ""
@@ -268,6 +281,17 @@ class SpokenNumbers(Transform):
                                      protected=True))
                     i = other.end
                     continue
+            # --- suture size misheard: "four on nylon", "three of silk" ------------------------
+            if (
+                num.spoken and not num.decimal and num.value in range(1, 11) and end + 1 < n
+                and lows[end] in ("of", "on", "owe")
+                and lows[end + 1].split("-")[0] in _SUTURE_MATERIALS
+            ):
+                out.append(merge(toks[i : end + 1], f"{int(num.value)}-0", "number",
+                                 protected=True))
+                state.review("suture_size", out[-1], "Suture size heard as words; check it.")
+                i = end + 1
+                continue
             # --- suture size: "four oh vicryl" / "4-0" ------------------------------------
             if num.spoken and end < n and lows[end] in ("oh", "o", "zero") and num.value in range(
                 1, 11

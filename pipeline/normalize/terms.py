@@ -228,6 +228,26 @@ class MedicalTermCorrector:
         while i < n:
             tok = doc[i]
             low = lows[i]
+            nxt0 = i + 1 if i + 1 < n else None
+            if (
+                nxt0 is not None
+                and _WORDLIKE.match(tok.text)
+                and _WORDLIKE.match(doc[nxt0].text)
+                and not protected(i)
+                and not protected(nxt0)
+                and low not in _NEVER
+                and not (index.is_medical(low) and index.is_medical(lows[nxt0]))
+            ):
+                # a word Whisper split in two ("chole cystitis", "he mostasis")
+                joined = low + lows[nxt0]
+                if (index.is_medical(joined) and index.zipf(joined) < _ENGLISH_ZIPF) or (
+                    joined in extra
+                ):
+                    disp = extra.get(joined) or index.display(joined) or joined
+                    fixes.append(Fix(tok.idx, doc[nxt0].idx + len(doc[nxt0]), disp, 95.0,
+                                     "joined"))
+                    i += 2
+                    continue
             if (
                 not _WORDLIKE.match(tok.text)
                 or protected(i)
@@ -283,16 +303,6 @@ class MedicalTermCorrector:
                 i += 1
                 continue
             zipf = index.zipf(low)
-            # 4. a word Whisper split in two ("chole cystitis", "electro cautery")
-            if nxt is not None and _WORDLIKE.match(doc[nxt].text) and not protected(nxt):
-                joined = low + lows[nxt]
-                if (index.is_medical(joined) and index.zipf(joined) < _ENGLISH_ZIPF) or (
-                    joined in extra
-                ):
-                    disp = extra.get(joined) or index.display(joined) or joined
-                    fixes.append(Fix(tok.idx, doc[nxt].idx + len(doc[nxt]), disp, 95.0, "joined"))
-                    i += 2
-                    continue
             # 5. unknown word: phonetic key + spelling
             if zipf == 0.0 and len(low) >= 5 and not _inflection_of_known(index, low):
                 cand = best_candidate(index, low, extra)
