@@ -134,6 +134,14 @@ def test_secretary_corrects_and_physician_signs(server, browser) -> None:  # typ
     assert page.locator("table.worklist").get_by_text("Jane Testpatient").is_visible()
     assert page.locator("tr.stat").count() == 1
     _shot(page, "01-worklist-secretary")
+    # Search narrows the table in place (htmx, vendored; no page load).
+    page.evaluate("window.__marker = 1")
+    page.fill("input[name=q]", "nobody-by-this-name")
+    page.wait_for_selector("td.empty")
+    page.fill("input[name=q]", "MRN-E2E")
+    page.wait_for_selector("table.worklist >> text=Jane Testpatient")
+    assert page.evaluate("window.__marker") == 1  # same page: the table was swapped
+    assert "q=MRN-E2E" in page.url
 
     page.get_by_role("link", name="Jane Testpatient").click()
     page.wait_for_selector("#words span.w")
