@@ -50,6 +50,7 @@ __all__ = [
     "is_hallucination",
     "guard_segments",
     "dropped_stretches",
+    "find_gaps",
     "KNOWN_HALLUCINATIONS",
     "ProgressCallback",
 ]
@@ -106,6 +107,8 @@ class TranscribeOptions:
     #: a VAD speech stretch (or a gap inside one) this long with no words -> dropped_audio
     dropped_audio_seconds: float = 6.0
     remove_repeats: bool = True
+    #: decode a dropped stretch again without prompt terms (only when a prompt was used)
+    recover_dropped: bool = True
     #: weak-segment thresholds for the hallucination guard
     hallucination_max_word_prob: float = 0.6
     hallucination_min_no_speech_prob: float = 0.3
@@ -425,24 +428,84 @@ def _to_segment(seg: Any, idx: int, offset: float, duration: float) -> Segment:
     )
 
 
-def dropped_stretches(
+def find_gaps(
     stretches: list[tuple[float, float]], words: list[Word], min_gap: float
-) -> int:
-    """How many speech stretches hold a run of ``min_gap`` seconds or more without words."""
-    count = 0
-    for a, b in stretches:
+) -> list[tuple[int, float, float]]:
+    """Runs of ``min_gap`` seconds or more inside VAD speech stretches that got no words.
+
+    Returns ``(stretch index, start, end)`` per gap.
+    """
+    gaps: list[tuple[int, float, float]] = []
+    for i, (a, b) in enumerate(stretches):
         if b - a < min_gap:
             continue
         inside = sorted((w.start, w.end) for w in words if w.end > a and w.start < b)
         cursor = a
-        gap = 0.0
         for ws, we in inside:
-            gap = max(gap, ws - cursor)
+            if ws - cursor >= min_gap:
+                gaps.append((i, cursor, ws))
             cursor = max(cursor, we)
-        gap = max(gap, b - cursor)
-        if gap >= min_gap:
-            count += 1
-    return count
+        if b - cursor >= min_gap:
+            gaps.append((i, cursor, b))
+    return gaps
+
+
+def dropped_stretches(
+    stretches: list[tuple[float, float]], words: list[Word], min_gap: float
+) -> int:
+    """How many speech stretches hold a run of ``min_gap`` seconds or more without words."""
+    return len({i for i, _, _ in find_gaps(stretches, words, min_gap)})
+
+
+def _read_ranges(path: Any, ranges: list[tuple[float, float]], chunk_seconds: float
+                 ) -> list[np.ndarray]:
+    """The 16 kHz samples of each (start, end) range, in one streaming pass over the file."""
+    parts: list[list[np.ndarray]] = [[] for _ in ranges]
+    offset = 0
+    for block in audio_mod.iter_audio(path, chunk_seconds):
+        n = block.size
+        for i, (a, b) in enumerate(ranges):
+            lo, hi = max(int(a * SR) - offset, 0), min(int(b * SR) - offset, n)
+            if hi > lo:
+                parts[i].append(block[lo:hi])
+        offset += n
+    return [np.concatenate(p) if p else np.zeros(0, dtype=np.float32) for p in parts]
+
+
+def _recover_gaps(
+    model: Any,
+    path: Any,
+    gaps: list[tuple[int, float, float]],
+    kwargs: dict[str, Any],
+    options: TranscribeOptions,
+    duration: float,
+) -> list[Segment]:
+    """Decode each gap again without prompt terms; keep the words that fall inside the gap.
+
+    A term prompt sometimes makes Whisper skip a stretch of speech; decoding that stretch
+    on its own, unprompted, usually brings it back.
+    """
+    plain = {**kwargs, "initial_prompt": None, "hotwords": None}
+    pad = 0.3
+    ranges = [(max(a - pad, 0.0), min(b + pad, duration)) for _, a, b in gaps]
+    recovered: list[Segment] = []
+    for (_, a, b), (ra, _rb), samples in zip(
+        gaps, ranges, _read_ranges(path, ranges, options.chunk_seconds), strict=True
+    ):
+        if samples.size < SR // 2:
+            continue
+        raw, _info = model.transcribe(samples, vad_filter=False, **plain)
+        for seg in raw:
+            rec = _to_segment(seg, 0, ra, duration)
+            words = [w for w in rec.words if a - 0.05 <= (w.start + w.end) / 2 <= b + 0.05]
+            if not words:
+                continue
+            rec.words = words
+            rec.text = "".join(w.word for w in words).strip()
+            rec.start, rec.end = words[0].start, words[-1].end
+            if not is_hallucination(rec, options, 1.0):
+                recovered.append(rec)
+    return recovered
 
 
 def transcribe(
@@ -542,7 +605,20 @@ def transcribe(
         segments = []
         flags.append(NO_SPEECH)
     words = [w for s in segments for w in s.words]
-    dropped = dropped_stretches(stretches, words, options.dropped_audio_seconds)
+    gaps = find_gaps(stretches, words, options.dropped_audio_seconds)
+    recovered: list[Segment] = []
+    if (gaps and options.word_timestamps and options.recover_dropped
+            and (options.initial_prompt or options.hotwords)):
+        recovered = _recover_gaps(model, dictation.audio.path, gaps, kwargs, options, duration)
+        if recovered:
+            segments = sorted(segments + recovered, key=lambda s: (s.start, s.end))
+            for i, seg in enumerate(segments):
+                seg.id = i
+            if NO_SPEECH in flags:
+                flags.remove(NO_SPEECH)
+            words = [w for s in segments for w in s.words]
+            gaps = find_gaps(stretches, words, options.dropped_audio_seconds)
+    dropped = len({i for i, _, _ in gaps})
     if dropped and options.word_timestamps:
         flags.append(DROPPED_AUDIO)
     if dictation.audio.truncated:
@@ -555,6 +631,7 @@ def transcribe(
         removed_repeat_words=removed,
         kept_repeat_words=kept_repeats,
         dropped_stretches=dropped,
+        recovered_words=sum(len(r.words) for r in recovered),
     )
     log.info(
         "transcribed dictation=%s model=%s audio_s=%.1f wall_s=%.2f segments=%d flags=%s",

@@ -123,6 +123,29 @@ def test_regression_prompted_decoding_invents_no_youtube_outro(
     assert all(len(s.words) < 4 or s.end - s.start >= 0.1 * len(s.words) for s in t.segments)
 
 
+OP_OPENING = (
+    "Operative report. Preoperative diagnosis, symptomatic cholelithiasis. Postoperative "
+    "diagnosis, same. Procedure, laparoscopic cholecystectomy. Surgeon, Doctor Smith. "
+    "Anesthesia, general endotracheal. Indications. The patient is a forty five year old woman "
+    "with recurrent right upper quadrant pain after fatty meals."
+)
+
+
+def test_regression_prompt_loop_drops_no_speech(tmp_path: Path, settings: Settings) -> None:
+    """With the term prompt, tiny.en looped "cholecystitis," for 20 s and dropped everything
+    after it. The loop copies are removed and the stretch is decoded again unprompted."""
+    path = gen.speak(tmp_path / "opening.wav", OP_OPENING, speed=155)
+    t = _run(path, settings, TranscribeOptions(initial_prompt=PROMPT))
+    text = t.raw_text.lower()
+    assert text.count("cholecystitis") <= 2, text
+    for word in ("preoperative", "diagnosis", "procedure", "anesthesia", "year", "meals"):
+        assert word in text, (word, text)
+    assert "dropped_audio" not in t.flags
+    starts = [w.start for w in t.words]
+    assert starts == sorted(starts)
+    assert [s.id for s in t.segments] == list(range(len(t.segments)))
+
+
 def test_long_file_is_chunked_with_offsets_and_progress(
     clip: Path, tmp_path: Path, settings: Settings
 ) -> None:
@@ -281,6 +304,12 @@ def test_prompt_leakage_over_non_speech_is_dropped() -> None:
     kept, hall, leaks = transcribe.guard_segments(segs, [(5.0, 7.5), (9.8, 11.2)], options)
     assert (hall, leaks) == (0, 1)
     assert [s.text for s in kept] == ["Closed with Vicryl.", "Cholecystectomy."]
+
+
+def test_find_gaps_reports_each_hole() -> None:
+    words = [Word(" a", 1.0, 2.0, 0.9), Word(" b", 12.0, 13.0, 0.9)]
+    assert transcribe.find_gaps([(0.0, 20.0)], words, 6.0) == [(0, 2.0, 12.0), (0, 13.0, 20.0)]
+    assert transcribe.find_gaps([(0.0, 20.0)], words, 11.0) == []
 
 
 def test_dropped_stretches_finds_speech_without_words() -> None:
