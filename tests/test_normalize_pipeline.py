@@ -106,13 +106,26 @@ def test_custom_chain(settings: Settings) -> None:
     assert note.text == "Twenty five milligrams."
 
 
-@pytest.mark.parametrize("doc_type", [*DOCUMENT_TYPES, None, "unknown_type"])
+@pytest.mark.parametrize("doc_type", DOCUMENT_TYPES)
 def test_prompt_terms_are_short(doc_type: str | None, settings: Settings) -> None:
     terms = prompt_terms(settings, document_type=doc_type)
     assert terms.initial_prompt is not None
     assert len(terms.initial_prompt) <= MAX_PROMPT_CHARS + 2
     assert 5 <= len(terms.terms) <= MAX_PROMPT_TERMS
     assert terms.hotwords is None
+
+
+@pytest.mark.parametrize("doc_type", [None, "unknown_type"])
+def test_no_prompt_when_nothing_says_what_is_dictated(doc_type: str | None,
+                                                      settings: Settings) -> None:
+    terms = prompt_terms(settings, document_type=doc_type)
+    assert (terms.initial_prompt, terms.hotwords, terms.terms) == (None, None, [])
+
+
+def test_physician_words_alone_make_a_prompt(settings: Settings) -> None:
+    add_physician_terms(settings, "dr-smith", ["Exparel"])
+    terms = prompt_terms(settings, physician_id="dr-smith")
+    assert terms.terms[0] == "Exparel" and terms.initial_prompt is not None
 
 
 def test_prompt_terms_follow_the_document_type(settings: Settings) -> None:

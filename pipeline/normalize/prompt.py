@@ -41,6 +41,7 @@ def prompt_terms(
 ) -> PromptTerms:
     """A short list of terms for this document type and physician, as prompt text.
 
+    With neither a known document type nor physician words there is no prompt (None).
     The prompt reads like the start of a dictation ("Operative report. Laparoscopic
     cholecystectomy, trocar, ...") so Whisper keeps its normal style; ``hotwords`` is left
     empty because faster-whisper puts both into the same prompt window.
@@ -57,6 +58,10 @@ def prompt_terms(
 
     for t in physician_terms(settings, physician_id)[:10]:
         take(t)
+    if document_type not in DOCUMENT_SPECIALTIES and not chosen:
+        # Nothing says what is being dictated: a prompt of guessed terms only adds risk
+        # (a 1-second general-speech clip looped for 25 s under the generic prompt).
+        return PromptTerms(None, None, [])
     specialties = DOCUMENT_SPECIALTIES.get(document_type or "", _DEFAULT_SPECIALTIES)
     lists = [index.specialty.get(s, []) for s in specialties]
     # interleave: most of the first specialty, some of the others
