@@ -73,7 +73,8 @@ _PROSE_AFTER = frozenset(
         "on", "in", "at", "as", "by", "from", "into", "through", "be", "been", "being", "also",
     ]
 )
-_SHORT = 3  # headings this short (EBL, HPI, S, O) need an explicit colon
+_TINY = 2  # headings this short (S, O, CC, PE) need an explicit colon
+_ABBREV = 3  # three-letter abbreviations (EBL, HPI, ROS) need a delimiter
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
 _FILLER = re.compile(
     r"^(?:(?:this\s+is\s+)?(?:[Dd]r\.?|[Dd]octor)\s+[A-Z][\w'’-]+(?:\s+[A-Z][\w'’-]+)?\s*"
@@ -220,7 +221,9 @@ def _accept(text: str, match: re.Match[str], written: str, native: bool,
     after = _AFTER.match(text, match.end())
     kind = after.lastgroup if after else "none"
     content = after.end() if after else match.end()
-    short = len(re.sub(r"[^a-z]", "", written.lower())) <= _SHORT
+    letters = len(re.sub(r"[^a-z]", "", written.lower()))
+    short = letters <= _TINY
+    abbrev = letters == _ABBREV and " " not in written.strip()
     upper = written.isupper() and len(written) > 1
     next_word_m = re.match(r"[^\w]*(\w+)", text[content:content + 40])
     next_word = next_word_m.group(1).lower() if next_word_m else ""
@@ -233,8 +236,8 @@ def _accept(text: str, match: re.Match[str], written: str, native: bool,
         return content
     if short and not (upper and boundary == "line" and kind in ("eol", "dash")):
         return None
-    if not native and kind not in ("eol",):
-        return None
+    if not native and not (kind == "eol" or (kind == "dash" and boundary != "inline")):
+        return None  # another template's heading: only on its own line, or "Heading, text"
     if kind == "eol":
         return content if boundary == "line" else None
     if kind == "dash":
@@ -254,7 +257,7 @@ def _accept(text: str, match: re.Match[str], written: str, native: bool,
         if re.match(r"[ \t]+[A-Z][A-Z /&'-]*:", text[match.end():match.end() + 40]):
             return None  # "EXAM DATE:" is a longer label, not our "exam"
         return content
-    if prose_before or next_word in _PROSE_AFTER or not next_word or strict:
+    if prose_before or next_word in _PROSE_AFTER or not next_word or strict or abbrev:
         return None
     multiword = " " in written.strip()
     if runon:
