@@ -233,7 +233,7 @@ def _http_rows(settings: Any, pids: list[str], start: date, days: int, rnd: rand
     with open_store(settings).session() as s:
         create_user(s, "bench-admin", "bench-password-1", "admin")
         create_user(s, "bench-sec", "bench-password-1", "secretary", pids[:3])
-    rows = []
+    rows: list[tuple[str, list[float], float]] = []
     for user, label in (("bench-sec", "3 assigned physicians"),
                         ("bench-admin", f"all {len(pids)} physicians")):
         c = TestClient(app, client=("127.0.0.1", 50000))

@@ -15,7 +15,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import or_, select
+from sqlalchemy import literal, or_, select
 from sqlalchemy.orm import Session
 
 from pipeline import audit
@@ -389,8 +389,9 @@ def busy_items(session: Session, start: datetime, end: datetime, *,
         CalendarBlock.kind, CalendarBlock.start_utc, CalendarBlock.end_utc, CalendarBlock.id,
         CalendarBlock.physician_id, CalendarBlock.resource_id, CalendarBlock.title,
     ).where(or_(*block_owners), CalendarBlock.start_utc < end, CalendarBlock.end_utc > start)
-    for kind, s, e, bid, pid, rid, title in session.execute(bstmt):
-        items.append(BusyItem(kind, as_utc(s), as_utc(e), bid, pid, rid, title))
+    for row in session.execute(bstmt):
+        items.append(BusyItem(row[0], as_utc(row[1]), as_utc(row[2]), row[3], row[4], row[5],
+                              row[6]))
     items.sort(key=lambda i: (i.start, i.end))
     return items
 
@@ -425,13 +426,12 @@ def master_schedule(session: Session, start: datetime, end: datetime, *,
     start, end = to_utc(start), to_utc(end)
     tz = tz or zone("UTC")
     names = {t.code: t.name for t in session.scalars(select(AppointmentType))}
-    cols = [Appointment.id, Appointment.physician_id, Appointment.resource_id,
-            Appointment.start_utc, Appointment.end_utc, Appointment.type_code,
-            Appointment.status]
-    if with_patient:
-        cols.append(Appointment.patient_name)
-    stmt = select(*cols).where(Appointment.start_utc < end, Appointment.end_utc > start,
-                               Appointment.start_utc > start - MAX_APPOINTMENT)
+    stmt = select(Appointment.id, Appointment.physician_id, Appointment.resource_id,
+                  Appointment.start_utc, Appointment.end_utc, Appointment.type_code,
+                  Appointment.status,
+                  Appointment.patient_name if with_patient else literal(None)).where(
+        Appointment.start_utc < end, Appointment.end_utc > start,
+        Appointment.start_utc > start - MAX_APPOINTMENT)
     if physician_ids is not None:
         stmt = stmt.where(Appointment.physician_id.in_(physician_ids))
     if not include_cancelled:
@@ -439,7 +439,7 @@ def master_schedule(session: Session, start: datetime, end: datetime, *,
     entries = [
         CalendarEntry("appointment", row[0], row[1], row[2], as_utc(row[3]).astimezone(tz),
                       as_utc(row[4]).astimezone(tz), names.get(row[5], row[5]), row[6],
-                      patient=row[7] if with_patient else None)
+                      patient=row[7])
         for row in session.execute(stmt)
     ]
     bstmt = select(CalendarBlock).where(CalendarBlock.start_utc < end,
