@@ -205,3 +205,45 @@ def test_letters_use_dictated_addressee_and_cc(settings, tmp_path) -> None:
     assert body.count("Thank you for referring") == 1  # dictated opening replaces the template's
     assert "cc: Dr. Patel, Riverside Cardiology" in body
     assert "Please copy" not in body
+
+
+def test_render_command_writes_a_draft(tmp_path, monkeypatch, capsys) -> None:
+    """`dictation render TEXT --json` structures a text and writes every output."""
+    from pipeline.cli import main
+    from pipeline.settings import get_settings
+
+    monkeypatch.setenv("DICTATION_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("DICTATION_PDF", "never")
+    get_settings.cache_clear()
+    text = tmp_path / "dictation.txt"
+    text.write_text("EXAM: CT head.\nHISTORY: Fall.\nFINDINGS: No bleed.\nIMPRESSION: Normal."
+                    "\nPlease copy Dr. Lee.", encoding="utf-8")
+    side = tmp_path / "side.json"
+    side.write_text(json.dumps({"patient_name": "Ann Lee", "mrn": "777"}), encoding="utf-8")
+    code = main(["render", str(text), "--sidecar", str(side), "--out", str(tmp_path / "o"),
+                 "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["document"]["document_type"] == "radiology_report"
+    assert result["document"]["instructions"][0]["params"] == {"recipient": "Dr. Lee"}
+    assert set(result["outputs"]) == {"docx", "txt", "fhir", "hl7"}
+    assert "Ann Lee" in all_text(Path(result["outputs"]["docx"]))
+    assert main(["render", str(tmp_path / "nope.txt")]) == 1
+    get_settings.cache_clear()
+
+
+@pytest.mark.skipif(find_soffice() is None, reason="LibreOffice (soffice) is not installed")
+def test_concurrent_pdf_conversions_do_not_collide(settings, tmp_path) -> None:
+    """Two renders at once each get their own LibreOffice profile and both produce a PDF."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings.pdf = "always"
+    document = hostile_document("radiology_report", settings)
+
+    def one(i: int) -> Path:
+        out = render_outputs(document, make_dictation(), f"c{i}", tmp_path / f"c{i}", settings)
+        return out["pdf"]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pdfs = list(pool.map(one, range(2)))
+    assert all(p.read_bytes()[:5] == b"%PDF-" for p in pdfs)

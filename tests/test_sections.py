@@ -177,3 +177,47 @@ def test_hostile_text_is_cleaned(settings) -> None:
     findings = doc.sections[0].text
     assert "\x00" not in findings and "\x0b" not in findings
     assert "<script>alert(1)</script> & more \U0001F600" in findings
+
+
+def _write_mtsamples_like(path: Path) -> None:
+    """A tiny CSV in the MTSamples layout, with reports the project wrote."""
+    import csv
+    import lzma
+
+    reports = [
+        ("Surgery", "PREOPERATIVE DIAGNOSIS: Hernia.\n\nPOSTOPERATIVE DIAGNOSIS: Same.\n\n"
+                    "PROCEDURE: Repair.\n\nANESTHESIA: General.\n\nDESCRIPTION OF PROCEDURE: "
+                    "The procedure was uneventful. Mesh was placed.\n\nESTIMATED BLOOD LOSS: "
+                    "Minimal.\n\nCOMPLICATIONS: None."),
+        ("Radiology", "EXAM: Chest x-ray.\n\nHISTORY: Cough.\n\nFINDINGS: Lungs are clear.\n\n"
+                      "IMPRESSION: Normal chest."),
+    ]
+    with lzma.open(path, "wt", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["url", "medical_specialty", "sample_name", "description",
+                         "transcription", "keywords"])
+        for specialty, text in reports:
+            writer.writerow(["", specialty, "x", "x", text, ""])
+
+
+def test_sections_eval_command(tmp_path, monkeypatch, capsys) -> None:
+    """`dictation sections-eval` scores heading detection in three text forms."""
+    from pipeline.cli import main
+    from pipeline.commands.sections import evaluate
+    from pipeline.settings import get_settings
+
+    monkeypatch.setenv("DICTATION_DATA_DIR", str(tmp_path / "var"))
+    get_settings.cache_clear()
+    data = tmp_path / "samples.csv.xz"
+    _write_mtsamples_like(data)
+    results = evaluate(data)
+    op = results["operative"]
+    assert op["written"].reports == 1 and op["written"].truth_known == 7
+    assert op["written"].precision == 1.0 and op["written"].recall == 1.0
+    assert op["spoken"].recall == 1.0 and op["runon"].recall == 1.0
+    assert results["radiology"]["written"].recall == 1.0
+    assert results["consult"]["written"].reports == 0
+    assert main(["sections-eval", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "operative   written        1     1.000   1.000" in out
+    get_settings.cache_clear()
