@@ -2,8 +2,9 @@
 
 What it adds around ``WhisperModel.transcribe``:
 
-- Streaming: the file is decoded in chunks of ``chunk_seconds`` (cut at a pause found by the
-  VAD), so an hour-long file stays in bounded memory; times get the chunk offset added and are
+- Streaming: the file is decoded in chunks of ``chunk_seconds`` (at most
+  ``max_piece_seconds``, cut at a pause found by the VAD), so an hour-long file stays in
+  bounded memory; times get the chunk offset added and are
   clamped to the audio's duration. ``progress(done_s, total_s)`` is called as it goes.
 - Determinism: temperature 0 only (faster-whisper's fallback samples at random) and no
   conditioning on previous text, so the same audio gives the same text on every run.
@@ -101,6 +102,10 @@ class TranscribeOptions:
     log_prob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
     chunk_seconds: float = 600.0
+    #: upper bound on the audio given to the model at once: its feature extraction holds
+    #: ~0.7 MB per second of audio (600 s: +423 MB peak, 120 s: ~+100 MB), so long files
+    #: stay in bounded memory even when ``chunk_seconds`` is large
+    max_piece_seconds: float = 120.0
     vad_threshold: float = 0.5
     vad_min_silence_ms: int = 2000  # faster-whisper's default
     vad_speech_pad_ms: int = 400
@@ -530,8 +535,9 @@ def transcribe(
     segments: list[Segment] = []
     stretches: list[tuple[float, float]] = []
     processed = 0.0
+    piece_seconds = min(options.chunk_seconds, options.max_piece_seconds)
     for offset, piece, speech in _pieces(
-        audio_mod.iter_audio(dictation.audio.path, options.chunk_seconds), options, vad
+        audio_mod.iter_audio(dictation.audio.path, piece_seconds), options, vad
     ):
         piece_s = piece.size / SR
         stretches.extend(
