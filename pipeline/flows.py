@@ -218,21 +218,43 @@ def process_dictation(dictation_id: str) -> str:
     return "done"
 
 
-@flow(name="nightly-evaluation", persist_result=False, log_prints=False)
-def nightly_evaluation() -> dict[str, Any]:
-    """Word error rate on the sample sets (``pipeline.evaluate.run_evaluation``); returns
-    only aggregate figures (no text)."""
+@task(name="evaluate-set", persist_result=False, cache_policy=NO_CACHE)
+def evaluate_set(manifest: str, limit: int | None = None) -> dict[str, Any]:
+    """Evaluate one sample set; returns aggregate figures only (no text)."""
+    from pathlib import Path
+
     from pipeline import evaluate  # the samples/evaluation area's module
 
-    result = evaluate.run_evaluation(_settings())
+    report = evaluate.run_evaluation(Path(manifest), _settings(), limit=limit)
+    return {
+        "files": len(report.files),
+        "failed": sum(1 for f in report.files if getattr(f, "error", None)),
+        "elapsed_s": round(report.elapsed_s, 1),
+        "results": str(report.out_dir) if report.out_dir else None,
+    }
+
+
+@flow(name="nightly-evaluation", persist_result=False, log_prints=False)
+def nightly_evaluation(sets: list[str] | None = None, limit: int | None = None
+                       ) -> dict[str, Any]:
+    """Word error rate on the sample sets (every ``samples/<set>/manifest.csv``, or the
+    named ``sets``) with ``pipeline.evaluate.run_evaluation``; results go to
+    ``<data>/results/<timestamp>/``. Returns aggregate figures per set."""
+    settings = _settings()
+    root = settings.samples_dir
+    names = sets or sorted(p.parent.name for p in root.glob("*/manifest.csv"))
     summary: dict[str, Any] = {}
-    if isinstance(result, dict):
-        summary = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    for name in names:
+        summary[name] = evaluate_set(str(root / name / "manifest.csv"), limit)
+    log.info("nightly evaluation sets=%d", len(summary))
     return summary
 
 
 #: flow name -> flow, for the warm worker
-FLOWS = {"process-dictation": process_dictation, "nightly-evaluation": nightly_evaluation}
+FLOWS: dict[str, Any] = {
+    "process-dictation": process_dictation,
+    "nightly-evaluation": nightly_evaluation,
+}
 
 
 # --- warm worker ---------------------------------------------------------------------------
@@ -302,7 +324,7 @@ class WarmWorker:
             QUEUES.get(queue_names.get(str(r.work_queue_id), "routine"), 99),
             r.flow_run.expected_start_time or r.flow_run.created,
         ))
-        claimed = []
+        claimed: list[Any] = []
         for resp in responses:
             if len(claimed) >= free:
                 break

@@ -278,8 +278,17 @@ def ensure_deployments(api_url: str, settings: Settings, *, pool_limit: int | No
             entrypoint="pipeline.flows:nightly_evaluation",
             path=str(PROJECT_ROOT),
             description="Word error rate on the sample sets.",
-            parameter_openapi_schema={"title": "Parameters", "type": "object",
-                                      "properties": {}},
+            parameter_openapi_schema={
+                "title": "Parameters",
+                "type": "object",
+                "properties": {
+                    "sets": {"title": "sets", "anyOf": [
+                        {"type": "array", "items": {"type": "string"}}, {"type": "null"}],
+                        "default": None},
+                    "limit": {"title": "limit", "anyOf": [{"type": "integer"}, {"type": "null"}],
+                              "default": None},
+                },
+            },
             schedules=[DeploymentScheduleCreate(
                 schedule=CronSchedule(cron=NIGHTLY_CRON, timezone=settings.timezone),
                 active=True,

@@ -185,7 +185,7 @@ class Service:
             config = uvicorn.Config(app, host=self.settings.web_host, port=self.settings.web_port,
                                     log_level="warning", access_log=False)
             server = uvicorn.Server(config)
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            server.install_signal_handlers = lambda: None  # type: ignore[attr-defined,method-assign]
             t = threading.Thread(target=server.run, name="web", daemon=True)
             t.start()
             self.web_server = server

@@ -198,3 +198,16 @@ def test_warm_worker_runs_deployment_stat_first(flow_settings: Settings, speech:
     assert min(starts, key=lambda d: starts[d]) == stat_id
     assert [_row(flow_settings, did).status for did, _, _ in order] == ["done"] * 3
     assert "3 runs" in worker.stdout
+
+
+def test_nightly_evaluation_flow_on_one_sample(flow_settings: Settings, prefect_api: str) -> None:
+    """The nightly flow runs pipeline.evaluate on a sample set and returns figures only."""
+    pytest.importorskip("pipeline.evaluate", reason="the samples area's evaluate module")
+    from pipeline.flows import nightly_evaluation
+
+    if not (flow_settings.samples_dir / "synthetic_medical" / "manifest.csv").exists():
+        pytest.skip("samples/synthetic_medical/manifest.csv not present")
+    summary = nightly_evaluation(sets=["synthetic_medical"], limit=1)
+    figures = summary["synthetic_medical"]
+    assert figures["files"] >= 1 and figures["failed"] == 0
+    assert Path(figures["results"]).is_dir()

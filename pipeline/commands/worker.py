@@ -33,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT (or idle with ``--exit-when-idle``)."""
     from pipeline import prefect_env
-    from pipeline.settings import Settings, get_settings
+    from pipeline.commands.transcribe import settings_from_args
 
-    settings = Settings(data_dir=args.data_dir) if args.data_dir else get_settings()
+    settings = settings_from_args(args)
     api_url = prefect_env.api_url_for(settings)
     os.environ.update(prefect_env.prefect_env(settings, api_url))  # before importing prefect
     prefect_env.wait_healthy(api_url, timeout=60)
