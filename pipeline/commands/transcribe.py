@@ -97,6 +97,7 @@ def result_json(result: Any, audio_path: Path) -> dict[str, Any]:
         "flags": _flags(transcript.flags, result.note.flags, result.document.flags),
         "draft_id": draft.id,
         "draft_path": str(draft.docx_path) if draft.docx_path else None,
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
     }
 
 
