@@ -11,7 +11,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
-from pipeline import route, sections, signing
+from pipeline import route, sections, signing, tasks
 from pipeline.db.core import DraftRow
 from pipeline.db.schedule import Delivery, Referral, Task
 from pipeline.records import DictationMeta, Note, to_jsonable
@@ -95,3 +95,52 @@ def test_dictation_to_tasks_to_delivered(settings):
     with store.session() as s:
         assert s.get(DraftRow, draft_id).status == "delivered"
         assert s.get(Task, made["copy"].id).status == "done"
+
+
+# What each expected-task parameter of samples/*.tasks.json is called in our Instruction params.
+_PARAM_NAMES = {"in_days": "interval_days", "what": "test", "site": "body_part",
+                "organisation": "organization"}
+
+
+@pytest.mark.slow
+def test_sample_audio_dictation_produces_expected_tasks(settings, samples_dir):
+    """samples/synthetic_medical/instructions_short.flac through the real pipeline
+    (tiny.en, normalize, structure, render, enqueue) -> tasks matching its .tasks.json."""
+    import json
+
+    from pipeline.process import process_file
+    from pipeline.sidecar import parse_sidecar
+
+    base = samples_dir / "synthetic_medical" / "instructions_short"
+    expected = json.loads(base.with_suffix(".tasks.json").read_text())
+    meta = parse_sidecar(base.with_suffix(".json").read_text(), name="instructions_short.json")
+    settings = settings.model_copy(update={"physicians": ["dr-lindqvist", "dr-patel"]})
+    store = open_store(settings)
+    with store.session() as s:
+        for wd in range(5):
+            add_availability(s, "dr-lindqvist", wd, "08:00", "16:00")
+        patel = route.add_recipient(s, "Dr. Anil Patel", "referring_physician", "email",
+                                    "patel@riverside.example",
+                                    organization="Riverside Cardiology")
+    result = process_file(base.with_suffix(".flac"), settings, meta)
+    with store.session() as s:
+        draft = s.get(DraftRow, result.draft.id)
+        made = tasks.tasks_from_draft(s, draft, settings=settings)
+        assert [t.kind for t in made] == [e["kind"] for e in expected]
+        for task, exp in zip(made, expected, strict=True):
+            params = {_PARAM_NAMES.get(k, k): v for k, v in exp["params"].items()}
+            if task.kind == "schedule":
+                assert task.params["interval_days"] == params["interval_days"]
+                assert len(task.proposed_slots) == 3
+            elif task.kind == "order":
+                assert task.params["test"] == params["test"]
+                assert task.params["body_part"] == params["body_part"]
+                assert task.status == "preauth_needed"
+            elif task.kind == "refer":
+                ref = s.get(Referral, task.referral_id)
+                assert ref.specialty == params["to"] and ref.status == "requested"
+            elif task.kind == "copy":
+                delivery = s.get(Delivery, task.delivery_id)
+                assert delivery.recipient_id == patel.id  # "Dr. Patel" found in the directory
+            else:
+                assert task.status == "open" and task.title
