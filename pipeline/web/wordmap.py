@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any
 
+from rapidfuzz.distance import Levenshtein
+
 __all__ = ["Token", "tokenize", "map_words", "LOW_CONFIDENCE", "word_diff"]
 
 #: Whisper word probability below which a word is marked for the reviewer.
@@ -56,8 +58,11 @@ def _norm(word: str) -> str:
     return _NORM.sub("", word).lower()
 
 
-def _matcher(a: list[str], b: list[str]) -> SequenceMatcher[str]:
-    return SequenceMatcher(None, a, b, autojunk=False)
+def _opcodes(a: list[str], b: list[str]) -> list[tuple[str, int, int, int, int]]:
+    """Edit operations turning word list ``a`` into ``b`` (rapidfuzz, C++: a 10-minute
+    dictation aligns in milliseconds where difflib took a tenth of a second)."""
+    return [(op.tag, op.src_start, op.src_end, op.dest_start, op.dest_end)
+            for op in Levenshtein.opcodes(a, b)]
 
 
 def map_words(
@@ -121,8 +126,8 @@ def map_words(
             p = float(w.get("probability", 1.0))
             t.probability = p if t.probability is None else min(t.probability, p)
 
-    sm = _matcher([_norm(str(w.get("word", ""))) for w in heard_words], keys)
-    for tag, a0, a1, b0, b1 in sm.get_opcodes():
+    for tag, a0, a1, b0, b1 in _opcodes([_norm(str(w.get("word", ""))) for w in heard_words],
+                                         keys):
         if tag == "equal":
             for k in range(a1 - a0):
                 _give(owners[b0 + k], heard_words[a0 + k])
@@ -136,20 +141,21 @@ def map_words(
     else:
         tokens = tokenize(text)
         words = [t for t in tokens if t.is_word]
-        sm2 = _matcher([_norm(t.text) for t in base_words], [_norm(t.text) for t in words])
-        for block in sm2.get_matching_blocks():
-            for k in range(block.size):
-                src = base_words[block.a + k]
-                dst = words[block.b + k]
-                dst.start, dst.end, dst.probability = src.start, src.end, src.probability
-                dst.heard, dst.kind = src.heard, src.kind
-        for tag, a0, _a1, b0, b1 in sm2.get_opcodes():
-            if tag in ("replace", "insert"):
-                for j in range(b0, b1):
-                    words[j].edited = True
-                    if tag == "replace" and a0 < len(base_words):
-                        words[j].start = base_words[a0].start
-                        words[j].end = base_words[a0].end
+        for tag, a0, a1, b0, b1 in _opcodes([_norm(t.text) for t in base_words],
+                                             [_norm(t.text) for t in words]):
+            if tag == "equal":
+                for k in range(b1 - b0):
+                    src, dst = base_words[a0 + k], words[b0 + k]
+                    dst.start, dst.end, dst.probability = src.start, src.end, src.probability
+                    dst.heard, dst.kind = src.heard, src.kind
+            elif tag in ("replace", "insert"):
+                for k in range(b1 - b0):
+                    dst = words[b0 + k]
+                    dst.edited = True
+                    src_i = min(a0 + k, a1 - 1) if a1 > a0 else a0
+                    if src_i < len(base_words):
+                        dst.start = base_words[src_i].start
+                        dst.end = base_words[src_i].end
     # Fill gaps with the previous word's time so every word can be clicked.
     last: float | None = None
     for t in tokens:

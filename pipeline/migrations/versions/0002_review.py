@@ -173,8 +173,11 @@ def upgrade() -> None:
     op.create_index(op.f("ix_correction_stats_draft_id"), "correction_stats", ["draft_id"])
     op.create_index("ix_correction_stats_phys_pair", "correction_stats",
                     ["physician_id", "original", "replacement"])
-    # Worklist: "everything, STAT first then oldest" and "one physician's queue".
-    op.create_index("ix_drafts_priority_created", "drafts", ["priority", "created_at"])
+    # Worklist order "STAT first, then oldest" read straight from an index ('stat' sorts
+    # after 'routine', so priority DESC puts STAT first), plus the type filter's list.
+    op.create_index("ix_drafts_queue_order", "drafts",
+                    [sa.text("priority DESC"), "created_at", "id"])
+    op.create_index("ix_drafts_document_type", "drafts", ["document_type"])
     op.create_index("ix_drafts_physician_status", "drafts", ["physician_id", "status"])
 
     bind = op.get_bind()
@@ -198,7 +201,8 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS signatures_append_only ON signatures")
         op.execute("DROP FUNCTION IF EXISTS dictation_signed_immutable()")
     op.drop_index("ix_drafts_physician_status", table_name="drafts")
-    op.drop_index("ix_drafts_priority_created", table_name="drafts")
+    op.drop_index("ix_drafts_document_type", table_name="drafts")
+    op.drop_index("ix_drafts_queue_order", table_name="drafts")
     for table in ("correction_stats", "draft_accuracy", "signatures", "addenda", "draft_claims",
                   "draft_versions", "web_sessions", "user_physicians", "users"):
         op.drop_table(table)

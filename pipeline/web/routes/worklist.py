@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import func, or_, select
 
 from pipeline import audit
 from pipeline.db.core import DictationRow, DraftRow, Physician
@@ -83,8 +83,10 @@ def worklist_rows(
         DraftRow.updated_at,
     )
     stmt = _filtered(cols, user, status, physician, doctype, priority, q)
+    # STAT first ('stat' > 'routine'), then oldest: the order of index ix_drafts_queue_order,
+    # so SQLite reads the page from the index instead of sorting every open draft.
     stmt = stmt.order_by(
-        case((DraftRow.priority == "stat", 0), else_=1), DraftRow.created_at, DraftRow.id
+        DraftRow.priority.desc(), DraftRow.created_at, DraftRow.id
     ).limit(per_page).offset((max(page, 1) - 1) * per_page)
     base = session.execute(stmt).all()
     total = session.scalar(
