@@ -220,3 +220,57 @@ def test_ics_and_fhir_export(store):
                     if e["resource"]["resourceType"] == "Appointment")
         assert appt["id"] == f"appointment-{a.id}" and appt["status"] == "booked"
         assert appt["minutesDuration"] == 20
+
+
+_CHILD = r"""
+import sys, time
+from datetime import datetime
+from pathlib import Path
+from pipeline import schedule
+from pipeline.errors import ConflictError
+from pipeline.schedule.calendars import ScheduleOptions
+from pipeline.store import Store
+
+url, start, name, folder = sys.argv[1:5]
+folder = Path(folder)
+
+def wait_for_go():
+    (folder / f"ready-{name}").touch()
+    deadline = time.time() + 60
+    while not (folder / "go").exists():
+        if time.time() > deadline:
+            raise SystemExit("no go signal")
+        time.sleep(0.01)
+
+store = Store(url)
+try:
+    with store.session() as s:
+        appt = schedule.book(s, physician_id="dr-smith", start=datetime.fromisoformat(start),
+                             actor=name, options=ScheduleOptions("Europe/Paris"),
+                             on_checked=wait_for_go)
+        print("booked", appt.id)
+except ConflictError as exc:
+    print("conflict", exc)
+"""
+
+
+def test_concurrent_booking_from_two_processes(store, settings, tmp_path):
+    """Two separate processes, both past the conflict check, book the same slot: one wins."""
+    import subprocess
+    import sys
+    import time as _time
+
+    start = paris("2027-06-07", "11:40").isoformat()
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, settings.db_url, start, name,
+                               str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for name in ("p1", "p2")]
+    deadline = _time.time() + 120
+    while not all((tmp_path / f"ready-{n}").exists() for n in ("p1", "p2")):
+        assert _time.time() < deadline, [p.stderr.read() for p in procs if p.poll() is not None]
+        _time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert sorted(o.split()[0] for o in outs) == ["booked", "conflict"], outs
+    assert any("booked by someone else" in o for o in outs)
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(Appointment)) == 1
