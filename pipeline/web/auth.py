@@ -148,7 +148,9 @@ def start_session(request: Request, response: Response, user: UserInfo) -> None:
     settings = get_settings_dep(request)
     token = secrets.token_urlsafe(32)
     now = datetime.now(UTC)
+    stale = now - timedelta(minutes=settings.session_idle_minutes)
     with open_store(settings).session() as s:
+        s.execute(delete(WebSession).where(WebSession.last_seen_at < stale))  # housekeeping
         s.add(
             WebSession(
                 id=_token_hash(token),
