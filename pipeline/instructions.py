@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pipeline.records import Instruction
 
 __all__ = ["Found", "find_instructions", "split_sentences", "parse_sentence", "interval_days",
-           "parse_office_sentence", "OFFICE_PASSAGE"]
+           "parse_office_sentence", "OFFICE_PASSAGE", "expand"]
 
 #: An "instructions for the office:" passage: every sentence up to the paragraph end is one.
 OFFICE_PASSAGE = re.compile(
@@ -294,6 +294,17 @@ def _canonical_test(test: str) -> str:
              "emg", "pft", "pfts", "inr", "lft", "lfts", "pet", "dexa"}
     words = text.split(" ")
     return " ".join(w.upper() if w.lower() in upper else w for w in words)
+
+
+def expand(instruction: Instruction) -> list[Instruction]:
+    """One instruction per recipient: "copy Dr. Lee and Dr. Brown" becomes two copy tasks."""
+    recipients = instruction.params.get("recipients")
+    if instruction.kind != "copy" or not isinstance(recipients, list) or len(recipients) < 2:
+        return [instruction]
+    extra = {k: v for k, v in instruction.params.items()
+             if k not in ("recipients", "recipient", "organization")}
+    return [Instruction(kind="copy", text=instruction.text, params={**entry, **extra})
+            for entry in recipients]
 
 
 def find_instructions(text: str) -> list[Found]:

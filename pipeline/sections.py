@@ -356,8 +356,8 @@ def _lift_instructions(
         # the instruction is the whole section (e.g. "Follow-up: in two weeks"): keep the text
         for f in removable:
             f.instruction.params["in_body"] = True
-        return text, [f.instruction for f in found]
-    return remaining, [f.instruction for f in found]
+        remaining = text
+    return remaining, [i for f in found for i in instr_mod.expand(f.instruction)]
 
 
 _SALUTATION = re.compile(r"(?im)^[ \t]*dear[ \t]+(?P<who>[^,\n:]{2,80}?)[ \t]*[,:]?[ \t]*$")
@@ -392,7 +392,7 @@ def _lift_office_passages(text: str) -> tuple[str, list[Instruction]]:
         for start, end in instr_mod.split_sentences(body):
             ins = instr_mod.parse_office_sentence(body[start:end])
             if ins:
-                found.append(ins)
+                found.extend(instr_mod.expand(ins))
         spans.append(m.span())
     return (_remove_spans(text, spans) if spans else text), found
 

@@ -110,3 +110,13 @@ def test_plan_statement_that_is_the_whole_section_stays(settings) -> None:
     assert by_key["follow_up"] == "Follow up in one week."
     assert doc.instructions[0].kind == "schedule"
     assert doc.instructions[0].params["interval_days"] == 7
+
+
+def test_copy_to_several_recipients_gives_one_instruction_each(settings) -> None:
+    text = "IMPRESSION: Stable.\nPlease send a copy to Dr. Lee and Dr. Brown at Mercy Hospital."
+    doc = structure(Note(text=text), DictationMeta(document_type="progress_note"), settings)
+    assert [(i.kind, i.params) for i in doc.instructions] == [
+        ("copy", {"recipient": "Dr. Lee"}),
+        ("copy", {"recipient": "Dr. Brown", "organization": "Mercy Hospital"}),
+    ]
+    assert [s.text for s in doc.sections] == ["Stable."]
