@@ -49,6 +49,7 @@ __all__ = [
     "Totals",
     "EvaluationReport",
     "run_evaluation",
+    "rescore",
     "evaluate_all",
     "write_outputs",
     "default_out_dir",
@@ -316,20 +317,42 @@ class NumbersToDigits(Transform):
 
 
 class MergeDigitRuns(Transform):
-    """Adjacent whole numbers are one number as dictated: "1 42" -> "142", "19 62" -> "1962".
-
-    Only plain integers merge; "4-0" and "2.5" keep their own identity, and a day of the
-    month stays apart from the year ("march 4 1962").
+    """Adjacent whole numbers read as one number become one, as dictated numbers are read:
+    a number followed by a two-or-more-digit number ("1 42" -> "142", "19 62" -> "1962",
+    "8 75" -> "875"), and three or more single digits (an MRN read digit by digit,
+    "4 4 7 1 8 2 3" -> "4471823"). Two single digits stay apart ("five five" -> "5 5",
+    "three 5 mm trocars"). "4-0" and "2.5" never merge; a day of the month stays apart
+    from the year ("march 4 1962"); clause boundaries stop a run.
     """
 
     def __call__(self, text: str) -> str:
         out: list[str] = []
-        for tok in text.split():
-            day_of_month = len(out) >= 2 and out[-2] in _MONTHS
-            if tok.isdigit() and out and out[-1].isdigit() and not day_of_month:
-                out[-1] += tok
+        run: list[str] = []
+
+        def flush() -> None:
+            if len(run) >= 3 and all(len(t) == 1 for t in run):
+                out.append("".join(run))
             else:
+                merged: list[str] = []
+                for tok in run:
+                    if merged and len(tok) >= 2:
+                        merged[-1] += tok
+                    else:
+                        merged.append(tok)
+                out.extend(merged)
+            run.clear()
+
+        for tok in text.split():
+            if tok.isdigit():
+                day_of_month = not run and bool(out) and out[-1] in _MONTHS
+                if day_of_month:
+                    out.append(tok)  # the day; a year that follows starts its own run
+                    continue
+                run.append(tok)
+            else:
+                flush()
                 out.append(tok)
+        flush()
         return " ".join(out)
 
 
@@ -1035,6 +1058,50 @@ def run_evaluation(
     )
     out_dir = Path(out_dir) if out_dir else default_out_dir(settings)
     write_outputs(report, out_dir)
+    return report
+
+
+def rescore(
+    results_json: Path, settings: Settings, out_dir: Path | None = None
+) -> EvaluationReport:
+    """Score the hypotheses stored in an earlier results.json again, with the current
+    normalisation and references, without transcribing anything (timings are kept).
+    Writes the outputs into ``out_dir`` (default: a ``rescored`` folder beside the JSON)."""
+    results_json = Path(results_json)
+    try:
+        data = json.loads(results_json.read_text(encoding="utf-8"))
+        manifest = Path(data["manifest"])
+        configs = list(data["configs"])
+        stored = list(data["files"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{results_json} is not a results.json written by dictation "
+                          f"evaluate ({type(exc).__name__}).") from exc
+    samples = {s.id: s for s in validate_manifest(manifest)}
+    is_medical, vocab_name = _medical_predicate(settings, list(samples.values()))
+    files: list[FileResult] = []
+    overall = {c: Totals(config=c) for c in configs}
+    for f in stored:
+        sample = samples.get(f["id"])
+        if sample is None:
+            raise ConfigError(f"Sample {f['id']!r} of {results_json} is not in {manifest}.")
+        score = score_text(sample.reference_text(), f.get("hypothesis") or "",
+                           is_medical=is_medical, terms=sample.term_list(),
+                           expected=sample.expected_text())
+        result = FileResult(id=f["id"], config=f["config"], duration_s=f["duration_s"],
+                            score=score, transcribe_s=f["transcribe_s"],
+                            normalize_s=f["normalize_s"], flags=list(f.get("flags") or []),
+                            hypothesis=f.get("hypothesis") or "", error=f.get("error"))
+        files.append(result)
+        overall[result.config].add(result)
+    report = EvaluationReport(
+        manifest=manifest, set_name=data.get("set", manifest.parent.name),
+        model=data.get("model", ""), device=data.get("device", ""),
+        compute_type=data.get("compute_type", ""), beam_size=int(data.get("beam_size", 0)),
+        configs=configs, medical_vocabulary=vocab_name, files=files, overall=overall,
+        started_at=data.get("started_at", ""), elapsed_s=float(data.get("elapsed_s", 0.0)),
+        model_load_s=float(data.get("model_load_s", 0.0)),
+    )
+    write_outputs(report, Path(out_dir) if out_dir else results_json.parent / "rescored")
     return report
 
 

@@ -61,6 +61,12 @@ NORMALISATION_CASES = [
     ("March 4, 1962", "march 4 1962"),
     ("November twenty second twenty twenty six", "november 22 2026"),
     ("M R N four four seven one eight two three", "mrn 4471823"),
+    ("five five", "5 5"),  # two cards, not fifty-five
+    ("Five, five.", "5 5"),
+    ("three five millimeter trocars", "3 5 millimeter trocars"),
+    ("three 5 mm trocars", "3 5 millimeter trocars"),
+    ("eight seventy five milligrams", "875 milligram"),
+    ("Omnipaque three fifty", "omnipaque 350"),
     ("MRN: 4471823", "mrn 4471823"),
     ("free T four", "free t4"),
     ("hemoglobin A one C", "hemoglobin a1c"),
@@ -241,6 +247,12 @@ def test_dictation_evaluate_end_to_end(
     assert dictation["speed_x_realtime"] > 0
     markdown = (out / "results.md").read_text()
     assert f"{data['overall']['raw']['wer']:.3f}" in markdown
+    # re-scoring the stored hypotheses reproduces the same figures without transcribing
+    code = main(["evaluate", "--rescore", str(out / "results.json"), "--data-dir",
+                 str(tmp_path / "var")])
+    assert code == 0
+    again = json.loads((out / "rescored" / "results.json").read_text())
+    assert again["overall"] == data["overall"]
 
 
 def test_evaluate_rejects_an_unknown_manifest(

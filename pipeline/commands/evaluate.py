@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.errors import ConfigError
 from pipeline.settings import Settings, get_settings
 
 __all__ = ["register", "run", "print_report"]
@@ -28,8 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "after one shared normalisation, medical-term error rate, key-term recall and the "
         "formatted token error rate against the expected document.",
     )
-    p.add_argument("manifests", nargs="+", type=Path, metavar="MANIFEST",
+    p.add_argument("manifests", nargs="*", type=Path, metavar="MANIFEST",
                    help="samples/<set>/manifest.csv")
+    p.add_argument("--rescore", type=Path, action="append", metavar="RESULTS_JSON",
+                   help="score the hypotheses of an earlier results.json again (current "
+                   "normalisation), without transcribing")
     p.add_argument("--config", action="append", choices=["raw", "pipeline"], dest="configs",
                    help="raw (Whisper text, no biased decoding) or pipeline (biased decoding "
                    "+ normalize); repeat to compare; default both")
@@ -86,9 +90,18 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.evaluate import CONFIGS, default_out_dir, run_evaluation
 
     settings = _settings(args)
+    console = Console(width=200, highlight=False)
+    if args.rescore:
+        from pipeline.evaluate import rescore
+
+        for results_json in args.rescore:
+            out_dir = args.out / results_json.parent.name if args.out else None
+            print_report(rescore(results_json, settings, out_dir), console)
+        return 0
+    if not args.manifests:
+        raise ConfigError("Give at least one manifest.csv (or --rescore RESULTS_JSON).")
     configs = args.configs or list(CONFIGS)
     out_root = args.out or default_out_dir(settings)
-    console = Console(width=200, highlight=False)
     failed = 0
     for manifest in args.manifests:
         out_dir = out_root if len(args.manifests) == 1 else out_root / manifest.parent.name
