@@ -743,6 +743,7 @@ class FileResult:
     flags: list[str] = field(default_factory=list)
     hypothesis: str = ""
     error: str | None = None
+    cpu_s: float = 0.0  # process CPU seconds of the transcription (all threads)
 
     @property
     def speed(self) -> float | None:
@@ -777,6 +778,7 @@ class FileResult:
             },
             "missed_terms": s.missed_terms,
             "transcribe_s": round(self.transcribe_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
             "normalize_s": round(self.normalize_s, 4),
             "flags": self.flags,
             "error": self.error,
@@ -793,6 +795,7 @@ class Totals:
     failed: int = 0
     duration_s: float = 0.0
     transcribe_s: float = 0.0
+    cpu_s: float = 0.0
     normalize_s: float = 0.0
     score: TextScore = field(default_factory=TextScore)
 
@@ -802,6 +805,7 @@ class Totals:
             self.failed += 1
         self.duration_s += result.duration_s
         self.transcribe_s += result.transcribe_s
+        self.cpu_s += result.cpu_s
         self.normalize_s += result.normalize_s
         a, b = self.score, result.score
         for name in ("ref_words", "substitutions", "deletions", "insertions", "hits",
@@ -828,6 +832,9 @@ class Totals:
             "failed": self.failed,
             "duration_s": round(self.duration_s, 3),
             "transcribe_s": round(self.transcribe_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
+            # audio seconds per CPU second: less sensitive to other load than wall-clock speed
+            "audio_per_cpu_s": round(self.duration_s / self.cpu_s, 2) if self.cpu_s else None,
             "normalize_s": round(self.normalize_s, 4),
             **_rounded(self.metrics()),
             "counts": {
@@ -941,18 +948,21 @@ class _Transcriber:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cache: dict[tuple[str, bool], tuple[Any, Any, float]] = {}
+        self.cpu: dict[tuple[str, bool], float] = {}
 
     def get(self, sample: SampleRow, biased: bool) -> tuple[Any, Any, float]:
-        """(dictation, transcript, wall seconds) for ``sample`` with or without biasing."""
+        """(dictation, transcript, wall seconds) for ``sample`` with or without biasing.
+        The process CPU seconds of that transcription are kept in ``cpu``."""
         key = (str(sample.audio), biased)
         if key not in self.cache:
             from pipeline import process
 
             settings = self.settings.model_copy(update={"biased_decoding": biased})
             dictation = process.load_dictation(sample.audio, settings, _meta(sample))
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             transcript = process.transcribe_stage(dictation, settings)
             self.cache[key] = (dictation, transcript, time.perf_counter() - t0)
+            self.cpu[key] = time.process_time() - c0
         return self.cache[key]
 
 
@@ -1034,9 +1044,11 @@ def run_evaluation(
                             exc.code)
             score = score_text(reference, text, is_medical=is_medical, terms=terms,
                                expected=expected)
+            biased = config == "pipeline" and settings.biased_decoding
+            cpu_s = transcriber.cpu.get((str(sample.audio), biased), 0.0)
             result = FileResult(id=sample.id, config=config, duration_s=duration, score=score,
                                 transcribe_s=secs, normalize_s=norm_s, flags=flags,
-                                hypothesis=text, error=error)
+                                hypothesis=text, error=error, cpu_s=cpu_s)
             files.append(result)
             overall[config].add(result)
             log.info("evaluated sample=%s config=%s ref_words=%d errors=%d transcribe_s=%.2f",
@@ -1090,6 +1102,7 @@ def rescore(
         result = FileResult(id=f["id"], config=f["config"], duration_s=f["duration_s"],
                             score=score, transcribe_s=f["transcribe_s"],
                             normalize_s=f["normalize_s"], flags=list(f.get("flags") or []),
+                            cpu_s=float(f.get("cpu_s") or 0.0),
                             hypothesis=f.get("hypothesis") or "", error=f.get("error"))
         files.append(result)
         overall[result.config].add(result)
@@ -1153,13 +1166,15 @@ def _markdown(report: EvaluationReport) -> str:
         "",
         "## Overall",
         "",
-        "| config | files | audio s | " + " | ".join(METRIC_LABELS.values()) + " |",
-        "|---|---:|---:|" + "---:|" * len(METRIC_LABELS),
+        "| config | files | audio s | " + " | ".join(METRIC_LABELS.values())
+        + " | audio s / CPU s |",
+        "|---|---:|---:|" + "---:|" * (len(METRIC_LABELS) + 1),
     ]
     for config, totals in report.overall.items():
         m = _rounded(totals.metrics())
+        per_cpu = f"{totals.duration_s / totals.cpu_s:.1f}" if totals.cpu_s else "-"
         lines.append(f"| {config} | {totals.files} | {totals.duration_s:.1f} | "
-                     + " | ".join(fmt(m[k], k) for k in METRIC_LABELS) + " |")
+                     + " | ".join(fmt(m[k], k) for k in METRIC_LABELS) + f" | {per_cpu} |")
     lines += ["", "## Per file", "",
               "| id | config | audio s | " + " | ".join(METRIC_LABELS.values()) + " |",
               "|---|---|---:|" + "---:|" * len(METRIC_LABELS)]

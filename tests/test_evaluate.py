@@ -244,7 +244,7 @@ def test_dictation_evaluate_end_to_end(
     dictation = by_key[("instructions_short", "raw")]
     assert dictation["key_term_recall"] is not None and dictation["formatted_ter"] is not None
     assert dictation["counts"]["medical_ref_words"] > 0
-    assert dictation["speed_x_realtime"] > 0
+    assert dictation["speed_x_realtime"] > 0 and dictation["cpu_s"] > 0
     markdown = (out / "results.md").read_text()
     assert f"{data['overall']['raw']['wer']:.3f}" in markdown
     # re-scoring the stored hypotheses reproduces the same figures without transcribing
