@@ -237,3 +237,33 @@ def test_physician_names_shown(env):
         s.get(Physician, "dr-smith").name = "Dr. Jane Smith"
     html = _login(env, "admin").get("/schedule/week").text
     assert "Dr. Jane Smith" in html
+
+
+def test_move_appointment_via_web(env):
+    c = _login(env, "sec")
+    with open_store(env["settings"]).session() as s:
+        aid = schedule.book(s, physician_id="dr-smith", start=env["monday"].replace(hour=15),
+                            options=env["opts"]).id
+    day = str(env["monday"].date())
+    clash = _post(c, f"/schedule/appointments/{aid}/move", {"date": day, "time": "09:00"})
+    assert clash.status_code == 303 and "error=" in clash.headers["location"]
+    page = c.get(clash.headers["location"]).text
+    assert "already booked" in page
+    ok = _post(c, f"/schedule/appointments/{aid}/move", {"date": day, "time": "16:00"})
+    assert "notice=" in ok.headers["location"]
+    with open_store(env["settings"]).session() as s:
+        start = s.get(Appointment, aid).start_utc.replace(tzinfo=UTC).astimezone(TZ)
+        assert start.hour == 16
+    other = _post(c, f"/schedule/appointments/{env['patel_appt']}/move",
+                  {"date": day, "time": "16:00"})
+    assert other.status_code == 403
+
+
+def test_new_referral_via_web(env):
+    c = _login(env, "sec")
+    r = _post(c, "/schedule/referrals", {"specialty": "dermatology", "physician": "dr-smith",
+                                         "mrn": "M-9"})
+    assert r.status_code == 303 and "opened" in r.headers["location"]
+    assert "dermatology" in c.get("/schedule/referrals").text
+    assert _post(c, "/schedule/referrals", {"specialty": "x", "physician": "dr-patel"}
+                 ).status_code == 403

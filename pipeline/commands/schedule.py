@@ -284,10 +284,17 @@ def _recipient_list(args: argparse.Namespace) -> int:
 
 
 def _deliver(args: argparse.Namespace) -> int:
-    report = route.deliver_due(get_settings(), actor=_actor())
-    print(f"delivered {len(report.delivered)}, retrying {len(report.retrying)}, failed "
-          f"{len(report.failed)}, waiting for signature {len(report.waiting_for_signature)}")
-    return 1 if report.failed else 0
+    import time as _time
+
+    settings = get_settings()
+    while True:
+        report = route.deliver_due(settings, actor=_actor())
+        print(f"delivered {len(report.delivered)}, retrying {len(report.retrying)}, failed "
+              f"{len(report.failed)}, waiting for signature "
+              f"{len(report.waiting_for_signature)}", flush=True)
+        if not args.every:
+            return 1 if report.failed else 0
+        _time.sleep(args.every)
 
 
 def _tasks(args: argparse.Namespace) -> int:
@@ -432,6 +439,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=_recipient_list)
 
     p = sub.add_parser("deliver", help="send every due delivery of signed drafts now")
+    p.add_argument("--every", type=float, default=0,
+                   help="keep running, sending every N seconds (a delivery service)")
     p.set_defaults(func=_deliver)
 
     p = sub.add_parser("tasks", help="list tasks (or create them for a draft)")

@@ -370,8 +370,34 @@ def appointment_detail(request: Request, appointment_id: int,
                "end": as_utc(appt.end_utc).astimezone(tz),
                "type": schedule.get_type(s, appt.type_code).name,
                "history": schedule.history(s, appt.id), "tz": tz.key,
-               "next": TRANSITIONS.get(appt.status, ()), "labels": STATUS_LABELS}
+               "next": TRANSITIONS.get(appt.status, ()), "labels": STATUS_LABELS,
+               "notice": request.query_params.get("notice", ""),
+               "error": request.query_params.get("error", "")}
     return _render(request, "schedule/appointment.html", ctx)
+
+
+@router.post("/appointments/{appointment_id}/move", dependencies=[Depends(csrf_protect)])
+def appointment_move(request: Request, appointment_id: int, date: str = Form(...),
+                     time: str = Form(...), user: UserInfo = Depends(current_user)
+                     ) -> Response:
+    """Move a booked or confirmed appointment (physician's local date and time)."""
+    settings = get_settings_dep(request)
+    options = _options(settings)
+    with open_store(settings).session() as s:
+        appt = s.get(Appointment, appointment_id)
+        if appt is None:
+            raise NotFoundError(f"appointment {appointment_id} does not exist")
+        _check(user, appt.physician_id, s)
+        tz = physician_zone(s, appt.physician_id, options)
+        try:
+            start = local_to_utc(_parse_day(date, tz), _parse_time(time), tz)
+            schedule.reschedule(s, appointment_id, start, actor=user.username,
+                                options=options)
+        except ConflictError as exc:
+            s.rollback()
+            return _back(f"/schedule/appointments/{appointment_id}", error=str(exc))
+    return _back(f"/schedule/appointments/{appointment_id}",
+                 notice=f"Appointment {appointment_id} moved to {date} {time}.")
 
 
 @router.get("/confirmations")
@@ -515,7 +541,7 @@ def referral_page(request: Request, show: str = "open",
         scope = visible_physicians(s, user)
         board = referrals.referral_board(s, physician_ids=scope, include_closed=show == "all")
         _view_audit(s, user, "referral_list", count=len(board))
-        ctx = {"title": "Referrals", "board": board, "show": show,
+        ctx = {"title": "Referrals", "board": board, "show": show, "physicians": scope,
                "transitions": referrals.TRANSITIONS, "labels": referrals.LABELS,
                "recipients": list(s.scalars(select(Recipient).where(Recipient.active)
                                             .order_by(Recipient.name))),
@@ -530,6 +556,25 @@ def _referral_for(s: Session, user: UserInfo, referral_id: int) -> Referral:
         raise NotFoundError(f"referral {referral_id} does not exist")
     _check(user, ref.physician_id, s)
     return ref
+
+
+@router.post("/referrals", dependencies=[Depends(csrf_protect)])
+def referral_new(request: Request, specialty: str = Form(...), physician: str = Form(...),
+                 mrn: str = Form(""), reason: str = Form(""), recipient: str = Form(""),
+                 user: UserInfo = Depends(current_user)) -> Response:
+    """Open a referral by hand (dictated ones come from tasks)."""
+    with open_store(get_settings_dep(request)).session() as s:
+        _check(user, physician, s)
+        try:
+            ref = referrals.create_referral(
+                s, specialty, physician_id=physician, mrn=mrn.strip() or None,
+                reason=reason.strip(), recipient_id=int(recipient) if recipient else None,
+                actor=user.username)
+        except ConflictError as exc:
+            s.rollback()
+            return _back("/schedule/referrals", error=str(exc))
+        rid = ref.id
+    return _back("/schedule/referrals", notice=f"Referral {rid} opened.")
 
 
 @router.post("/referrals/{referral_id}/advance", dependencies=[Depends(csrf_protect)])
