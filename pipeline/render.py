@@ -46,7 +46,7 @@ from pipeline.header import HEADER_KEYS, parse_date
 from pipeline.records import Dictation, Document, Section
 from pipeline.sections import clean_text
 from pipeline.settings import Settings
-from pipeline.templates import TemplateSpec, get_template
+from pipeline.templates import FieldSpec, TemplateSpec, get_template
 
 __all__ = ["render_outputs", "build_context", "render_docx", "render_text", "OUTPUT_NAMES",
            "status_text"]
@@ -109,19 +109,42 @@ def _items(document: Document, spec: TemplateSpec) -> list[_Item]:
             inline=inline and len(paras) == 1 and len(text) <= _INLINE_MAX,
         ))
 
-    if "body" in by_key and spec.field("body") is None:
-        add(by_key["body"], "", False)
-    for f in spec.sections:
-        sec = by_key.get(f.key)
-        if sec is not None and sec.text.strip():
-            add(sec, f.label, f.inline)
-        elif f.label in missing:
-            items.append(_Item(key=f.key, label=f.label, text="", paragraphs=[], missing=True,
-                               inline=f.inline))
-    known = {f.key for f in spec.sections} | {"body"}
-    for sec in document.sections:
-        if sec.key not in known and sec.text.strip():
+    fields = {f.key: f for f in spec.sections}
+
+    def add_dictated(sec: Section) -> None:
+        if not sec.text.strip():
+            return
+        field = fields.get(sec.key)
+        if field is not None:
+            add(sec, field.label, field.inline)
+        elif sec.key == "body":
+            add(sec, "", False)
+        else:
             add(sec, clean_text(sec.heading) or sec.key.replace("_", " ").capitalize(), False)
+
+    def add_missing(field: FieldSpec) -> None:
+        items.append(_Item(key=field.key, label=field.label, text="", paragraphs=[],
+                           missing=True, inline=field.inline))
+
+    if spec.letter:  # the physician's order, missing required fields at the end
+        for sec in document.sections:
+            add_dictated(sec)
+        for f in spec.sections:
+            if f.label in missing and f.key not in by_key:
+                add_missing(f)
+        return items
+    for sec in document.sections:
+        if sec.key == "body" and "body" not in fields:
+            add_dictated(sec)
+    for f in spec.sections:
+        found = by_key.get(f.key)
+        if found is not None and found.text.strip():
+            add_dictated(found)
+        elif f.label in missing:
+            add_missing(f)
+    for sec in document.sections:
+        if sec.key not in fields and sec.key != "body":
+            add_dictated(sec)
     return items
 
 

@@ -436,36 +436,50 @@ def structure(note: Note, meta: DictationMeta | None, settings: Settings) -> Doc
 
     by_key: dict[str, Section] = {}
     extras: list[Section] = []
+    dictated_order: list[Section] = []  # letters keep the physician's order
     for i, h in enumerate(headings):
         end = headings[i + 1].start if i + 1 < len(headings) else len(text)
         body, found = _lift_instructions(text[h.end:end], True)
         instructions.extend(found)
         body = _tidy(body)
         field = spec.field(h.key) if h.native else None
+        prose = ""
+        if spec.letter and field is not None and field.paragraphs:
+            paras = re.split(r"\n\s*\n", body)
+            body = "\n\n".join(paras[: field.paragraphs])
+            prose = _tidy("\n\n".join(paras[field.paragraphs:]))
         if field is None:
             label = _title(h.heading)
-            extras.append(Section(key=h.key, heading=label, text=body))
-            continue
-        target = field.key
-        if target in by_key and by_key[target].text and field.overflow:
-            overflow = spec.field(field.overflow)
-            if overflow and overflow.key not in by_key:
-                target = overflow.key
-        if target in by_key:
-            existing = by_key[target]
-            existing.text = "\n\n".join(t for t in (existing.text, body) if t)
+            extra = Section(key=h.key, heading=label, text=body)
+            extras.append(extra)
+            dictated_order.append(extra)
         else:
-            by_key[target] = Section(key=target, heading=h.heading, text=body)
+            target = field.key
+            if target in by_key and by_key[target].text and field.overflow:
+                overflow = spec.field(field.overflow)
+                if overflow and overflow.key not in by_key:
+                    target = overflow.key
+            if target in by_key:
+                existing = by_key[target]
+                existing.text = "\n\n".join(t for t in (existing.text, body) if t)
+            else:
+                by_key[target] = Section(key=target, heading=h.heading, text=body)
+                dictated_order.append(by_key[target])
+        if prose:
+            dictated_order.append(Section(key="body", heading="", text=prose))
 
     intro = _tidy(preamble)
     sections: list[Section] = []
     if intro and not _FILLER.match(intro):
         sections.append(Section(key="body", heading="", text=intro))
-    for f in spec.sections:
-        sec = by_key.get(f.key)
-        if sec and sec.text:
-            sections.append(sec)
-    sections.extend(s for s in extras if s.text)
+    if spec.letter:
+        sections.extend(s for s in dictated_order if s.text)
+    else:
+        for f in spec.sections:
+            sec = by_key.get(f.key)
+            if sec and sec.text:
+                sections.append(sec)
+        sections.extend(s for s in extras if s.text)
     present = {s.key for s in sections}
     missing = [f.label for f in missing_fields(spec, present)]
     if not headings:

@@ -22,6 +22,10 @@ print order, each with the headings a physician may say for it::
     inline = true                       # print "Heading: text" on one line
     alternatives = []                   # other fields that satisfy a required one
     overflow = ""                       # a second dictated section of this key goes there
+    paragraphs = 0                      # letters: paragraphs after this many are letter prose
+
+Letters (``letter = true``) keep the sections in the order they were dictated; reports print
+them in the field map's order.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class FieldSpec:
     inline: bool = False
     alternatives: tuple[str, ...] = ()
     overflow: str | None = None
+    paragraphs: int = 0  # letters: at most this many paragraphs; later ones are letter prose
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,7 @@ def load_spec(toml_path: Path, source: str = "builtin") -> TemplateSpec:
                 inline=bool(entry.get("inline", False)),
                 alternatives=_str_list(entry.get("alternatives"), "alternatives", toml_path),
                 overflow=(str(entry["overflow"]) if entry.get("overflow") else None),
+                paragraphs=int(entry.get("paragraphs", 0) or 0),
             )
         )
     if not sections:

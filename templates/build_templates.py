@@ -28,8 +28,6 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-from lxml import etree
-
 from docx import Document
 from docx.enum.section import WD_SECTION
 from docx.enum.style import WD_STYLE_TYPE
@@ -38,6 +36,7 @@ from docx.enum.text import WD_ALIGN_PARAGRAPH, WD_COLOR_INDEX, WD_TAB_ALIGNMENT
 from docx.oxml import OxmlElement
 from docx.oxml.ns import qn
 from docx.shared import Cm, Pt, RGBColor
+from lxml import etree
 
 HERE = Path(__file__).resolve().parent
 FONT = "Calibri"

@@ -221,3 +221,19 @@ def test_sections_eval_command(tmp_path, monkeypatch, capsys) -> None:
     out = capsys.readouterr().out
     assert "operative   written        1     1.000   1.000" in out
     get_settings.cache_clear()
+
+
+def test_letter_keeps_dictated_order_and_prose_after_a_list_field(settings) -> None:
+    """In a letter, a paragraph after MEDICATIONS is letter prose again, in dictated order."""
+    text = ("Dear Dr. Abernathy,\n\nI would be grateful if you could see this patient.\n\n"
+            "CURRENT MEDICATIONS: Sumatriptan 50 mg as needed.\n\n"
+            "I would value your advice on preventive treatment.\n\n"
+            "REASON FOR REFERRAL: Migraine.\n\nYours sincerely,\nDr. Patel")
+    doc = structure(Note(text=text), DictationMeta(document_type="referral_letter"), settings)
+    assert [(s.key, s.text) for s in doc.sections] == [
+        ("body", "I would be grateful if you could see this patient."),
+        ("medications", "Sumatriptan 50 mg as needed."),
+        ("body", "I would value your advice on preventive treatment."),
+        ("reason_for_referral", "Migraine."),
+    ]
+    assert doc.missing == []
