@@ -267,3 +267,29 @@ def test_new_referral_via_web(env):
     assert "dermatology" in c.get("/schedule/referrals").text
     assert _post(c, "/schedule/referrals", {"specialty": "x", "physician": "dr-patel"}
                  ).status_code == 403
+
+
+def test_resource_week_and_rota(env):
+    """Resources: every physician's bookings show, patient names only for one's own."""
+    with open_store(env["settings"]).session() as s:
+        us = schedule.add_resource(s, "Ultrasound Web", "ultrasound")
+        schedule.book(s, physician_id="dr-patel", start=env["monday"].replace(hour=13),
+                      type_code="diagnostic_test", resource_id=us.id,
+                      patient_name="Zed Patelonly", options=env["opts"])
+        schedule.book(s, physician_id="dr-smith", start=env["monday"].replace(hour=13),
+                      type_code="diagnostic_test", resource_id=None,
+                      patient_name="Yan Smithonly", options=env["opts"])
+        schedule.add_on_call(s, "dr-smith", env["monday"].replace(hour=18),
+                             env["monday"].replace(hour=23))
+        rid = us.id
+    c = _login(env, "sec")
+    html = c.get(f"/schedule/week?resource={rid}&date={env['monday'].date()}").text
+    assert "Ultrasound Web" in html and "Diagnostic test (dr-patel)" in html
+    assert "Zed Patelonly" not in html
+    admin = _login(env, "admin").get(
+        f"/schedule/week?resource=all&date={env['monday'].date()}").text
+    assert "Zed Patelonly" in admin and "Yan Smithonly" not in admin  # no resource
+    assert c.get("/schedule/week?resource=999").status_code == 404
+    rota = c.get("/schedule/rota").text
+    assert f"{env['monday']:%a %d %b %Y} 18:00" in rota
+    assert "No on-call shifts planned" not in rota

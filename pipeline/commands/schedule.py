@@ -213,6 +213,18 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rota(args: argparse.Namespace) -> int:
+    settings, store, _ = _ctx()
+    with store.session() as s:
+        tz = zone(settings.timezone)
+        start, _ = local_day_bounds(datetime.now(tz).date(), tz)
+        for e in schedule.master_schedule(s, start, start + timedelta(weeks=args.weeks), tz=tz):
+            if e.kind == "on_call":
+                print(f"{e.start:%a %Y-%m-%d %H:%M} - {e.end:%a %Y-%m-%d %H:%M} "
+                      f"{e.physician_id}")
+    return 0
+
+
 def _free(args: argparse.Namespace) -> int:
     settings, store, opts = _ctx()
     with store.session() as s:
@@ -371,6 +383,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("start")
     p.add_argument("end")
     p.set_defaults(func=_oncall)
+
+    p = sub.add_parser("rota", help="the on-call rota (practice time)")
+    p.add_argument("--weeks", type=int, default=4)
+    p.set_defaults(func=_rota)
 
     p = sub.add_parser("meeting", help="a meeting for several physicians")
     p.add_argument("start")

@@ -417,10 +417,11 @@ class CalendarEntry:
 
 def master_schedule(session: Session, start: datetime, end: datetime, *,
                     physician_ids: list[str] | None = None, tz: ZoneInfo | None = None,
-                    include_cancelled: bool = False,
-                    with_patient: bool = False) -> list[CalendarEntry]:
-    """Every appointment and block in ``[start, end)`` for the physicians (all when None),
-    in display time zone ``tz``, sorted by start. Patient names only with ``with_patient``."""
+                    include_cancelled: bool = False, with_patient: bool = False,
+                    resource_ids: list[int] | None = None) -> list[CalendarEntry]:
+    """Every appointment and block in ``[start, end)`` for the physicians (all when None)
+    or, with ``resource_ids``, for those resources; in display time zone ``tz``, sorted by
+    start. Patient names only with ``with_patient``."""
     from pipeline.db.schedule import AppointmentType
 
     start, end = to_utc(start), to_utc(end)
@@ -432,7 +433,9 @@ def master_schedule(session: Session, start: datetime, end: datetime, *,
                   Appointment.patient_name if with_patient else literal(None)).where(
         Appointment.start_utc < end, Appointment.end_utc > start,
         Appointment.start_utc > start - MAX_APPOINTMENT)
-    if physician_ids is not None:
+    if resource_ids is not None:
+        stmt = stmt.where(Appointment.resource_id.in_(resource_ids))
+    elif physician_ids is not None:
         stmt = stmt.where(Appointment.physician_id.in_(physician_ids))
     if not include_cancelled:
         stmt = stmt.where(Appointment.status.in_((*ACTIVE_STATUSES, "no_show")))
@@ -444,7 +447,9 @@ def master_schedule(session: Session, start: datetime, end: datetime, *,
     ]
     bstmt = select(CalendarBlock).where(CalendarBlock.start_utc < end,
                                         CalendarBlock.end_utc > start)
-    if physician_ids is not None:
+    if resource_ids is not None:
+        bstmt = bstmt.where(CalendarBlock.resource_id.in_(resource_ids))
+    elif physician_ids is not None:
         bstmt = bstmt.where(CalendarBlock.physician_id.in_(physician_ids))
     entries += [
         CalendarEntry(b.kind, b.id, b.physician_id, b.resource_id,

@@ -155,29 +155,47 @@ def _resource_names(session: Session) -> dict[int, str]:
 
 
 def week_context(session: Session, physician_ids: list[str], day: date,
-                 tz: ZoneInfo) -> dict[str, Any]:
-    """Context of the week view: Monday-Sunday columns, one row per physician."""
+                 tz: ZoneInfo, *, resource_ids: list[int] | None = None) -> dict[str, Any]:
+    """Context of the week view: Monday-Sunday columns, one row per physician, or one row
+    per resource with ``resource_ids`` (patient names only for ``physician_ids``)."""
     monday = day - timedelta(days=day.weekday())
     days = [monday + timedelta(days=i) for i in range(7)]
     start, _ = local_day_bounds(monday, tz)
     _, end = local_day_bounds(days[-1], tz)
     entries = master_schedule(session, start, end, physician_ids=physician_ids, tz=tz,
-                              with_patient=True)
+                              with_patient=True, resource_ids=resource_ids)
     names = _resource_names(session)
-    grid: dict[str, dict[date, _Cell]] = {p: {d: _Cell() for d in days} for p in physician_ids}
+    labels: dict[str, str]
+    if resource_ids is not None:
+        keys = [f"r{r}" for r in resource_ids]
+        labels = {f"r{r}": names.get(r, str(r)) for r in resource_ids}
+        links = {f"r{r}": f"/schedule/week?resource={r}" for r in resource_ids}
+    else:
+        keys = list(physician_ids)
+        labels = {p.id: p.name or p.id for p in session.scalars(
+            select(Physician).where(Physician.id.in_(physician_ids)))}
+        links = {p: f"/schedule/week?physician={p}" for p in physician_ids}
+    visible = set(physician_ids)
+    grid: dict[str, dict[date, _Cell]] = {k: {d: _Cell() for d in days} for k in keys}
     for e in entries:
-        if e.physician_id not in grid:
+        key = f"r{e.resource_id}" if resource_ids is not None else e.physician_id
+        if key not in grid:
             continue
+        item = _entry_dict(e, names)
+        if resource_ids is not None:
+            item["title"] = f"{item['title']} ({e.physician_id})"
+            if e.physician_id not in visible:
+                item["patient"] = None
+                item["private"] = True
         d = e.start.date()
         last = (e.end - timedelta(microseconds=1)).date()
         while d <= last:
-            if d in grid[e.physician_id]:
-                grid[e.physician_id][d].entries.append(_entry_dict(e, names))
+            if d in grid[key]:
+                grid[key][d].entries.append(item)
             d += timedelta(days=1)
-    physicians = {p.id: p.name or p.id for p in session.scalars(
-        select(Physician).where(Physician.id.in_(physician_ids)))}
-    return {"days": days, "grid": grid, "physicians": physicians, "monday": monday,
-            "prev": monday - timedelta(days=7), "next": monday + timedelta(days=7),
+    return {"days": days, "grid": grid, "physicians": labels, "links": links,
+            "monday": monday, "prev": monday - timedelta(days=7),
+            "next": monday + timedelta(days=7),
             "count": sum(1 for e in entries if e.kind == "appointment"), "tz": tz.key}
 
 
@@ -205,17 +223,28 @@ def schedule_home() -> Response:
 
 
 @router.get("/week")
-def week_view(request: Request, date: str = "", physician: str = "",
+def week_view(request: Request, date: str = "", physician: str = "", resource: str = "",
               user: UserInfo = Depends(current_user)) -> Response:
-    """The week calendar for one physician or every visible one (master schedule)."""
+    """The week calendar for one physician, every visible one (master schedule), or the
+    resources (``resource=all`` or an id: operating rooms, ultrasound...)."""
     settings = get_settings_dep(request)
     with open_store(settings).session() as s:
         scope = _scope(s, user, physician)
         tz = _view_tz(s, settings, physician)
-        ctx = week_context(s, scope, _parse_day(date, tz), tz)
+        res_ids = None
+        if resource:
+            all_res = list(s.scalars(select(Resource.id).where(Resource.active)
+                                     .order_by(Resource.name)))
+            res_ids = all_res if resource == "all" else [int(resource)] \
+                if resource.isdigit() and int(resource) in all_res else []
+            if not res_ids and resource != "all":
+                raise NotFoundError(f"resource {resource!r} does not exist")
+            scope = visible_physicians(s, user)
+        ctx = week_context(s, scope, _parse_day(date, tz), tz, resource_ids=res_ids)
         _view_audit(s, user, "calendar_week", date=str(ctx["monday"]), physician=physician or
-                    None, physicians=len(scope))
-        ctx.update(title="Week", physician=physician, all_physicians=visible_physicians(s, user))
+                    None, physicians=len(scope), resource=resource or None)
+        ctx.update(title="Week", physician=physician, resource=resource,
+                   all_physicians=visible_physicians(s, user))
     return _render(request, "schedule/week.html", ctx)
 
 
@@ -398,6 +427,25 @@ def appointment_move(request: Request, appointment_id: int, date: str = Form(...
             return _back(f"/schedule/appointments/{appointment_id}", error=str(exc))
     return _back(f"/schedule/appointments/{appointment_id}",
                  notice=f"Appointment {appointment_id} moved to {date} {time}.")
+
+
+@router.get("/rota")
+def rota(request: Request, weeks: int = 4, user: UserInfo = Depends(current_user)
+         ) -> Response:
+    """The on-call rota: every on-call shift of the visible physicians, next ``weeks``."""
+    settings = get_settings_dep(request)
+    tz = _tz(settings)
+    with open_store(settings).session() as s:
+        scope = visible_physicians(s, user)
+        start, _ = local_day_bounds(datetime.now(tz).date(), tz)
+        end = start + timedelta(weeks=max(1, min(weeks, 52)))
+        shifts = [e for e in master_schedule(s, start, end, physician_ids=scope, tz=tz)
+                  if e.kind == "on_call"]
+        names = {p.id: p.name or p.id for p in s.scalars(
+            select(Physician).where(Physician.id.in_(scope)))}
+        ctx = {"title": "On-call rota", "shifts": shifts, "names": names, "weeks": weeks,
+               "tz": tz.key}
+    return _render(request, "schedule/rota.html", ctx)
 
 
 @router.get("/confirmations")
