@@ -26,6 +26,7 @@ import re
 import sys
 import tomllib
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 from docx import Document
@@ -332,6 +333,9 @@ def build(key: str, spec: dict[str, object], out: Path) -> Path:
     core.title = str(spec["title"])
     core.author = "dictation"
     core.comments = f"Template {key}; field map {key}.toml"
+    core.created = core.modified = datetime(2026, 1, 1, tzinfo=UTC)
+    core.last_modified_by = "dictation"
+    core.revision = 1
     path = out / f"{key}.docx"
     doc.save(str(path))
     _slim(path)
@@ -390,7 +394,9 @@ def _slim(path: Path) -> None:
     items["[Content_Types].xml"] = ct.encode("utf-8")
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
         for name, data in items.items():
-            zout.writestr(name, data)
+            info = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))  # reproducible build
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zout.writestr(info, data)
 
 
 def main(argv: list[str]) -> int:
