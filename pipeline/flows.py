@@ -289,6 +289,10 @@ class WarmWorker:
         self._stop.set()
         self._wake.set()
 
+    def wake(self) -> None:
+        """Poll now (a run was just submitted)."""
+        self._wake.set()
+
     def _flow_name(self, c: Any, flow_id: Any) -> str:
         key = str(flow_id)
         if key not in self._flow_names:

@@ -721,13 +721,17 @@ class InboxScanner:
         rel = path.relative_to(self.settings.inbox_dir)
         folder = rel.parts[0] if len(rel.parts) > 1 else None
         try:
+            t0 = time.perf_counter()
             did = claim(path, self.settings, folder)
             if did is None:
                 result = IntakeResult("vanished", reason="file was taken or removed before claim")
                 log.info("inbox file vanished before claim (taken by another instance?)")
             else:
                 result = register(self.settings, did)
+                t1 = time.perf_counter()
                 _submit(self.settings, result, self.submit)
+                log.info("intake dictation=%s outcome=%s register_s=%.3f submit_s=%.3f",
+                         did, result.outcome, t1 - t0, time.perf_counter() - t1)
         except PipelineError as exc:
             result = IntakeResult("error", reason=str(exc))
             log.error("intake failed: %s", exc.code)

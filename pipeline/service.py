@@ -39,6 +39,8 @@ __all__ = ["Service", "ServiceOptions", "demo_sample", "should_resubmit"]
 
 log = logging.getLogger(__name__)
 
+#: The local worker is woken by SIGUSR1 on every submission; its own poll can be slow.
+LOCAL_WORKER_POLL_S = 5.0
 _AUDIO_EXT = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".webm", ".aac", ".opus", ".wma", ".mp4")
 
 
@@ -53,6 +55,13 @@ class ServiceOptions:
     live: bool = True
     worker_processes: int = 1
     status_every: float = 10.0
+
+
+def _worker_preexec() -> None:
+    """In the worker child: exit with the supervisor, and ignore SIGUSR1 (the wake-up
+    signal) until the worker installs its handler, so an early one cannot kill it."""
+    prefect_env.set_pdeathsig()
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def demo_sample(settings: Settings) -> Path | None:
@@ -136,9 +145,15 @@ class Service:
         print(text, file=self.out, flush=True)
 
     def submit(self, dictation_id: str, priority: str) -> str | None:
-        """Create a ``process-dictation`` flow run for a dictation (the scanner's callback)."""
-        return prefect_env.submit_dictation(self.api_url, self.deployment_id, dictation_id,
-                                            priority)
+        """Create a ``process-dictation`` flow run for a dictation (the scanner's callback)
+        and wake the local worker(s) so they do not wait for their next poll."""
+        run_id = prefect_env.submit_dictation(self.api_url, self.deployment_id, dictation_id,
+                                              priority)
+        for proc in self.workers:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGUSR1)
+        return run_id
 
     def _kill_stale_server(self) -> None:
         pid_file = self.settings.prefect_home / "server.pid"
@@ -161,13 +176,13 @@ class Service:
         out = open(log_path, "ab")  # noqa: SIM115  (handed to the child)
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker", "--limit",
-             str(self.settings.workers)],
+             str(self.settings.workers), "--poll", str(LOCAL_WORKER_POLL_S)],
             env=prefect_env.child_env(self.settings, self.api_url),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=prefect_env.set_pdeathsig,
+            preexec_fn=_worker_preexec,
         )
         out.close()
         log.info("worker pid=%s", proc.pid)

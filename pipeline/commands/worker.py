@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="dictations at once (default: settings.workers)")
     p.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
                    help="exit after this many seconds with nothing to do")
+    p.add_argument("--poll", type=float, default=2.0,
+                   help="seconds between polls of the work pool (default 2; SIGUSR1 wakes it)")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds in-flight runs get to finish on SIGTERM (default 5)")
     p.set_defaults(func=run)
@@ -45,13 +47,15 @@ def run(args: argparse.Namespace) -> int:
 
     use_settings(settings)
     open_store(settings)  # migrate once, before the first run
-    worker = WarmWorker(api_url, settings, limit=args.limit)
+    worker = WarmWorker(api_url, settings, limit=args.limit, poll_seconds=args.poll)
 
     def _stop(_signum: int, _frame: Any) -> None:
         worker.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # `dictation run` sends SIGUSR1 right after it submits a run: no waiting for the next poll
+    signal.signal(signal.SIGUSR1, lambda _s, _f: worker.wake())
     print(f"worker {worker.name} polling pool {prefect_env.POOL} at {api_url}", flush=True)
     worker.run(exit_when_idle=args.exit_when_idle)
     left = worker.shutdown(grace_seconds=args.grace)
