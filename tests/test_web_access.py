@@ -172,6 +172,9 @@ ACCESS = [
     ("admin", "POST", "/drafts/{smith}/save", 403),  # administrators read, never edit
     ("smith", "POST", "/drafts/{smith}/save", 403),  # physicians edit only what awaits them
     ("sec", "POST", "/drafts/{smith}/claim", 204),
+    ("sec", "POST", "/drafts/{smith}/return", 403),
+    ("patel", "POST", "/drafts/{smith}/return", 403),
+    ("smith", "POST", "/drafts/{smith}/return", 409),  # not awaiting signature
     ("sec", "POST", "/drafts/{patel}/claim", 403),
 ]
 
@@ -433,3 +436,19 @@ def test_accuracy_page_draws_the_trend(env) -> None:  # type: ignore[no-untyped-
     assert "2026-11-01: WER 25.0%" in svg
     assert "<td>sealer cyst</td><td>cholecystitis</td><td>2</td>" in html
     assert "Mean over 4 drafts" in html
+
+
+def test_physician_sends_a_draft_back(env) -> None:  # type: ignore[no-untyped-def]
+    sec = _login(env, "sec")
+    html = sec.get(f"/drafts/{env['smith']}").text
+    r = sec.post(f"/drafts/{env['smith']}/save", data={"csrf_token": _token(html),
+                                                       "text": "Ready.\n", "action": "submit"},
+                 follow_redirects=False)
+    assert r.status_code == 303
+    doc = _login(env, "smith")
+    page = doc.get(f"/drafts/{env['smith']}").text
+    assert 'id="sign-form"' in page and 'id="return-btn"' in page
+    assert _post(doc, f"/drafts/{env['smith']}/return", {}).status_code == 303
+    with open_store(env["settings"]).session() as s:
+        assert s.get(DraftRow, env["smith"]).status == "in_review"
+    assert 'contenteditable="true"' in sec.get(f"/drafts/{env['smith']}").text

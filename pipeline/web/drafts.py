@@ -33,6 +33,7 @@ __all__ = [
     "latest_version",
     "save_text",
     "send_for_signature",
+    "return_to_review",
     "may_edit",
 ]
 
@@ -207,5 +208,21 @@ def send_for_signature(session: Session, user: UserInfo, draft: DraftRow) -> Non
     draft.status = "awaiting_signature"
     release(session, user, draft)
     audit.record(session, actor=user.username, action="send_for_signature",
+                 object_type="draft", object_id=draft.id, patient_ref=draft.mrn)
+    session.flush()
+
+
+def return_to_review(session: Session, user: UserInfo, draft: DraftRow) -> None:
+    """The physician sends a draft awaiting signature back to the secretaries."""
+    if user.role != "physician" or draft.physician_id not in user.physician_ids:
+        raise PermissionDeniedError("Only the draft's own physician can send it back.")
+    if draft.status != "awaiting_signature":
+        raise ConflictError(
+            f"Only a draft awaiting signature can be sent back; this one is "
+            f"{draft.status.replace('_', ' ')}."
+        )
+    draft.status = "in_review"
+    release(session, user, draft)
+    audit.record(session, actor=user.username, action="return_to_review",
                  object_type="draft", object_id=draft.id, patient_ref=draft.mrn)
     session.flush()

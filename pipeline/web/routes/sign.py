@@ -46,3 +46,16 @@ def addendum(
         draft = wf.load_draft(s, user, draft_id, action="addendum")
         signing.add_addendum(s, settings, user, draft, text, password)
     return RedirectResponse(f"/drafts/{draft_id}?addendum=1", status_code=303)
+
+
+@router.post("/drafts/{draft_id}/return", dependencies=[Depends(csrf_protect)])
+def return_to_review(
+    request: Request,
+    draft_id: str,
+    user: UserInfo = Depends(require_roles("physician")),
+) -> Response:
+    """Send a draft awaiting signature back to the secretaries for more work."""
+    with open_store(get_settings_dep(request)).session() as s:
+        draft = wf.load_draft(s, user, draft_id, action="return_to_review")
+        wf.return_to_review(s, user, draft)
+    return RedirectResponse("/worklist", status_code=303)

@@ -168,6 +168,17 @@
         field.value = words.innerText;
         dirty = false;
       });
+      // Signing signs the saved text: unsaved edits must be saved first.
+      var signForm = document.getElementById("sign-form");
+      if (signForm) {
+        signForm.addEventListener("submit", function (ev) {
+          if (dirty) {
+            ev.preventDefault();
+            if (dirtyOut) dirtyOut.textContent = "save your changes before signing";
+            alert("Save your changes before signing: the signature covers the saved text.");
+          }
+        });
+      }
       window.addEventListener("beforeunload", function (ev) {
         if (dirty) { ev.preventDefault(); ev.returnValue = ""; }
       });
