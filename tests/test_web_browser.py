@@ -74,6 +74,11 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[dict]:  # type: ignor
                    capture_output=True)
     text, segments, duration = _real_transcript(wav, settings)
     assert sum(len(s["words"]) for s in segments) > 10, "the model heard too little"
+    # One automatic correction, as the medical-language stage records them.
+    at = text.lower().find("pain")
+    assert at >= 0, "the model did not hear 'pain'"
+    corrections = [{"original": "pane", "replacement": "pain", "start": at, "end": at + 4,
+                    "kind": "term"}]
     with open_store(settings).session() as s:
         create_user(s, "sec", PASSWORD, "secretary", ["dr-smith"])
         create_user(s, "sec2", PASSWORD, "secretary", ["dr-smith"])
@@ -81,7 +86,7 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[dict]:  # type: ignor
         draft_id = add_draft(s, text=text, segments=segments, physician_id="dr-smith",
                              patient_name="Jane Testpatient", mrn="MRN-E2E",
                              audio_path=wav, duration_s=duration, priority="stat",
-                             document_type="progress_note")
+                             document_type="progress_note", corrections=corrections)
     port = _free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                             log_level="warning", access_log=False)
@@ -166,6 +171,16 @@ def test_secretary_corrects_and_physician_signs(server, browser) -> None:  # typ
     assert after == pytest.approx(max(0.0, before - 3), abs=0.3)
     page.keyboard.press("Alt+ArrowUp")
     assert page.locator("#rate").inner_text() == "1.1"
+    # F2 selects the next flagged word (low confidence or changed automatically).
+    page.keyboard.press("F2")
+    selected = page.evaluate("""() => { const s = getSelection();
+        const el = s.anchorNode && (s.anchorNode.nodeType === 1 ? s.anchorNode
+                   : s.anchorNode.parentElement).closest('span.w');
+        return el ? [s.toString(), el.className] : null; }""")
+    assert selected is not None and selected[0]
+    assert "low" in selected[1] or "corr" in selected[1]
+    # The automatic correction shows what Whisper heard on hover.
+    assert page.get_attribute("#words span.w.corr", "title") == "Whisper heard: pane"
 
     # Correct the first word: select it and type over it.
     first = page.locator("#words span.w").first
