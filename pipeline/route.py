@@ -62,6 +62,7 @@ __all__ = [
     "retry",
     "deliveries_for",
     "attempts_for",
+    "check_can_leave",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class RouteOptions:
 
 # --- directory --------------------------------------------------------------------------
 
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -376,6 +378,12 @@ def _send_email(job: _Job, options: RouteOptions) -> str:
         msg.add_attachment(data.decode("utf-8", "replace"), subtype=subtype, filename=filename)
     else:
         msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    if options.smtp_security not in ("starttls", "ssl", "none"):
+        raise DeliveryError(f"smtp_security {options.smtp_security!r} arrived; expected "
+                            "starttls, ssl or none")
+    if options.smtp_security == "none" and options.smtp_host not in _LOOPBACK:
+        raise DeliveryError(f"refusing to send a medical document to {options.smtp_host} "
+                            "without TLS; set smtp_security to starttls or ssl")
     context = ssl.create_default_context(cafile=options.smtp_cafile)
     if not options.smtp_verify_tls:
         context.check_hostname = False

@@ -295,3 +295,15 @@ def test_directory_validation_and_matching(store):
         assert route.find_recipient(s, "Dr. Patel", "Riverside Cardiology").id == a.id
         assert route.find_recipient(s, "doctor anil patel").id == a.id
         assert route.find_recipient(s, "Dr. Lee") is None
+
+
+def test_plain_smtp_refused_to_remote_server(settings, store, tmp_path):
+    """Without TLS, documents go only to a mail server on this machine."""
+    with store.session() as s:
+        draft = make_draft(s, tmp_path)
+        rec = route.add_recipient(s, "Lab", "department", "email", "lab@clinic.example")
+        did = route.route_draft(s, draft.id, recipient_id=rec.id).id
+    opts = route.RouteOptions(smtp_host="mail.example.org", smtp_security="none")
+    assert route.deliver_due(settings, opts, now=NOW).retrying == [did]
+    with store.session() as s:
+        assert "without TLS" in s.get(Delivery, did).last_error

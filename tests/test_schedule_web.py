@@ -293,3 +293,17 @@ def test_resource_week_and_rota(env):
     rota = c.get("/schedule/rota").text
     assert f"{env['monday']:%a %d %b %Y} 18:00" in rota
     assert "No on-call shifts planned" not in rota
+
+
+def test_only_admin_adds_folder_recipients(env):
+    sec = _login(env, "sec")
+    assert _post(sec, "/schedule/recipients", {"name": "Disk", "kind": "department",
+                                               "channel": "pdf_folder",
+                                               "address": "/etc"}).status_code == 403
+    ok = _post(sec, "/schedule/recipients", {"name": "Front printer", "kind": "department",
+                                             "channel": "print"})
+    assert ok.status_code == 303 and "added" in ok.headers["location"]
+    admin = _login(env, "admin")
+    ok = _post(admin, "/schedule/recipients", {"name": "EHR", "kind": "department",
+                                               "channel": "hl7", "address": "/srv/hl7"})
+    assert "added" in ok.headers["location"]

@@ -702,6 +702,9 @@ def recipient_add(request: Request, name: str = Form(...), kind: str = Form(...)
     """Add a recipient to the directory (secretaries and admins)."""
     if user.role not in ("secretary", "admin"):
         raise PermissionDeniedError("Only secretaries and administrators edit the directory.")
+    if channel not in ("email", "print") and user.role != "admin":
+        # folders and URLs point the server at places on disk or the network
+        raise PermissionDeniedError("Only administrators add folder, HL7 or FHIR recipients.")
     with open_store(get_settings_dep(request)).session() as s:
         try:
             rec = route.add_recipient(s, name, kind, channel, address,
