@@ -7,7 +7,8 @@ The directory (``sched_recipients``) says how each recipient receives documents:
 - ``email``: secure e-mail through the configured SMTP server (STARTTLS or SSL), the
   document attached; subject and body carry no patient data;
 - ``hl7``: an HL7 v2 MDM^T02 message into an interface folder (``address`` or
-  ``RouteOptions.hl7_dir``), written atomically (temporary name, then rename);
+  ``RouteOptions.hl7_dir``), written atomically (temporary name, then rename): the one the
+  renderer made for the signed draft, else a minimal one built here;
 - ``fhir_folder``: a FHIR R4 DocumentReference JSON into a folder;
 - ``fhir_http``: the same JSON POSTed to an HTTP endpoint (``address``).
 
@@ -418,8 +419,11 @@ def _send(job: _Job, options: RouteOptions) -> str:
         return _send_email(job, options)
     if job.channel == "hl7":
         folder = Path(job.address) if job.address else Path(options.hl7_dir or ".")
-        return str(_atomic_write(folder, f"{job.draft_id}-{job.delivery_id}.hl7",
-                                 _mdm(job, options)))
+        rendered = Path(job.outputs["hl7"]) if job.outputs.get("hl7") else None
+        data = rendered.read_bytes() if rendered and rendered.is_file() else b""
+        if b"MDM^T02" not in data[:300]:  # the renderer's full MDM when present
+            data = _mdm(job, options)
+        return str(_atomic_write(folder, f"{job.draft_id}-{job.delivery_id}.hl7", data))
     if job.channel == "fhir_folder":
         folder = Path(job.address) if job.address else Path(options.fhir_dir or ".")
         return str(_atomic_write(folder, f"{job.draft_id}-{job.delivery_id}.json",

@@ -77,6 +77,9 @@ def test_dictation_to_tasks_to_delivered(settings):
         delivery = s.get(Delivery, made["copy"].delivery_id)
         assert delivery.recipient_id == rec.id and delivery.status == "pending"
         outputs = s.get(DraftRow, draft_id).outputs
+        ehr = route.add_recipient(s, "Hospital EHR", "department", "hl7",
+                                  str(settings.data_path / "hl7-out"))
+        hl7_id = route.route_draft(s, draft_id, recipient_id=ehr.id).id
     port = _port()
     inbox = Inbox()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
@@ -87,7 +90,9 @@ def test_dictation_to_tasks_to_delivered(settings):
         report = route.deliver_due(settings, opts)
     finally:
         controller.stop()
-    assert report.delivered == [delivery.id], report
+    assert sorted(report.delivered) == sorted([delivery.id, hl7_id]), report
+    (hl7_file,) = (settings.data_path / "hl7-out").iterdir()
+    assert b"MDM^T02" in hl7_file.read_bytes()[:300]
     msg = email.message_from_bytes(inbox.messages[0])
     names = [p.get_filename() for p in msg.walk() if p.get_filename()]
     expected_suffix = ".pdf" if outputs.get("pdf") else ".docx" if outputs.get("docx") else ".txt"
