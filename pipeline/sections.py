@@ -59,6 +59,11 @@ _PROSE_BEFORE = frozenset(
         "and", "or", "in", "on", "to", "from", "this", "that", "some", "without", "significant",
         "prior", "previous", "further", "my", "your", "at", "by", "was", "were", "is", "are",
         "be", "been",
+        # words that make a heading word ordinary prose ("under monitored anesthesia care",
+        # "no operative complications"); not the usual last words of a short value
+        # ("general", "same", "stable"), which run-on speech puts before the next heading
+        "monitored", "operative", "intraoperative", "surgical", "these", "those", "such",
+        "medical", "physical", "neurologic", "neurological", "initial", "recent", "brief",
     ]
 )
 # Words after it that show prose ("History of diabetes", "Procedure was", "Plan to").
