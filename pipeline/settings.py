@@ -7,12 +7,13 @@ file in the working directory. Stages never read the environment themselves.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings", "PROJECT_ROOT"]
 
@@ -68,7 +69,7 @@ class Settings(BaseSettings):
     numbers_style: Literal["numerals", "words_under_ten"] = "numerals"
 
     # --- people and practice -------------------------------------------------------------
-    physicians: list[str] = Field(
+    physicians: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["dr-default"],
         description="Physician ids (comma separated in the environment); an inbox folder each.",
     )
@@ -92,12 +93,30 @@ class Settings(BaseSettings):
     # --- outputs -------------------------------------------------------------------------
     pdf: Literal["auto", "always", "never"] = "auto"
 
+    # --- routing signed documents (pipeline.route) -----------------------------------------
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "documents@localhost"
+    smtp_timeout_s: float = 20.0
+    smtp_verify_tls: bool = True
+    smtp_cafile: str | None = None
+    route_print_dir: Path | None = Field(None, description="Default <data_dir>/route/print.")
+    route_hl7_dir: Path | None = Field(None, description="Default <data_dir>/route/hl7.")
+    route_fhir_dir: Path | None = Field(None, description="Default <data_dir>/route/fhir.")
+    route_max_attempts: int = Field(5, ge=1)
+    route_backoff_base_s: float = Field(60.0, ge=0)
+    route_backoff_max_s: float = Field(3600.0, ge=0)
+    route_interval_s: float = Field(60.0, gt=0, description="How often the service delivers.")
+
     @field_validator("physicians", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             if value.strip().startswith("["):
-                return value  # JSON list, pydantic parses it
+                return json.loads(value)  # a JSON list is accepted too
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 

@@ -66,3 +66,11 @@ def test_concurrent_audit_writers_never_fork_the_chain(settings: Settings) -> No
         result = audit.verify(s)
         assert result.ok, result
         assert result.checked == 40
+
+
+def test_physicians_from_environment_csv_or_json(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Regression: a comma-separated DICTATION_PHYSICIANS used to crash Settings()."""
+    monkeypatch.setenv("DICTATION_PHYSICIANS", "dr-a, dr-b")
+    assert Settings().physicians == ["dr-a", "dr-b"]
+    monkeypatch.setenv("DICTATION_PHYSICIANS", '["dr-c"]')
+    assert Settings().physicians == ["dr-c"]
