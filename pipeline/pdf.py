@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -61,21 +62,36 @@ def convert_to_pdf(docx: Path, out_dir: Path, *, profile_root: Path, timeout: fl
         str(docx),
     ]
     t0 = time.perf_counter()
+    # soffice is a wrapper script around soffice.bin: run it in its own process group so a
+    # timeout kills both (killing only the wrapper leaves soffice.bin holding our pipes)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        env={**os.environ, "HOME": str(profile)},
+    )
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, timeout=timeout, check=False,
-            env={**os.environ, "HOME": str(profile)},
-        )
+        _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
+        _kill_group(proc)
         raise PdfConversionError(
             f"LibreOffice did not convert {docx.name} within {timeout:.0f} s; expected a PDF."
         ) from exc
     target = out_dir / f"{docx.stem}.pdf"
     if proc.returncode != 0 or not target.is_file() or target.stat().st_size == 0:
-        log.warning("soffice failed rc=%s stderr_bytes=%d", proc.returncode, len(proc.stderr))
+        log.warning("soffice failed rc=%s stderr_bytes=%d", proc.returncode, len(stderr))
         raise PdfConversionError(
             f"LibreOffice could not convert {docx.name} (exit status {proc.returncode}); "
             "expected a PDF next to it."
         )
     log.info("pdf converted seconds=%.2f", time.perf_counter() - t0)
     return target
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        log.warning("soffice did not exit after kill pid=%d", proc.pid)

@@ -62,6 +62,8 @@ OUTPUT_NAMES = {
     "pdf": "document.pdf",
 }
 _INLINE_MAX = 160
+#: Seconds LibreOffice may take for one document before the conversion is abandoned.
+PDF_TIMEOUT_S = 90.0
 _HEADER_LABELS = {
     "patient_name": "Patient",
     "date_of_birth": "Date of birth",
@@ -379,13 +381,19 @@ def render_outputs(
         (tmp / OUTPUT_NAMES["hl7"]).write_bytes(message.encode("utf-8"))
         kinds = ["docx", "txt", "fhir", "hl7"]
         mode = pdf or settings.pdf
-        if mode != "never":
-            if mode == "always" or pdf_mod.find_soffice():
+        if mode == "always" or (mode == "auto" and pdf_mod.find_soffice()):
+            try:
                 pdf_mod.convert_to_pdf(tmp / OUTPUT_NAMES["docx"], tmp,
-                                       profile_root=settings.cache_dir / "soffice")
+                                       profile_root=settings.cache_dir / "soffice",
+                                       timeout=PDF_TIMEOUT_S)
                 kinds.append("pdf")
-            else:
-                log.info("pdf skipped draft=%s reason=soffice_missing", draft_id)
+            except pdf_mod.PdfConversionError:
+                if mode == "always":
+                    raise
+                # auto: the draft is complete without its PDF; the reviewer can re-render
+                log.warning("pdf skipped draft=%s reason=conversion_failed", draft_id)
+        elif mode == "auto":
+            log.info("pdf skipped draft=%s reason=soffice_missing", draft_id)
         _swap_into_place(tmp, out_dir, {OUTPUT_NAMES[k] for k in OUTPUT_NAMES})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -247,3 +247,43 @@ def test_concurrent_pdf_conversions_do_not_collide(settings, tmp_path) -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         pdfs = list(pool.map(one, range(2)))
     assert all(p.read_bytes()[:5] == b"%PDF-" for p in pdfs)
+
+
+def _fake_soffice(folder: Path, body: str) -> Path:
+    """A real executable named soffice that misbehaves (a broken LibreOffice install)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "soffice"
+    exe.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
+    exe.chmod(0o755)
+    return folder
+
+
+def test_failing_libreoffice_does_not_lose_the_draft(settings, tmp_path, monkeypatch) -> None:
+    """pdf=auto: a LibreOffice that fails leaves a complete draft without PDF;
+    pdf=always: a clear error and no partial draft."""
+    bin_dir = _fake_soffice(tmp_path / "bin", "echo broken >&2; exit 3")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    document = hostile_document("radiology_report", settings)
+    settings.pdf = "auto"
+    out = render_outputs(document, make_dictation(), "a", tmp_path / "d" / "a", settings)
+    assert "pdf" not in out and out["docx"].is_file()
+    settings.pdf = "always"
+    with pytest.raises(PipelineError, match="exit status 3"):
+        render_outputs(document, make_dictation(), "b", tmp_path / "d" / "b", settings)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["a"]
+
+
+def test_hanging_libreoffice_is_killed_after_the_timeout(tmp_path, monkeypatch) -> None:
+    """The wrapper and its child are both killed; the call returns after the timeout."""
+    import time
+
+    from pipeline.pdf import PdfConversionError, convert_to_pdf
+
+    bin_dir = _fake_soffice(tmp_path / "bin", "sleep 30 & wait")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    docx_path = tmp_path / "x.docx"
+    docx_path.write_bytes(b"not really a docx")
+    t0 = time.monotonic()
+    with pytest.raises(PdfConversionError, match="within 1 s"):
+        convert_to_pdf(docx_path, tmp_path / "out", profile_root=tmp_path / "p", timeout=1)
+    assert time.monotonic() - t0 < 10
