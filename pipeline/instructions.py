@@ -238,6 +238,9 @@ def parse_sentence(sentence: str) -> tuple[Instruction, bool] | None:
         is_test = bool(_TEST_ONLY.match(test))
         if verb == "get" and not polite:
             is_test = False  # "Get a CBC" in a plan is advice; "please get a CBC" is a request
+        if verb in ("schedule", "book", "arrange", "request") and not subject \
+                and not _INTERVAL.search(body):
+            is_test = True  # "book the fine needle aspiration": a procedure to arrange
         if (is_test or verb == "order") and not re.match(
             r"^(?:follow|appointment|visit|return)", test, re.I
         ):
@@ -307,12 +310,36 @@ def expand(instruction: Instruction) -> list[Instruction]:
             for entry in recipients]
 
 
+_CLAUSE = re.compile(
+    r",?\s+and\s+(?:then\s+|also\s+)?(?=(?:please\s+)?(?:copy|cc|send|order|schedule|book|"
+    r"arrange|refer|fax|call)\b)",
+    re.I,
+)
+
+
+def _parse_clauses(sentence: str) -> list[tuple[Instruction, bool]]:
+    """ "Please book the biopsy and copy the letter to the patient": one instruction per
+    clause when every clause is one; else the sentence as a whole."""
+    clauses = [c for c in _CLAUSE.split(sentence.strip()) if c.strip()]
+    if len(clauses) > 1:
+        polite = bool(_PLEASE.match(sentence.strip()))
+        parsed = []
+        for i, clause in enumerate(clauses):
+            text = clause if i == 0 or not polite else f"please {clause}"
+            one = parse_sentence(text)
+            if one is None:
+                break
+            parsed.append((Instruction(one[0].kind, sentence.strip(), one[0].params), one[1]))
+        else:
+            return parsed
+    whole = parse_sentence(sentence)
+    return [whole] if whole else []
+
+
 def find_instructions(text: str) -> list[Found]:
     """Every instruction sentence in ``text`` with its span and whether to remove it."""
     found: list[Found] = []
     for start, end in split_sentences(text):
-        parsed = parse_sentence(text[start:end])
-        if parsed:
-            instruction, remove = parsed
+        for instruction, remove in _parse_clauses(text[start:end]):
             found.append(Found(instruction, start, end, remove))
     return found

@@ -345,7 +345,7 @@ def _tidy(text: str) -> str:
 
 
 def _remove_spans(text: str, spans: list[tuple[int, int]]) -> str:
-    for start, end in sorted(spans, reverse=True):
+    for start, end in sorted(set(spans), reverse=True):
         text = text[:start] + " " + text[end:]
     return text
 
@@ -369,8 +369,8 @@ _SALUTATION = re.compile(r"(?im)^[ \t]*dear[ \t]+(?P<who>[^,\n:]{2,80}?)[ \t]*[,
 _CLOSING = re.compile(
     r"(?is)(?:^|\n|(?<=[.!?])[ \t])[ \t]*(?:yours[ \t]+(?:sincerely|truly|faithfully)|"
     r"sincerely(?:[ \t]+yours)?|(?:kind|best|warm|with[ \t]+best)[ \t]+(?:regards|wishes)|"
-    r"regards|respectfully(?:[ \t]+yours)?)"
-    r"[ \t]*[,.]?[ \t]*(?:\n[^\n]*){0,3}\s*\Z"
+    r"regards|respectfully(?:[ \t]+yours)?)\b"
+    r"[^\n]{0,300}(?:\n[^\n]*){0,3}\s*\Z"
 )
 
 
@@ -386,6 +386,26 @@ def _strip_letter_frame(text: str) -> tuple[str, str | None]:
     if closing:
         text = text[: closing.start()]
     return text, who
+
+
+def _closing_instructions(text: str) -> list[Instruction]:
+    """Requests said after "Sincerely" are still requests."""
+    closing = _CLOSING.search(text)
+    if not closing:
+        return []
+    return [i for f in instr_mod.find_instructions(text[closing.start():])
+            for i in instr_mod.expand(f.instruction)]
+
+
+def _remove_header_sentences(preamble: str, spans: list[tuple[int, int]]) -> str:
+    """Drop the preamble's sentences that carry header data ("Consultation letter for patient
+    X, date of birth ..., MRN ..."): they are dictation metadata, not document text."""
+    inside = [s for s in spans if s[1] <= len(preamble)]
+    drop = [
+        (a, b) for a, b in instr_mod.split_sentences(preamble)
+        if any(start < b and end > a for start, end in inside)
+    ]
+    return _remove_spans(preamble, drop)
 
 
 def _lift_office_passages(text: str) -> tuple[str, list[Instruction]]:
@@ -422,6 +442,7 @@ def structure(note: Note, meta: DictationMeta | None, settings: Settings) -> Doc
     spec = get_template(doc_type, settings)
     salutation: str | None = None
     if spec.letter:
+        instructions.extend(_closing_instructions(text))
         text, salutation = _strip_letter_frame(text)
     lexicon = lexicon_for(spec, templates.values())
     headings = detect_headings(text, lexicon, strict=spec.letter)
@@ -434,7 +455,7 @@ def structure(note: Note, meta: DictationMeta | None, settings: Settings) -> Doc
     if salutation:
         header["recipient"] = HeaderField(value=salutation, source="dictation")
     if dictated.spans:
-        preamble = _remove_spans(preamble, [s for s in dictated.spans if s[1] <= len(preamble)])
+        preamble = _remove_header_sentences(preamble, dictated.spans)
 
     preamble, found = _lift_instructions(preamble, False)
     instructions.extend(found)

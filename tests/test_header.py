@@ -98,3 +98,13 @@ def test_physician_from_id_and_dictated_mismatch(settings) -> None:
 def test_header_without_any_source(settings) -> None:
     doc = structure(Note(text="FINDINGS: Normal."), None, settings)
     assert doc.header["mrn"].value is None and doc.header["mrn"].source == "none"
+
+
+def test_preamble_sentences_with_header_data_are_not_document_text(settings) -> None:
+    """Even when a name was misheard, the metadata sentence does not reach the letter."""
+    text = ("Consultation letter for patient preinotrogen date of birth May 14, 1985, MRN "
+            "7734120, seen November 16.\n\nThank you for referring her.\n\nIMPRESSION: Goitre.")
+    doc = structure(Note(text=text), DictationMeta(document_type="consult_letter"), settings)
+    assert doc.sections[0].key == "body"
+    assert doc.sections[0].text == "Thank you for referring her."
+    assert doc.header["mrn"].value == "7734120"

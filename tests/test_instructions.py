@@ -120,3 +120,22 @@ def test_copy_to_several_recipients_gives_one_instruction_each(settings) -> None
         ("copy", {"recipient": "Dr. Brown", "organization": "Mercy Hospital"}),
     ]
     assert [s.text for s in doc.sections] == ["Stable."]
+
+
+def test_compound_request_gives_one_instruction_per_clause() -> None:
+    found = find_instructions("Please book the fine needle aspiration and copy the letter to "
+                              "Dr. Moreno.")
+    assert [(f.instruction.kind, f.instruction.params) for f in found] == [
+        ("order", {"test": "fine needle aspiration"}),
+        ("copy", {"recipient": "Dr. Moreno"}),
+    ]
+    assert all(f.remove for f in found)
+
+
+def test_requests_after_the_closing_of_a_letter_are_kept(settings) -> None:
+    """Whisper runs "Sincerely, Dr. Shah, endocrinology. Please book ..." together."""
+    text = ("Dear Dr. Moreno,\n\nIMPRESSION: Thyroiditis.\n\nRECOMMENDATIONS: Levothyroxine."
+            "\n\nSincerely Dr. Shah endocrinology. Please book the fine needle aspiration.")
+    doc = structure(Note(text=text), DictationMeta(document_type="consult_letter"), settings)
+    assert [i.kind for i in doc.instructions] == ["order"]
+    assert "Sincerely" not in " ".join(s.text for s in doc.sections)
