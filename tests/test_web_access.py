@@ -452,3 +452,22 @@ def test_physician_sends_a_draft_back(env) -> None:  # type: ignore[no-untyped-d
     with open_store(env["settings"]).session() as s:
         assert s.get(DraftRow, env["smith"]).status == "in_review"
     assert 'contenteditable="true"' in sec.get(f"/drafts/{env['smith']}").text
+
+
+def test_worklist_pages_keep_stat_first_then_oldest(env) -> None:  # type: ignore[no-untyped-def]
+    from pipeline.users import UserInfo
+    from pipeline.web.routes.worklist import worklist_rows
+    from pipeline.web.seed import bulk_drafts
+
+    with open_store(env["settings"]).session() as s:
+        bulk_drafts(s, 130, ["dr-smith", "dr-patel"], seed=3)
+    sec = UserInfo(1, "x", "secretary", ["dr-smith"])
+    with open_store(env["settings"]).session() as s:
+        pages = [worklist_rows(s, sec, status="all", page=p, per_page=25) for p in (1, 2, 3)]
+        everything, total = worklist_rows(s, sec, status="all", per_page=1000)
+    assert all(t == total for _, t in pages) and total == len(everything) == 65 + 2
+    assert {r["physician_id"] for r in everything} == {"dr-smith"}
+    keys = [(r["priority"] != "stat", r["created_at"]) for r in everything]
+    assert keys == sorted(keys)  # STAT first, then oldest
+    assert [r["id"] for rows, _ in pages for r in rows] == \
+        [r["id"] for r in everything[:75]]

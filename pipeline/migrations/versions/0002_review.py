@@ -174,9 +174,13 @@ def upgrade() -> None:
     op.create_index("ix_correction_stats_phys_pair", "correction_stats",
                     ["physician_id", "original", "replacement"])
     # Worklist order "STAT first, then oldest" read straight from an index ('stat' sorts
-    # after 'routine', so priority DESC puts STAT first), plus the type filter's list.
+    # after 'routine', so priority DESC puts STAT first); the filter columns ride along so
+    # a page of ids comes from the index alone. Patient-name search scans a small covering
+    # index instead of the table (whose rows carry the text and document JSON).
     op.create_index("ix_drafts_queue_order", "drafts",
-                    [sa.text("priority DESC"), "created_at", "id"])
+                    [sa.text("priority DESC"), "created_at", "id", "status", "physician_id",
+                     "document_type"])
+    op.create_index("ix_drafts_patient_name", "drafts", ["patient_name", "id"])
     op.create_index("ix_drafts_document_type", "drafts", ["document_type"])
     op.create_index("ix_drafts_physician_status", "drafts", ["physician_id", "status"])
 
@@ -201,6 +205,7 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS signatures_append_only ON signatures")
         op.execute("DROP FUNCTION IF EXISTS dictation_signed_immutable()")
     op.drop_index("ix_drafts_physician_status", table_name="drafts")
+    op.drop_index("ix_drafts_patient_name", table_name="drafts")
     op.drop_index("ix_drafts_document_type", table_name="drafts")
     op.drop_index("ix_drafts_queue_order", table_name="drafts")
     for table in ("correction_stats", "draft_accuracy", "signatures", "addenda", "draft_claims",

@@ -6,12 +6,13 @@ draft's JSON columns are never loaded here, so the page stays fast with 10,000 d
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select, union
 
 from pipeline import audit
 from pipeline.db.core import DictationRow, DraftRow, Physician
@@ -44,29 +45,45 @@ def _default_status(user: UserInfo) -> str:
     return "awaiting_signature" if user.role == "physician" else "open"
 
 
+_HEX = re.compile(r"^[0-9a-f]{4,32}$")
+
+
+def _search_ids(q: str) -> Any:
+    """Draft ids matching ``q`` as MRN (exact), draft id (prefix) or patient name (part),
+    each through an index, never a scan of the drafts table."""
+    parts = [select(DraftRow.id).where(DraftRow.mrn == q)]
+    low = q.lower()
+    if _HEX.match(low):
+        parts.append(select(DraftRow.id).where(DraftRow.id >= low,
+                                               DraftRow.id < low + "\uffff"))
+    like = "%" + low.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    parts.append(select(DraftRow.id).where(func.lower(DraftRow.patient_name).like(like,
+                                                                                  escape="\\")))
+    return union(*parts)
+
+
 def _filtered(stmt: Any, user: UserInfo, status: str, physician: str, doctype: str,
-              priority: str, q: str) -> Any:
+              priority: str, q: str, *, ordered: bool = False) -> Any:
+    # For the ordered page query the filter columns are wrapped (``col || ''``) so that
+    # SQLite cannot pick a filter index and sort afterwards: it walks the covering index
+    # ix_drafts_queue_order in page order and stops after one page.
+    def c(col: Any) -> Any:
+        return col.op("||")("") if ordered else col
+
     if user.role != "admin":
-        stmt = stmt.where(DraftRow.physician_id.in_(user.physician_ids or ["\x00"]))
+        stmt = stmt.where(c(DraftRow.physician_id).in_(user.physician_ids or ["\x00"]))
     statuses = _STATUS_FILTERS.get(status, _OPEN)
     if statuses:
-        stmt = stmt.where(DraftRow.status.in_(statuses))
+        stmt = stmt.where(c(DraftRow.status).in_(statuses))
     if physician:
-        stmt = stmt.where(DraftRow.physician_id == physician)
+        stmt = stmt.where(c(DraftRow.physician_id) == physician)
     if doctype:
-        stmt = stmt.where(DraftRow.document_type == doctype)
+        stmt = stmt.where(c(DraftRow.document_type) == doctype)
     if priority in ("stat", "routine"):
-        stmt = stmt.where(DraftRow.priority == priority)
+        stmt = stmt.where(c(DraftRow.priority) == priority)
     q = q.strip()
     if q:
-        like = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        stmt = stmt.where(
-            or_(
-                DraftRow.id.startswith(q.lower(), autoescape=True),
-                DraftRow.mrn == q,
-                func.lower(DraftRow.patient_name).like(like, escape="\\"),
-            )
-        )
+        stmt = stmt.where(DraftRow.id.in_(_search_ids(q)))
     return stmt
 
 
@@ -77,18 +94,25 @@ def worklist_rows(
 ) -> tuple[list[dict[str, Any]], int]:
     """One page of the worklist (rows as dicts) and the total number of matching drafts."""
     now = datetime.now(UTC)
-    cols = select(
-        DraftRow.id, DraftRow.status, DraftRow.priority, DraftRow.physician_id,
-        DraftRow.document_type, DraftRow.patient_name, DraftRow.mrn, DraftRow.created_at,
-        DraftRow.updated_at,
-    )
-    stmt = _filtered(cols, user, status, physician, doctype, priority, q)
-    # STAT first ('stat' > 'routine'), then oldest: the order of index ix_drafts_queue_order,
-    # so SQLite reads the page from the index instead of sorting every open draft.
-    stmt = stmt.order_by(
+    # A page of ids first, STAT first ('stat' > 'routine') then oldest: the order of index
+    # ix_drafts_queue_order, which also holds the filter columns, so SQLite reads the page
+    # from the index alone instead of sorting every open draft; then the page's rows.
+    id_stmt = _filtered(select(DraftRow.id), user, status, physician, doctype, priority, q,
+                        ordered=True)
+    id_stmt = id_stmt.order_by(
         DraftRow.priority.desc(), DraftRow.created_at, DraftRow.id
     ).limit(per_page).offset((max(page, 1) - 1) * per_page)
-    base = session.execute(stmt).all()
+    page_ids = list(session.scalars(id_stmt))
+    found = {
+        r.id: r
+        for r in session.execute(
+            select(DraftRow.id, DraftRow.status, DraftRow.priority, DraftRow.physician_id,
+                   DraftRow.document_type, DraftRow.patient_name, DraftRow.mrn,
+                   DraftRow.created_at, DraftRow.updated_at)
+            .where(DraftRow.id.in_(page_ids))
+        )
+    } if page_ids else {}
+    base = [found[i] for i in page_ids if i in found]
     total = session.scalar(
         _filtered(select(func.count()).select_from(DraftRow), user, status, physician,
                   doctype, priority, q)
