@@ -20,6 +20,7 @@ from pipeline.settings import Settings
 
 __all__ = [
     "HEADER_KEYS",
+    "stay_dates",
     "HEADER_MISMATCH",
     "DictatedHeader",
     "extract_dictated",
@@ -56,8 +57,9 @@ _SEP = r"[ \t]*(?:is|:|,|-|colon)?[ \t]*"
 
 _PATTERNS: dict[str, re.Pattern[str]] = {
     "patient_name": re.compile(
-        rf"(?i:\b(?:patient(?:'s)?(?:\s+name)?|name\s+of\s+(?:the\s+)?patient|regarding|re:)){_SEP}"
-        rf"(?P<value>{_NAME})"
+        rf"(?i:\b(?:patient(?:'s)?(?:\s+name)?|name\s+of\s+(?:the\s+)?patient|regarding|re:|"
+        rf"(?:summary|report|letter|note|consultation|dictation)\s+(?:for|on)(?!\s+patient\b)))"
+        rf"{_SEP}(?P<value>{_NAME})"
     ),
     "date_of_birth": re.compile(
         rf"(?i:\b(?:date\s+o[fn]\s+birth|d\.?o\.?b\.?|birth\s*date|born(?:\s+on)?)){_SEP}(?P<value>(?i:{_DATE}))"
@@ -111,6 +113,35 @@ def extract_dictated(text: str) -> DictatedHeader:
         values[key] = value
         spans.append(match.span())
     return DictatedHeader(values, spans)
+
+
+_MONTH_DAY = rf"(?:{_DATE}|{_MONTHS}\s+\d{{1,2}}(?:st|nd|rd|th)?)"
+_STAY = re.compile(
+    rf"(?i)\b(?P<kind>admitted|discharged)(?:\s+(?:on|home\s+on))?\s+(?P<value>{_MONTH_DAY})"
+    rf"(?:,?\s+(?P<year>\d{{4}})\b)?"
+)
+
+
+def stay_dates(text: str) -> dict[str, str]:
+    """ "admitted November 12, discharged November 16, 2026" -> admission and discharge
+    dates (a date without its year takes the year said with the other one)."""
+    found: dict[str, str] = {}
+    years: list[str] = []
+    for m in _STAY.finditer(text):
+        key = "admission_date" if m.group("kind").lower() == "admitted" else "discharge_date"
+        value = m.group("value").strip().rstrip(",")
+        in_value = re.search(r"\d{4}", value)
+        year = m.group("year") or (in_value.group(0) if in_value else None)
+        if year:
+            years.append(year)
+            if not re.search(r"\d{4}", value):
+                value = f"{value}, {year}"
+        found.setdefault(key, value)
+    if years:
+        for key, value in found.items():
+            if not re.search(r"\d{4}", value):
+                found[key] = f"{value}, {years[-1]}"
+    return {k: format_date(parse_date(v)) or v for k, v in found.items()}
 
 
 def parse_date(value: str | date | None) -> date | None:

@@ -454,6 +454,7 @@ def structure(note: Note, meta: DictationMeta | None, settings: Settings) -> Doc
     flags.extend(header_flags)
     if salutation:
         header["recipient"] = HeaderField(value=salutation, source="dictation")
+    stay = header_mod.stay_dates(preamble) if spec.field("admission_date") else {}
     if dictated.spans:
         preamble = _remove_header_sentences(preamble, dictated.spans)
 
@@ -494,6 +495,9 @@ def structure(note: Note, meta: DictationMeta | None, settings: Settings) -> Doc
         if prose:
             dictated_order.append(Section(key="body", heading="", text=prose))
 
+    for key, value in stay.items():  # dates said in the opening sentence
+        if key not in by_key and spec.field(key):
+            by_key[key] = Section(key=key, heading="", text=value)
     intro = _tidy(preamble)
     sections: list[Section] = []
     if intro and not _FILLER.match(intro):

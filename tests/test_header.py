@@ -108,3 +108,15 @@ def test_preamble_sentences_with_header_data_are_not_document_text(settings) -> 
     assert doc.sections[0].key == "body"
     assert doc.sections[0].text == "Thank you for referring her."
     assert doc.header["mrn"].value == "7734120"
+
+
+def test_stay_dates_from_the_opening_sentence(settings) -> None:
+    text = ("Discharge summary for Evelyn Moss, date of birth June 17, 1941, MRN 8812345, "
+            "admitted November 12, discharged November 16, 2026.\n\n"
+            "DISCHARGE DIAGNOSIS: Pneumonia.\n\nHOSPITAL COURSE: Improved on antibiotics.")
+    doc = structure(Note(text=text), DictationMeta(document_type="discharge_summary"), settings)
+    by_key = {s.key: s.text for s in doc.sections}
+    assert by_key["admission_date"] == "November 12, 2026"
+    assert by_key["discharge_date"] == "November 16, 2026"
+    assert [s.key for s in doc.sections][:2] == ["admission_date", "discharge_date"]
+    assert doc.header["patient_name"].value == "Evelyn Moss"
