@@ -237,3 +237,29 @@ def test_letter_keeps_dictated_order_and_prose_after_a_list_field(settings) -> N
         ("reason_for_referral", "Migraine."),
     ]
     assert doc.missing == []
+
+
+def _sample_refs(samples_dir: Path) -> list[Path]:
+    return sorted((samples_dir / "synthetic_medical").glob("*.ref.txt"))
+
+
+def test_spoken_samples_structure_like_their_expected_text(settings, samples_dir) -> None:
+    """Integration with the normalizer: each sample's spoken script, normalized, gives the same
+    sections as the sample's expected document text (and the same document type)."""
+    from pipeline import normalize
+    from pipeline.sidecar import parse_sidecar
+
+    refs = _sample_refs(samples_dir)
+    if not refs:
+        pytest.skip("samples/synthetic_medical has no reference scripts yet")
+    for ref in refs:
+        stem = ref.name.removesuffix(".ref.txt")
+        side = ref.with_name(f"{stem}.json")
+        meta = parse_sidecar(side.read_text(encoding="utf-8"), name=side.name)
+        spoken = structure(normalize.normalize_text(ref.read_text(encoding="utf-8"), settings),
+                           meta, settings)
+        expected_text = ref.with_name(f"{stem}.expected.txt").read_text(encoding="utf-8")
+        expected = structure(Note(text=expected_text), meta, settings)
+        assert spoken.document_type == expected.document_type, stem
+        assert [s.key for s in spoken.sections] == [s.key for s in expected.sections], stem
+        assert "header_mismatch" not in spoken.flags, stem
