@@ -52,6 +52,9 @@ def _run(args: argparse.Namespace) -> int:
                                 patient_name="Bench Patient", mrn="BENCH1",
                                 duration_s=600.0)
         seed_s = time.perf_counter() - t0
+        with store.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        db_mb = (settings.data_path / "dictation.db").stat().st_size / 1e6
         words = sum(len(seg["words"]) for seg in segments)
         app = create_app(settings)
         results: list[tuple[str, list[float], float]] = []
@@ -80,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
                                 EDITOR_TARGET_MS))
             client.close()
     print(f"seeded {args.drafts} drafts + one 10-minute dictation in {seed_s:.1f} s "
-          f"(SQLite, temporary)")
+          f"(SQLite, temporary, {db_mb:.0f} MB)")
     print(f"{'page':<48} {'median ms':>9} {'p95 ms':>8} {'max ms':>8} {'target':>7}  ok")
     failed = False
     for label, times, target in results:

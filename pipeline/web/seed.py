@@ -211,6 +211,12 @@ def bulk_drafts(session: Session, n: int, physicians: list[str], seed: int = 0) 
         "delivered",
     ]
     types = ["progress_note", "operative_report", "consultation", "discharge_summary"]
+    # Rows as large as real ones (~2 KB of text twice, the structured document again), so
+    # that a query touching whole rows costs what it would in practice.
+    body = " ".join(rng.choice(_VOCAB) for _ in range(330)) + "\n"
+    document = {"document_type": "progress_note", "title": "Progress note",
+                "sections": [{"key": "plan", "heading": "Plan", "text": body}],
+                "header": {}, "instructions": [], "missing": [], "flags": []}
     dictations, drafts = [], []
     for i in range(n):
         did, rid = uuid.uuid4().hex, uuid.uuid4().hex
@@ -240,11 +246,11 @@ def bulk_drafts(session: Session, n: int, physicians: list[str], seed: int = 0) 
                 "status": rng.choice(statuses),
                 "priority": prio,
                 "audio_sha256": "0" * 64,
-                "raw_text": "",
-                "text": "Synthetic benchmark draft.\n",
+                "raw_text": body,
+                "text": body,
                 "patient_name": f"Patient {i:05d}",
                 "mrn": f"MRN{i:07d}",
-                "document": {},
+                "document": document,
                 "corrections": [],
                 "flags": [],
                 "outputs": {},
