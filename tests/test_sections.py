@@ -263,3 +263,22 @@ def test_spoken_samples_structure_like_their_expected_text(settings, samples_dir
         assert spoken.document_type == expected.document_type, stem
         assert [s.key for s in spoken.sections] == [s.key for s in expected.sections], stem
         assert "header_mismatch" not in spoken.flags, stem
+
+
+def test_sample_instructions_match_the_samples_task_lists(settings, samples_dir) -> None:
+    """The instruction kinds lifted from each spoken sample equal its *.tasks.json."""
+    from pipeline import normalize
+    from pipeline.sidecar import parse_sidecar
+
+    task_files = sorted((samples_dir / "synthetic_medical").glob("*.tasks.json"))
+    if not task_files:
+        pytest.skip("no sample task lists")
+    for tasks in task_files:
+        stem = tasks.name.removesuffix(".tasks.json")
+        ref = tasks.with_name(f"{stem}.ref.txt")
+        side = tasks.with_name(f"{stem}.json")
+        meta = parse_sidecar(side.read_text(encoding="utf-8"), name=side.name)
+        doc = structure(normalize.normalize_text(ref.read_text(encoding="utf-8"), settings),
+                        meta, settings)
+        wanted = json.loads(tasks.read_text(encoding="utf-8"))
+        assert [i.kind for i in doc.instructions] == [t["kind"] for t in wanted], stem
