@@ -75,12 +75,14 @@ def test_no_prompted_term_leaks_into_silence_gaps(gapped_audio: Path, settings: 
     meta = DictationMeta(document_type="operative_report")
     dictation = process.load_dictation(gapped_audio, s, meta)
     transcript = process.transcribe_stage(dictation, s)
-    assert transcript.options.get("initial_prompt"), "the prompt terms were passed to Whisper"
+    assert transcript.options.get("hotwords"), "the prompt terms were passed to Whisper"
     note = normalize.normalize(transcript, s, document_type="operative_report")
     spoken = _words(" ".join(SENTENCES))
     heard = _words(transcript.raw_text) | _words(note.text)
     leaked = [t for t in _prompted(s) if (_words(t) - spoken) and _words(t) <= heard]
     assert leaked == [], f"prompted terms appeared without being said: {leaked}"
+    # the command words of the prompt style must not leak either
+    assert not {"comma", "paragraph"} & _words(transcript.raw_text)
     # and the speech itself was recognised (the test would pass trivially on empty output)
     assert {"patient", "skin", "recovery"} <= heard
 

@@ -109,10 +109,12 @@ def test_custom_chain(settings: Settings) -> None:
 @pytest.mark.parametrize("doc_type", DOCUMENT_TYPES)
 def test_prompt_terms_are_short(doc_type: str | None, settings: Settings) -> None:
     terms = prompt_terms(settings, document_type=doc_type)
-    assert terms.initial_prompt is not None
-    assert len(terms.initial_prompt) <= MAX_PROMPT_CHARS + 2
+    assert terms.hotwords is not None
+    assert len(terms.hotwords) <= MAX_PROMPT_CHARS
     assert 5 <= len(terms.terms) <= MAX_PROMPT_TERMS
-    assert terms.hotwords is None
+    assert terms.initial_prompt is None
+    # written the way a physician dictates, so Whisper keeps spoken commands as words
+    assert " comma " in terms.hotwords and terms.hotwords.endswith(" period.")
 
 
 @pytest.mark.parametrize("doc_type", [None, "unknown_type"])
@@ -125,15 +127,15 @@ def test_no_prompt_when_nothing_says_what_is_dictated(doc_type: str | None,
 def test_physician_words_alone_make_a_prompt(settings: Settings) -> None:
     add_physician_terms(settings, "dr-smith", ["Exparel"])
     terms = prompt_terms(settings, physician_id="dr-smith")
-    assert terms.terms[0] == "Exparel" and terms.initial_prompt is not None
+    assert terms.terms[0] == "Exparel" and terms.hotwords is not None
 
 
 def test_prompt_terms_follow_the_document_type(settings: Settings) -> None:
     op = prompt_terms(settings, document_type="operative_report")
     rad = prompt_terms(settings, document_type="radiology_report")
     assert "trocar" in op.terms and "trocar" not in rad.terms
-    assert op.initial_prompt.startswith("Operative report.")
-    assert rad.initial_prompt.startswith("Radiology report.")
+    assert op.hotwords.startswith("Operative report new paragraph. ")
+    assert rad.hotwords.startswith("Radiology report new paragraph. ")
 
 
 def test_prompt_terms_put_the_physicians_words_first(settings: Settings) -> None:
