@@ -1,20 +1,23 @@
 """PDF from .docx through LibreOffice headless (optional dependency).
 
-Each conversion runs ``soffice --headless --convert-to pdf`` with its own user profile
-(``-env:UserInstallation``), so that concurrent conversions never share (and lock) one profile,
-and with a timeout. Profiles are kept per process and thread under the cache directory so
-that only the first conversion pays the profile set-up.
+Each conversion runs ``soffice --headless --convert-to pdf`` with a user profile
+(``-env:UserInstallation``) that no other conversion is using at the time (profile slots locked
+with ``flock``, so concurrent conversions in threads or processes never share one), and with a
+timeout that kills LibreOffice's whole process group. Slots are reused, so only a slot's first
+conversion pays the profile set-up.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -22,6 +25,9 @@ from pipeline.errors import PipelineError
 __all__ = ["PdfConversionError", "find_soffice", "convert_to_pdf", "SOFFICE_MISSING"]
 
 log = logging.getLogger(__name__)
+
+#: At most this many LibreOffice profiles (and so concurrent conversions) per profile root.
+MAX_PROFILES = 8
 
 SOFFICE_MISSING = (
     "LibreOffice (soffice) is not installed, so no PDF can be made; expected the 'soffice' "
@@ -50,9 +56,46 @@ def convert_to_pdf(docx: Path, out_dir: Path, *, profile_root: Path, timeout: fl
     soffice = find_soffice()
     if soffice is None:
         raise PdfConversionError(SOFFICE_MISSING)
-    profile = Path(profile_root) / f"profile-{os.getpid()}-{threading.get_ident()}"
-    profile.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _profile_slot(Path(profile_root)) as profile:
+        return _convert(soffice, profile, docx, out_dir, timeout)
+
+
+@contextmanager
+def _profile_slot(root: Path) -> Iterator[Path]:
+    """A LibreOffice profile folder no other conversion uses right now.
+
+    Slots ``slot-0`` ... are locked with ``flock`` (across processes and threads), so at most
+    ``MAX_PROFILES`` profiles exist and each is reused: only a slot's first conversion pays
+    LibreOffice's profile set-up."""
+    root.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + 300
+    while True:
+        for slot in range(MAX_PROFILES):
+            lock_path = root / f"slot-{slot}.lock"
+            handle = open(lock_path, "a+b")  # noqa: SIM115 (held until the conversion ends)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            try:
+                profile = root / f"slot-{slot}"
+                profile.mkdir(exist_ok=True)
+                yield profile
+                return
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+        if time.monotonic() > deadline:
+            raise PdfConversionError(
+                f"All {MAX_PROFILES} LibreOffice profiles stayed busy for 5 minutes; expected "
+                "one to become free."
+            )
+        time.sleep(0.2)
+
+
+def _convert(soffice: str, profile: Path, docx: Path, out_dir: Path, timeout: float) -> Path:
     cmd = [
         soffice,
         f"-env:UserInstallation={profile.resolve().as_uri()}",

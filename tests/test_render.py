@@ -287,3 +287,14 @@ def test_hanging_libreoffice_is_killed_after_the_timeout(tmp_path, monkeypatch) 
     with pytest.raises(PdfConversionError, match="within 1 s"):
         convert_to_pdf(docx_path, tmp_path / "out", profile_root=tmp_path / "p", timeout=1)
     assert time.monotonic() - t0 < 10
+
+
+def test_profile_slots_are_exclusive_and_reused(tmp_path) -> None:
+    """Two conversions at once never share a LibreOffice profile; a freed slot is reused."""
+    from pipeline.pdf import _profile_slot
+
+    with _profile_slot(tmp_path) as first, _profile_slot(tmp_path) as second:
+        assert first != second
+    with _profile_slot(tmp_path) as again:
+        assert again == first
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["slot-0", "slot-1"]
