@@ -62,3 +62,15 @@ def test_word_diff() -> None:
     assert word_diff("take ten mg", "take 10 mg") == [
         ("equal", "take "), ("delete", "ten"), ("insert", "10"), ("equal", " mg"),
     ]
+
+
+def test_words_html_escapes_text_and_what_whisper_heard() -> None:
+    from pipeline.web.wordmap import words_html
+
+    text = "Give <script>x</script> & \"more\"\n"
+    corr = [{"original": "<b>\"q\"</b> & 'r'", "replacement": "Give", "start": 0, "end": 4}]
+    html = str(words_html(map_words(text, text, [], corr)))
+    assert "<script>" not in html and "<b>" not in html
+    assert "&lt;script&gt;x&lt;/script&gt;" in html and "&amp;" in html
+    assert 'title="Whisper heard: &lt;b&gt;&#34;q&#34;&lt;/b&gt; &amp; &#39;r&#39;"' in html
+    assert html.count('<span class="w') == 4

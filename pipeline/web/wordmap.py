@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any
 
+from markupsafe import Markup, escape
 from rapidfuzz.distance import Levenshtein
 
-__all__ = ["Token", "tokenize", "map_words", "LOW_CONFIDENCE", "word_diff"]
+__all__ = ["Token", "tokenize", "map_words", "words_html", "LOW_CONFIDENCE", "word_diff"]
 
 #: Whisper word probability below which a word is marked for the reviewer.
 LOW_CONFIDENCE = 0.5
@@ -187,3 +188,29 @@ def word_diff(old: str, new: str) -> list[tuple[str, str]]:
         if b1 > b0:
             out.append(("insert", "".join(t.text for t in b[b0:b1])))
     return out
+
+
+def words_html(tokens: list[Token]) -> Markup:
+    """The editor's text as HTML: one ``<span class="w">`` per word with its audio time
+    (``data-s``) and marks; whitespace as is. Every piece of text is escaped here (one pass
+    in Python instead of a template loop: a 10-minute dictation has ~3,000 tokens)."""
+    out: list[str] = []
+    for t in tokens:
+        if not t.is_word:
+            out.append(str(escape(t.text)))
+            continue
+        cls = "w"
+        if t.low:
+            cls += " low"
+        if t.heard is not None:
+            cls += " corr"
+        if t.edited:
+            cls += " edited"
+        title = ""
+        if t.heard is not None:
+            title = f' title="Whisper heard: {escape(t.heard)}"'
+        elif t.low and t.probability is not None:
+            title = f' title="Low confidence ({t.probability:.2f})"'
+        out.append(f'<span class="{cls}" data-s="{(t.start or 0.0):.2f}"{title}>'
+                   f"{escape(t.text)}</span>")
+    return Markup("".join(out))  # every part was escaped above

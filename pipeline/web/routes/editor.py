@@ -20,7 +20,7 @@ from pipeline.users import UserInfo
 from pipeline.web import drafts as wf
 from pipeline.web.auth import csrf_protect, current_user, get_settings_dep
 from pipeline.web.templating import STATUS_LABELS, render
-from pipeline.web.wordmap import LOW_CONFIDENCE, map_words, word_diff
+from pipeline.web.wordmap import LOW_CONFIDENCE, map_words, word_diff, words_html
 
 __all__ = ["router", "editor_context"]
 
@@ -71,7 +71,7 @@ def editor_context(session: Any, user: UserInfo, draft: DraftRow, *, claim: bool
     return {
         "draft": draft,
         "status_label": STATUS_LABELS.get(draft.status, draft.status),
-        "tokens": tokens,
+        "words_html": words_html(tokens),
         "flagged": sum(1 for t in tokens if t.is_word and t.flagged),
         "low_threshold": LOW_CONFIDENCE,
         "versions": versions,
