@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="with --long-minutes, also run raw faster-whisper on the long file")
     p.add_argument("--no-bias", action="store_true",
                    help="pipeline without prompt terms (biased_decoding off)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="alternate raw and pipeline N times; report the median of each")
     p.add_argument("--data-dir", type=Path, help="data directory (model cache)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=run)
@@ -54,14 +56,15 @@ def run(args: argparse.Namespace) -> int:
     if args.no_bias:
         settings.biased_decoding = False
     result = run_bench(args.audio, settings, long_minutes=args.long_minutes,
-                       long_raw=args.long_raw)
+                       long_raw=args.long_raw, repeat=args.repeat)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     raw, pipe = result.raw, result.pipeline
+    runs = f", median of {args.repeat} alternating runs" if args.repeat > 1 else ""
     table = Table(
         title=f"{args.audio.name}: {raw.audio_s:.1f} s audio, model {result.model}, "
-        f"{result.device}/{result.compute_type}, beam {result.beam_size}"
+        f"{result.device}/{result.compute_type}, beam {result.beam_size}{runs}"
     )
     table.add_column("")
     table.add_column("raw faster-whisper", justify="right")
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     if pipe.stages:
         console.print("pipeline stages (s): " + ", ".join(
-            f"{k} {v:.2f}" for k, v in pipe.stages.items()))
+            f"{k} {v:.2f}" for k, v in pipe.stages.items() if k != "runs"))
     for fig in (result.long, result.long_raw):
         if fig is None:
             continue
