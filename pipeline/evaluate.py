@@ -999,7 +999,7 @@ def run_evaluation(
 ) -> EvaluationReport:
     """Transcribe every file of a manifest under each config, score it, and write
     results.json, results.md and results.png into ``out_dir`` (default
-    ``<data_dir>/results/<UTC timestamp>/``). Returns the report.
+    ``<data_dir>/results/<UTC timestamp>/<set name>/``). Returns the report.
 
     ``progress(sample_id, config)`` is called before each file/config (for a progress bar).
     A file that fails to transcribe is recorded with its error and scored as empty.
@@ -1068,7 +1068,7 @@ def run_evaluation(
         elapsed_s=time.perf_counter() - t0,
         model_load_s=model_load_s,
     )
-    out_dir = Path(out_dir) if out_dir else default_out_dir(settings)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(settings) / report.set_name
     write_outputs(report, out_dir)
     return report
 

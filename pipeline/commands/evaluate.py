@@ -1,8 +1,8 @@
 """``dictation evaluate MANIFEST...``: accuracy of raw Whisper and the pipeline on sample sets.
 
 Prints a table per set (per file and overall) and writes results.json, results.md and
-results.png into ``--out`` (default ``<data_dir>/results/<UTC timestamp>/``; one sub-folder
-per set when several manifests are given).
+results.png into ``--out`` when one manifest is given, else into ``<out>/<set>/`` (default
+``<data_dir>/results/<UTC timestamp>/<set>/``).
 """
 
 from __future__ import annotations
@@ -102,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("Give at least one manifest.csv (or --rescore RESULTS_JSON).")
     configs = args.configs or list(CONFIGS)
     out_root = args.out or default_out_dir(settings)
+    single = len(args.manifests) == 1 and args.out is not None
     failed = 0
     for manifest in args.manifests:
-        out_dir = out_root if len(args.manifests) == 1 else out_root / manifest.parent.name
+        out_dir = out_root if single else out_root / manifest.parent.name
         with console.status(f"evaluating {manifest}") as status:
 
             def progress(sample_id: str, config: str, status: Any = status,
