@@ -410,7 +410,8 @@ class LetterNumberCodes(Transform):
 class CanonicalWords(Transform):
     """One spelling for words written several ways: units after a number ("mg" ->
     "milligram", "mm" -> "millimeter", "mmhg" -> "millimeter of mercury"), titles ("dr" ->
-    "doctor"), British spellings, plurals of units. "mm" without a number is left alone."""
+    "doctor"), British spellings, plurals of units. Ambiguous abbreviations ("mm", "g", "l",
+    "min") are units only after a number: "mm hmm" is left alone."""
 
     UNITS: ClassVar[dict[str, str]] = {
         "mg": "milligram", "milligrams": "milligram", "mcg": "microgram", "ug": "microgram",
@@ -432,11 +433,16 @@ class CanonicalWords(Transform):
         "centimeters": "centimeter", "kilograms": "kilogram", "micrograms": "microgram",
     }
 
+    #: unit abbreviations that mean nothing else, so they are expanded even without a number
+    ALWAYS: ClassVar[frozenset[str]] = frozenset(
+        {"mg", "mcg", "ml", "cm", "kg", "mmhg", "mgy", "milligrams", "micrograms",
+         "milliliters", "millimeters", "centimeters", "kilograms"})
+
     def __call__(self, text: str) -> str:
         out: list[str] = []
         for tok in text.split():
             prev_is_number = bool(out) and bool(re.fullmatch(r"[\d.\-]+", out[-1]))
-            if prev_is_number and tok in self.UNITS:
+            if (prev_is_number or tok in self.ALWAYS) and tok in self.UNITS:
                 out.extend(self.UNITS[tok].split())
             else:
                 out.append(self.WORDS.get(tok, tok))

@@ -33,6 +33,8 @@ NORMALISATION_CASES = [
     # units and suture sizes survive (whisper-normalizer deletes "mm", turns "four-oh" into 40)
     ("a 5 mm trocar", "a 5 millimeter trocar"),
     ("mm hmm", "mm hmm"),
+    ("412 milligray centimeters", "412 milligray centimeter"),
+    ("412 mGy-cm", "412 milligray centimeter"),
     ("closed with 4-0 Vicryl", "closed with 4-0 vicryl"),
     ("closed with four oh Vicryl", "closed with 4-0 vicryl"),
     ("closed with four-oh Vicryl", "closed with 4-0 vicryl"),
