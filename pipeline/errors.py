@@ -26,6 +26,7 @@ __all__ = [
     "ConflictError",
     "NotFoundError",
     "DeliveryError",
+    "PdfConversionError",
 ]
 
 
@@ -111,3 +112,9 @@ class NotFoundError(PipelineError):
 
 class DeliveryError(PipelineError):
     code = "delivery_error"
+
+
+class PdfConversionError(PipelineError):
+    """LibreOffice is missing or failed to convert a document."""
+
+    code = "pdf_error"

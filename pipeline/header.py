@@ -237,9 +237,10 @@ def merge_header(
 
 
 def _physician_field(meta: DictationMeta, said: str | None, settings: Settings) -> HeaderField:
-    from_id = physician_display_name(meta.physician_id)
-    if from_id is None and len(settings.physicians) == 1 and settings.physicians[0] != "dr-default":
-        from_id = physician_display_name(settings.physicians[0])
+    pid = meta.physician_id
+    if pid is None and len(settings.physicians) == 1 and settings.physicians[0] != "dr-default":
+        pid = settings.physicians[0]
+    from_id = settings.physician_names.get(pid or "") or physician_display_name(pid)
     if from_id and said:
         if _last_name(from_id) == _last_name(said):
             return HeaderField(value=said, source="settings")  # fuller dictated form, same person

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PdfConversionError
 
 __all__ = ["PdfConversionError", "find_soffice", "convert_to_pdf", "SOFFICE_MISSING"]
 
@@ -35,11 +35,6 @@ SOFFICE_MISSING = (
     "'auto' or 'never'."
 )
 
-
-class PdfConversionError(PipelineError):
-    """LibreOffice is missing or failed to convert a document."""
-
-    code = "pdf_error"
 
 
 def find_soffice() -> str | None:

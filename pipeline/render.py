@@ -63,7 +63,6 @@ OUTPUT_NAMES = {
 }
 _INLINE_MAX = 160
 #: Seconds LibreOffice may take for one document before the conversion is abandoned.
-PDF_TIMEOUT_S = 90.0
 _HEADER_LABELS = {
     "patient_name": "Patient",
     "date_of_birth": "Date of birth",
@@ -207,7 +206,9 @@ def build_context(
     )
     context: dict[str, Any] = {
         "practice_name": clean_text(settings.practice_name),
-        "practice_subtitle": "",
+        "practice_subtitle": clean_text(
+            " · ".join(x for x in (settings.practice_address, settings.practice_phone) if x)
+        ),
         "title": spec.title,
         "document_type": spec.key,
         "status_text": status_text(final, signed_by, signed_at),
@@ -385,7 +386,7 @@ def render_outputs(
             try:
                 pdf_mod.convert_to_pdf(tmp / OUTPUT_NAMES["docx"], tmp,
                                        profile_root=settings.cache_dir / "soffice",
-                                       timeout=PDF_TIMEOUT_S)
+                                       timeout=settings.pdf_timeout_seconds)
                 kinds.append("pdf")
             except pdf_mod.PdfConversionError:
                 if mode == "always":

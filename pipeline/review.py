@@ -14,7 +14,7 @@ from pipeline import audit
 from pipeline.db.core import DictationRow, DraftRow, TranscriptRow
 from pipeline.records import Dictation, Document, Draft, Note, Transcript, to_jsonable
 from pipeline.settings import Settings
-from pipeline.store import open_store
+from pipeline.store import ensure_physicians, open_store
 
 __all__ = ["enqueue", "upsert_dictation", "queue", "QUEUED"]
 
@@ -27,6 +27,10 @@ def upsert_dictation(session: Session, dictation: Dictation, status: str) -> Dic
     """Create or update the row for ``dictation`` with ``status``."""
     row = session.get(DictationRow, dictation.id)
     meta = dictation.meta
+    if meta.physician_id:
+        # A physician named only in a sidecar (e.g. `dictation transcribe` for a new colleague)
+        # gets a row, so the draft is stored instead of failing on the foreign key.
+        ensure_physicians(session, [meta.physician_id])
     if row is None:
         row = DictationRow(id=dictation.id, sha256=dictation.audio.sha256)
         session.add(row)

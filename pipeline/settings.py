@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         description="Physician ids (comma separated in the environment); an inbox folder each.",
     )
     practice_name: str = "General Practice"
+    practice_address: str = Field("", description="Letterhead line under the practice name.")
+    practice_phone: str = ""
+    physician_names: dict[str, str] = Field(
+        default_factory=dict,
+        description='Printable names, e.g. {"dr-smith": "Jane Smith, MD"} (JSON in the env).',
+    )
     timezone: str = "UTC"
 
     # --- inbox service -------------------------------------------------------------------
@@ -92,6 +98,7 @@ class Settings(BaseSettings):
 
     # --- outputs -------------------------------------------------------------------------
     pdf: Literal["auto", "always", "never"] = "auto"
+    pdf_timeout_seconds: float = Field(90.0, gt=0)
 
     # --- routing signed documents (pipeline.route) -----------------------------------------
     smtp_host: str = "localhost"

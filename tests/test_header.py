@@ -120,3 +120,12 @@ def test_stay_dates_from_the_opening_sentence(settings) -> None:
     assert by_key["discharge_date"] == "November 16, 2026"
     assert [s.key for s in doc.sections][:2] == ["admission_date", "discharge_date"]
     assert doc.header["patient_name"].value == "Evelyn Moss"
+
+
+def test_physician_display_name_from_settings_map(settings) -> None:
+    """A configured printable name wins over the one derived from the id."""
+    settings.physician_names = {"dr-smith": "Jane Smith, MD"}
+    doc = structure(Note(text="Impression: stable."), DictationMeta(physician_id="dr-smith"), settings)
+    assert doc.header["physician"].value == "Jane Smith, MD"
+    doc = structure(Note(text="Impression: stable."), DictationMeta(physician_id="dr-patel"), settings)
+    assert doc.header["physician"].value == "Dr. Patel"
