@@ -53,6 +53,9 @@ __all__ = [
     "evaluate_all",
     "write_outputs",
     "default_out_dir",
+    "rounded_metrics",
+    "fmt",
+    "METRIC_LABELS",
 ]
 
 log = logging.getLogger(__name__)
@@ -773,7 +776,7 @@ class FileResult:
             "id": self.id,
             "config": self.config,
             "duration_s": round(self.duration_s, 3),
-            **_rounded(self.metrics()),
+            **rounded_metrics(self.metrics()),
             "counts": {
                 "ref_words": s.ref_words, "substitutions": s.substitutions,
                 "deletions": s.deletions, "insertions": s.insertions, "hits": s.hits,
@@ -842,7 +845,7 @@ class Totals:
             # audio seconds per CPU second: less sensitive to other load than wall-clock speed
             "audio_per_cpu_s": round(self.duration_s / self.cpu_s, 2) if self.cpu_s else None,
             "normalize_s": round(self.normalize_s, 4),
-            **_rounded(self.metrics()),
+            **rounded_metrics(self.metrics()),
             "counts": {
                 "ref_words": s.ref_words, "word_errors": s.word_errors,
                 "ref_chars": s.ref_chars, "char_errors": s.char_errors,
@@ -853,7 +856,7 @@ class Totals:
         }
 
 
-def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
+def rounded_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Rates to 4 decimals (what JSON stores and what the tables print)."""
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
 
@@ -900,7 +903,7 @@ class EvaluationReport:
         """Flat numeric figures (``<config>_<metric>``), no text: for flows and dashboards."""
         flat: dict[str, float] = {}
         for config, totals in self.overall.items():
-            for name, value in _rounded(totals.metrics()).items():
+            for name, value in rounded_metrics(totals.metrics()).items():
                 if isinstance(value, (int, float)):
                     flat[f"{self.set_name}_{config}_{name}"] = value
         return flat
@@ -1177,7 +1180,7 @@ def _markdown(report: EvaluationReport) -> str:
         "|---|---:|---:|" + "---:|" * (len(METRIC_LABELS) + 1),
     ]
     for config, totals in report.overall.items():
-        m = _rounded(totals.metrics())
+        m = rounded_metrics(totals.metrics())
         per_cpu = f"{totals.duration_s / totals.cpu_s:.1f}" if totals.cpu_s else "-"
         lines.append(f"| {config} | {totals.files} | {totals.duration_s:.1f} | "
                      + " | ".join(fmt(m[k], k) for k in METRIC_LABELS) + f" | {per_cpu} |")
@@ -1185,7 +1188,7 @@ def _markdown(report: EvaluationReport) -> str:
               "| id | config | audio s | " + " | ".join(METRIC_LABELS.values()) + " |",
               "|---|---|---:|" + "---:|" * len(METRIC_LABELS)]
     for f in report.files:
-        m = _rounded(f.metrics())
+        m = rounded_metrics(f.metrics())
         lines.append(f"| {f.id} | {f.config} | {f.duration_s:.1f} | "
                      + " | ".join(fmt(m[k], k) for k in METRIC_LABELS) + " |")
     lines += ["", "WER/CER after the shared normalisation "

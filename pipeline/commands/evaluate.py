@@ -55,7 +55,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def print_report(report: Any, console: Console) -> None:
     """Print a report's per-file and overall table (the figures results.json holds)."""
-    from pipeline.evaluate import METRIC_LABELS, _rounded, fmt
+    from pipeline.evaluate import METRIC_LABELS, fmt, rounded_metrics
 
     table = Table(
         title=f"{report.set_name} - model {report.model} - medical vocabulary "
@@ -68,14 +68,14 @@ def print_report(report: Any, console: Console) -> None:
     for label in METRIC_LABELS.values():
         table.add_column(label, justify="right")
     for f in report.files:
-        m = _rounded(f.metrics())
+        m = rounded_metrics(f.metrics())
         row = [f.id, f.config, f"{f.duration_s:.1f}", *(fmt(m[k], k) for k in METRIC_LABELS)]
         if f.error:
             row[0] += " (failed)"
         table.add_row(*row)
     table.add_section()
     for config, totals in report.overall.items():
-        m = _rounded(totals.metrics())
+        m = rounded_metrics(totals.metrics())
         table.add_row("OVERALL", config, f"{totals.duration_s:.1f}",
                       *(fmt(m[k], k) for k in METRIC_LABELS), style="bold")
     console.print(table)
