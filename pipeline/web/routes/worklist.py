@@ -113,9 +113,11 @@ def worklist_rows(
         )
     } if page_ids else {}
     base = [found[i] for i in page_ids if i in found]
+    # Counting: the status/physician indexes cover the plain filters; with a search the
+    # matching ids drive the count (wrapped filters), never a walk through whole rows.
     total = session.scalar(
         _filtered(select(func.count()).select_from(DraftRow), user, status, physician,
-                  doctype, priority, q)
+                  doctype, priority, q, ordered=bool(q.strip()))
     )
     ids = [r.id for r in base]
     claims: dict[str, str] = {}
