@@ -177,3 +177,14 @@ def test_samplegen_renders_the_shipped_audio_exactly(synthetic: list, tmp_path: 
                             out)
     assert abs(duration - sample.duration_s) < 0.01
     assert np.array_equal(_pcm(out)[0], _pcm(sample.audio)[0])
+
+
+def test_dictation_samples_check_lists_every_sample(
+    synthetic: list, general: list, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    assert main(["samples", "check"]) == 0
+    printed = capsys.readouterr().out
+    for s in [*synthetic, *general]:
+        assert s.id[:20] in printed
