@@ -65,8 +65,9 @@ def _search_ids(q: str) -> Any:
 def _filtered(stmt: Any, user: UserInfo, status: str, physician: str, doctype: str,
               priority: str, q: str, *, ordered: bool = False) -> Any:
     # For the ordered page query the filter columns are wrapped (``col || ''``) so that
-    # SQLite cannot pick a filter index and sort afterwards: it walks the covering index
-    # ix_drafts_queue_order in page order and stops after one page.
+    # SQLite cannot pick a filter index (or the primary key, for search matches) and then
+    # read whole rows to sort them: it walks the covering index ix_drafts_queue_order in
+    # page order, never touching the table, and stops after one page.
     def c(col: Any) -> Any:
         return col.op("||")("") if ordered else col
 
@@ -83,7 +84,7 @@ def _filtered(stmt: Any, user: UserInfo, status: str, physician: str, doctype: s
         stmt = stmt.where(c(DraftRow.priority) == priority)
     q = q.strip()
     if q:
-        stmt = stmt.where(DraftRow.id.in_(_search_ids(q)))
+        stmt = stmt.where(c(DraftRow.id).in_(_search_ids(q)))
     return stmt
 
 
