@@ -32,6 +32,8 @@ from pipeline.settings import Settings
 
 __all__ = [
     "CONFIGS",
+    "ALL_CONFIGS",
+    "document_text",
     "Compose",
     "WER_NORMALISATION",
     "normalise",
@@ -60,8 +62,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The transcription configurations an evaluation can compare.
+#: The configurations an evaluation can compare; the first two run by default.
 CONFIGS = ("raw", "pipeline")
+#: Every configuration: ``document`` adds the sections stage to ``pipeline`` and scores the
+#: finished document's text (header, headings, instructions lifted out).
+ALL_CONFIGS = ("raw", "pipeline", "document")
 
 
 # ------------------------------------------------------------------------------------------
@@ -984,17 +989,46 @@ def _hypothesis(
         dictation, transcript, secs = transcriber.get(sample, biased=False)
         return (transcript.raw_text, float(dictation.audio.duration_s), secs, 0.0,
                 list(transcript.flags))
-    if config == "pipeline":
+    if config in ("pipeline", "document"):
         from pipeline import process
 
         dictation, transcript, secs = transcriber.get(sample, biased=settings.biased_decoding)
         t0 = time.perf_counter()
         note = process.normalize_stage(transcript, dictation, settings)
-        norm_s = time.perf_counter() - t0
+        text = note.text
         flags = list(dict.fromkeys([*transcript.flags, *note.flags]))
-        return note.text, float(dictation.audio.duration_s), secs, norm_s, flags
+        if config == "document":
+            document = process.structure_stage(note, dictation, settings)
+            text = document_text(document)
+            flags = list(dict.fromkeys([*flags, *document.flags]))
+        norm_s = time.perf_counter() - t0
+        return text, float(dictation.audio.duration_s), secs, norm_s, flags
     raise ConfigError(f"Unknown evaluation config {config!r}; expected one of "
-                      f"{', '.join(CONFIGS)}.")
+                      f"{', '.join(ALL_CONFIGS)}.")
+
+
+_HEADER_LINES = (("patient_name", "PATIENT"), ("date_of_birth", "DATE OF BIRTH"),
+                 ("mrn", "MRN"), ("date_of_service", "DATE OF SERVICE"))
+
+
+def document_text(document: Any) -> str:
+    """A structured ``Document`` as plain text in the samples' expected.txt layout: header
+    lines, "Dear ...," for letters, then "HEADING: text" paragraphs (instructions, which the
+    sections stage lifted out, are not part of the text)."""
+    lines: list[str] = []
+    for key, label in _HEADER_LINES:
+        field_ = document.header.get(key)
+        if field_ is not None and field_.value:
+            lines.append(f"{label}: {field_.value}")
+    recipient = document.header.get("recipient")
+    if recipient is not None and recipient.value:
+        lines += ["", f"Dear {recipient.value},"]
+    for section in document.sections:
+        heading = (section.heading or "").strip().rstrip(":").strip()
+        body = (section.text or "").strip()
+        lines.append("")
+        lines.append(f"{heading.upper()}: {body}" if heading else body)
+    return "\n".join(lines).strip() + "\n"
 
 
 def run_evaluation(
@@ -1015,9 +1049,9 @@ def run_evaluation(
     """
     configs = list(dict.fromkeys(configs))
     for config in configs:
-        if config not in CONFIGS:
+        if config not in ALL_CONFIGS:
             raise ConfigError(f"Unknown evaluation config {config!r}; expected one of "
-                              f"{', '.join(CONFIGS)}.")
+                              f"{', '.join(ALL_CONFIGS)}.")
     manifest_path = Path(manifest_path)
     samples = validate_manifest(manifest_path)
     if limit is not None:
@@ -1051,9 +1085,16 @@ def run_evaluation(
                 error = str(exc)
                 log.warning("evaluate sample=%s config=%s failed code=%s", sample.id, config,
                             exc.code)
+            except Exception as exc:  # another area's stage broke: record it, keep measuring
+                if config != "document":
+                    raise
+                text, duration, secs, norm_s, flags = "", sample.duration_s, 0.0, 0.0, []
+                error = f"The sections stage failed with {type(exc).__name__}."
+                log.warning("evaluate sample=%s config=document failed %s", sample.id,
+                            type(exc).__name__)
             score = score_text(reference, text, is_medical=is_medical, terms=terms,
                                expected=expected)
-            biased = config == "pipeline" and settings.biased_decoding
+            biased = config != "raw" and settings.biased_decoding
             cpu_s = transcriber.cpu.get((str(sample.audio), biased), 0.0)
             result = FileResult(id=sample.id, config=config, duration_s=duration, score=score,
                                 transcribe_s=secs, normalize_s=norm_s, flags=flags,

@@ -17,6 +17,7 @@ from pipeline.evaluate import (
     FileResult,
     TextScore,
     Totals,
+    document_text,
     format_tokens,
     formatted_counts,
     medical_errors,
@@ -26,6 +27,7 @@ from pipeline.evaluate import (
     validate_manifest,
     word_counts,
 )
+from pipeline.records import Document, HeaderField, Instruction, Section
 from pipeline.samplegen import read_manifest, write_manifest
 
 # (text as written or spoken, normalised form)
@@ -163,6 +165,19 @@ def test_overall_rates_are_total_errors_over_total_reference() -> None:
     assert metrics["key_term_recall"] is None
 
 
+def test_document_text_uses_the_expected_layout() -> None:
+    document = Document(
+        document_type="operative_report", title="Operative report",
+        sections=[Section("preop_dx", "preoperative diagnosis", "Gallstones."),
+                  Section("body", "", "Free text.")],
+        header={"patient_name": HeaderField("Jane Roe", "sidecar"),
+                "mrn": HeaderField("A1", "sidecar"), "physician": HeaderField("Dr. X")},
+        instructions=[Instruction("schedule", "Schedule follow-up in 2 weeks.")],
+    )
+    assert document_text(document) == (
+        "PATIENT: Jane Roe\nMRN: A1\n\nPREOPERATIVE DIAGNOSIS: Gallstones.\n\nFree text.\n")
+
+
 def _write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
     write_manifest(path, rows)
     return path
@@ -218,7 +233,8 @@ def test_dictation_evaluate_end_to_end(
     manifest = _two_file_manifest(samples_dir, tmp_path)
     out = tmp_path / "results"
     code = main(["evaluate", str(manifest), "--config", "raw", "--config", "pipeline",
-                 "--model", "tiny.en", "--data-dir", str(tmp_path / "var"), "--out", str(out)])
+                 "--config", "document", "--model", "tiny.en", "--data-dir",
+                 str(tmp_path / "var"), "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     for name in ("results.json", "results.md", "results.png"):
@@ -226,7 +242,7 @@ def test_dictation_evaluate_end_to_end(
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((out / "results.json").read_text())
     assert data["model"] == "tiny.en" and data["medical_vocabulary"] == "pipeline.vocab"
-    assert len(data["files"]) == 4
+    assert len(data["files"]) == 6
     lines = printed.splitlines()
     for f in data["files"]:
         row = next(line for line in lines if f["id"] in line and f" {f['config']} " in line)
@@ -247,6 +263,10 @@ def test_dictation_evaluate_end_to_end(
     assert dictation["key_term_recall"] is not None and dictation["formatted_ter"] is not None
     assert dictation["counts"]["medical_ref_words"] > 0
     assert dictation["speed_x_realtime"] > 0 and dictation["cpu_s"] > 0
+    # the finished document carries the sidecar's header and is scored against expected.txt
+    document = by_key[("instructions_short", "document")]
+    assert document["error"] is None and "Okonkwo" in document["hypothesis"]
+    assert document["formatted_ter"] is not None
     markdown = (out / "results.md").read_text()
     assert f"{data['overall']['raw']['wer']:.3f}" in markdown
     # re-scoring the stored hypotheses reproduces the same figures without transcribing

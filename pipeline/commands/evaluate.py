@@ -34,9 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--rescore", type=Path, action="append", metavar="RESULTS_JSON",
                    help="score the hypotheses of an earlier results.json again (current "
                    "normalisation), without transcribing")
-    p.add_argument("--config", action="append", choices=["raw", "pipeline"], dest="configs",
-                   help="raw (Whisper text, no biased decoding) or pipeline (biased decoding "
-                   "+ normalize); repeat to compare; default both")
+    p.add_argument("--config", action="append", choices=["raw", "pipeline", "document"],
+                   dest="configs",
+                   help="raw (Whisper text, no biased decoding), pipeline (biased decoding + "
+                   "normalize) or document (pipeline + sections: the finished text); repeat "
+                   "to compare; default raw and pipeline")
     p.add_argument("--model", help="speech model: tiny.en, base or a CTranslate2 folder")
     p.add_argument("--out", type=Path, help="results folder (default <data_dir>/results/<UTC>)")
     p.add_argument("--limit", type=int, help="only the first N files of each manifest")
