@@ -24,13 +24,11 @@ from pipeline.errors import ConflictError, NotFoundError, PermissionDeniedError,
 from pipeline.settings import Settings, get_settings
 from pipeline.store import open_store
 from pipeline.web.auth import LoginRequired, anon_cookie_middleware
-from pipeline.web.templating import render
+from pipeline.web.templating import TEMPLATES_DIR, render
 
 __all__ = ["create_app", "STATIC_DIR"]
 
 log = logging.getLogger(__name__)
-
-from pipeline.web.templating import TEMPLATES_DIR  # noqa: E402
 
 STATIC_DIR = TEMPLATES_DIR.parent / "static"
 
