@@ -142,7 +142,8 @@ class Service:
 
     # -- helpers --------------------------------------------------------------------------
     def _say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        with contextlib.suppress(OSError, ValueError):  # a closed terminal must not stop us
+            print(text, file=self.out, flush=True)
 
     def submit(self, dictation_id: str, priority: str) -> str | None:
         """Create a ``process-dictation`` flow run for a dictation (the scanner's callback)
@@ -288,7 +289,8 @@ class Service:
             with view.live(enabled=self.options.live, out=self.out) as update:
                 while not self._stop.is_set():
                     self._monitor()
-                    update()
+                    with contextlib.suppress(OSError, ValueError):
+                        update()
                     if self.options.exit_when_idle and \
                             time.monotonic() - self.started_at > min_wait:
                         if self.is_idle():

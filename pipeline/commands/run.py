@@ -5,6 +5,7 @@ the review workbench, and shows the status live. Ctrl-C or SIGTERM stops everyth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,21 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, _stop)
     try:
         service.start()
-        print("Service running; Ctrl-C stops it.", flush=True)
+        _say("Service running; Ctrl-C stops it.")
         code = service.serve_forever()
     except KeyboardInterrupt:
         code = 130
     finally:
-        print("Stopping ...", flush=True)
-        service.shutdown()
-        print("Stopped.", flush=True)
+        _say("Stopping ...")
+        try:
+            service.shutdown()
+        except KeyboardInterrupt:  # a second Ctrl-C: finish stopping anyway
+            service.shutdown()
+        _say("Stopped.")
     return code
+
+
+def _say(text: str) -> None:
+    """Print, but never let a closed terminal stop the shutdown."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, flush=True)
