@@ -288,7 +288,10 @@ class Service:
         try:
             with view.live(enabled=self.options.live, out=self.out) as update:
                 while not self._stop.is_set():
-                    self._monitor()
+                    try:
+                        self._monitor()
+                    except Exception as exc:  # keep supervising; try again next second
+                        log.error("supervision round failed: %s", type(exc).__name__)
                     with contextlib.suppress(OSError, ValueError):
                         update()
                     if self.options.exit_when_idle and \
