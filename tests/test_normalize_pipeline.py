@@ -144,3 +144,10 @@ def test_prompt_terms_put_the_physicians_words_first(settings: Settings) -> None
     assert terms.terms[:2] == ["Exparel", "Dermabond"]
     other = prompt_terms(settings, document_type="operative_report", physician_id="dr-patel")
     assert "Exparel" not in other.terms
+
+
+def test_warm_up_loads_everything_once(settings: Settings) -> None:
+    assert normalize.warm_up(settings) >= 0.0
+    t0 = time.perf_counter()
+    normalize_text("twenty five milligrams period", settings)
+    assert time.perf_counter() - t0 < 5  # nothing heavy left to load (generous bound)

@@ -42,6 +42,7 @@ __all__ = [
     "TEXT_ONLY",
     "COMMANDS_ONLY",
     "MAX_INPUT_CHARS",
+    "warm_up",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,18 @@ TEXT_ONLY = Compose(
 )
 #: Commands and casing only (what a formatting-only evaluation would apply).
 COMMANDS_ONLY = Compose([SpokenCommands(), DropAutoPunctuation(), Casing()])
+
+
+def warm_up(settings: Settings) -> float:
+    """Load the vocabulary and build the spaCy pipeline now (about 0.5-1.5 s, once per process)
+    so that the first dictation does not pay for it; returns the seconds spent."""
+    t0 = time.perf_counter()
+    from pipeline.normalize.terms import get_nlp
+
+    get_index(settings)
+    get_nlp(str(settings.vocab_dir.resolve()))
+    normalize_text("warm up period", settings)
+    return time.perf_counter() - t0
 
 
 def _run(
