@@ -352,9 +352,13 @@ def test_audio_supports_range_and_is_audited(env) -> None:  # type: ignore[no-un
     assert part.status_code == 206
     assert part.headers["content-range"].startswith("bytes 100-199/")
     assert part.content == full.content[100:200]
+    assert _post(c, f"/drafts/{env['smith']}/audio/played", {}).status_code == 204
+    assert _post(c, f"/drafts/{env['patel']}/audio/played", {}).status_code == 403
     with open_store(env["settings"]).session() as s:
+        fetches = s.scalars(select(AuditEvent).where(AuditEvent.action == "audio_fetch")).all()
         plays = s.scalars(select(AuditEvent).where(AuditEvent.action == "audio_play")).all()
-    assert len(plays) == 1 and plays[0].patient_ref == "MRN-S1" and plays[0].actor == "sec"
+    assert len(fetches) == 1 and fetches[0].patient_ref == "MRN-S1" and fetches[0].actor == "sec"
+    assert [(p.outcome, p.patient_ref) for p in plays] == [("ok", "MRN-S1"), ("denied", "MRN-P1")]
 
 
 def test_setup_page_only_first_run_and_local(settings: Settings) -> None:

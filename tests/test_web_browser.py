@@ -83,6 +83,7 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[dict]:  # type: ignor
         create_user(s, "sec", PASSWORD, "secretary", ["dr-smith"])
         create_user(s, "sec2", PASSWORD, "secretary", ["dr-smith"])
         create_user(s, "smith", PASSWORD, "physician", ["dr-smith"])
+        create_user(s, "admin", PASSWORD, "admin")
         draft_id = add_draft(s, text=text, segments=segments, physician_id="dr-smith",
                              patient_name="Jane Testpatient", mrn="MRN-E2E",
                              audio_path=wav, duration_s=duration, priority="stat",
@@ -235,7 +236,22 @@ def test_secretary_corrects_and_physician_signs(server, browser) -> None:  # typ
     assert "Signed by smith" in page3.locator("#signature").inner_text()
     assert page3.locator("#draft-status").inner_text() == "signed"
     _shot(page3, "06-signed")
+    page3.goto(f"{base}/accuracy")
+    assert page3.locator("#trend circle").count() == 1  # this signed draft's WER
+    _shot(page3, "07-accuracy")
     ctx3.close()
+
+    # The administrator finds every access to this patient's documents in the audit log.
+    ctx4 = browser.new_context(viewport={"width": 1360, "height": 900})
+    page4 = ctx4.new_page()
+    _login(page4, base, "admin")
+    page4.goto(f"{base}/admin/audit?patient=MRN-E2E")
+    actions = page4.locator("#audit-table tbody td:nth-child(4)").all_inner_texts()
+    for action in ("draft_created", "view", "audio_fetch", "audio_play", "edit",
+                   "send_for_signature", "sign", "export"):
+        assert action in actions, action
+    _shot(page4, "08-audit-log")
+    ctx4.close()
 
     with open_store(server["settings"]).session() as s:
         draft = s.get(DraftRow, draft_id)

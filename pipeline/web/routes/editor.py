@@ -164,11 +164,24 @@ def audio(request: Request, draft_id: str, user: UserInfo = Depends(current_user
         if path is None or not path.is_file():
             raise NotFoundError("The audio of this dictation is no longer on disk.")
         rng = request.headers.get("range", "")
+        # A browser fetches the start when the page loads (and ranges while seeking): record
+        # each fresh fetch of the file; the player reports real playback (audio_play).
         if not rng or rng.replace(" ", "").startswith("bytes=0-"):
-            audit.record(s, actor=user.username, action="audio_play", object_type="draft",
+            audit.record(s, actor=user.username, action="audio_fetch", object_type="draft",
                          object_id=draft.id, patient_ref=draft.mrn)
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media, headers={"Cache-Control": "private, no-store"})
+
+
+@router.post("/drafts/{draft_id}/audio/played", dependencies=[Depends(csrf_protect)])
+def audio_played(request: Request, draft_id: str,
+                 user: UserInfo = Depends(current_user)) -> Response:
+    """The editor's player reports that playback started (audited as ``audio_play``)."""
+    with open_store(get_settings_dep(request)).session() as s:
+        draft = wf.load_draft(s, user, draft_id, action="audio_play")
+        audit.record(s, actor=user.username, action="audio_play", object_type="draft",
+                     object_id=draft.id, patient_ref=draft.mrn)
+    return Response(status_code=204)
 
 
 @router.get("/drafts/{draft_id}/diff")

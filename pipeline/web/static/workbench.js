@@ -63,6 +63,17 @@
     }
 
     if (audio) {
+      // Report the first playback of this page to the audit log.
+      var reported = false;
+      audio.addEventListener("play", function () {
+        var url = audio.getAttribute("data-played-url");
+        if (reported || !url) return;
+        reported = true;
+        var meta = document.querySelector('meta[name="csrf-token"]');
+        fetch(url, {method: "POST", credentials: "same-origin",
+                    headers: {"X-CSRF-Token": meta ? meta.getAttribute("content") : ""}})
+          .catch(function () {});
+      });
       audio.addEventListener("timeupdate", function () { highlight(audio.currentTime); });
       audio.addEventListener("seeked", function () { highlight(audio.currentTime); });
     }
