@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import func, select
 
@@ -95,13 +95,17 @@ def users_page(request: Request, user: UserInfo = Depends(_admin)) -> Response:
 
 
 @router.post("/admin/users", dependencies=[Depends(csrf_protect)])
-async def add_user(request: Request, user: UserInfo = Depends(_admin)) -> Response:
+def add_user(
+    request: Request,
+    user: UserInfo = Depends(_admin),
+    username: str = Form(""),
+    role: str = Form(""),
+    password: str = Form(""),
+    physician: list[str] = Form([]),
+) -> Response:
     """Add a user (role, password, physician assignments)."""
-    form = await request.form()
-    username = str(form.get("username", "")).strip()
-    role = str(form.get("role", ""))
-    password = str(form.get("password", ""))
-    physicians = [str(p) for p in form.getlist("physician")]
+    username = username.strip()
+    physicians = list(physician)
     settings = get_settings_dep(request)
     try:
         with open_store(settings).session() as s:
