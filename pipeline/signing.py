@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from pipeline import audit, learning
 from pipeline.db.core import DictationRow, DraftRow
-from pipeline.db.review import Addendum, DraftClaim, DraftVersion, Signature
+from pipeline.db.review import Addendum, DraftClaim, DraftVersion, Signature, User
 from pipeline.errors import ConflictError, PermissionDeniedError
 from pipeline.records import AudioInfo, Dictation, DictationMeta, Note, Section, to_jsonable
 from pipeline.settings import Settings
@@ -137,7 +137,10 @@ def render_signed(session: Session, settings: Settings, draft: DraftRow) -> dict
     )
     params = inspect.signature(render.render_outputs).parameters
     if signature is not None and "final" in params:
-        kwargs = {"final": True, "signed_by": signature.username,
+        signer = session.get(User, signature.user_id)
+        kwargs = {"final": True,
+                  "signed_by": (signer.display_name if signer and signer.display_name
+                                else signature.username),
                   "signed_at": signature.signed_at}
     outputs = render.render_outputs(document, dictation, draft.id, out_dir, settings, **kwargs)
     # The stored structure follows the signed text (instructions feed the task list).

@@ -29,7 +29,8 @@ def _add(args: argparse.Namespace) -> int:
     password = _read_password(args)
     settings = get_settings()
     with open_store(settings).session() as s:
-        user = create_user(s, args.username, password, args.role, args.physician or [])
+        user = create_user(s, args.username, password, args.role, args.physician or [],
+                           display_name=args.name or "")
         audit.record(s, actor="system:cli", action="user_add", object_type="user",
                      object_id=str(user.id),
                      detail={"role": user.role, "physicians": len(user.physician_ids)})
@@ -57,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add.add_argument("--role", required=True, choices=ROLES)
     add.add_argument("--physician", action="append", metavar="ID",
                      help="physician id the user works for / signs as (repeatable)")
+    add.add_argument("--name",
+                     help='full name shown in pages and signatures, e.g. "Dr. Jane Smith"')
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from the first line of standard input")
     add.set_defaults(func=_add)

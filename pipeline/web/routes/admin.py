@@ -101,6 +101,7 @@ def add_user(
     username: str = Form(""),
     role: str = Form(""),
     password: str = Form(""),
+    name: str = Form(""),
     physician: list[str] = Form([]),
 ) -> Response:
     """Add a user (role, password, physician assignments)."""
@@ -109,7 +110,8 @@ def add_user(
     settings = get_settings_dep(request)
     try:
         with open_store(settings).session() as s:
-            new = create_user(s, username, password, role, physicians)
+            new = create_user(s, username, password, role, physicians,
+                              display_name=name.strip()[:200])
             audit.record(s, actor=user.username, action="user_add", object_type="user",
                          object_id=str(new.id), detail={"role": role,
                                                         "physicians": len(physicians)})
