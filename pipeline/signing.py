@@ -137,9 +137,9 @@ def render_signed(session: Session, settings: Settings, draft: DraftRow) -> dict
     )
     params = inspect.signature(render.render_outputs).parameters
     if signature is not None and "final" in params:
-        signer = session.get(User, signature.user_id)
+        signer_row = session.get(User, signature.user_id)
         kwargs = {"final": True,
-                  "signed_by": (signer.display_name if signer and signer.display_name
+                  "signed_by": (signer_row.display_name if signer_row and signer_row.display_name
                                 else signature.username),
                   "signed_at": signature.signed_at}
     outputs = render.render_outputs(document, dictation, draft.id, out_dir, settings, **kwargs)
