@@ -77,6 +77,12 @@ def enqueue(
             )
         )
         row = s.scalars(select(DraftRow).where(DraftRow.dictation_id == dictation.id)).first()
+        if row is not None and row.status != QUEUED:
+            # A re-run (crash recovery) after a secretary already started on the draft: their
+            # work wins; the pipeline's new result is not written over it.
+            log.info("draft=%s already %s; re-run result not applied", row.id, row.status)
+            draft.id, draft.status = row.id, row.status
+            return draft
         if row is None:
             row = DraftRow(id=draft.id, dictation_id=dictation.id)
             s.add(row)
