@@ -11,8 +11,6 @@ scheduling area turns instructions into tasks (``pipeline.tasks``) when it is in
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import inspect
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -22,7 +20,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from pipeline import audit, learning
+from pipeline import audit, learning, tasks
 from pipeline.db.core import DictationRow, DraftRow
 from pipeline.db.review import Addendum, DraftClaim, DraftVersion, Signature, User
 from pipeline.errors import ConflictError, PermissionDeniedError
@@ -135,8 +133,7 @@ def render_signed(session: Session, settings: Settings, draft: DraftRow) -> dict
         select(Signature).where(Signature.draft_id == draft.id, Signature.addendum_id.is_(None))
         .order_by(Signature.id.desc()).limit(1)
     )
-    params = inspect.signature(render.render_outputs).parameters
-    if signature is not None and "final" in params:
+    if signature is not None:
         signer_row = session.get(User, signature.user_id)
         kwargs = {"final": True,
                   "signed_by": (signer_row.display_name if signer_row and signer_row.display_name
@@ -150,10 +147,6 @@ def render_signed(session: Session, settings: Settings, draft: DraftRow) -> dict
 
 def _rerender(session: Session, settings: Settings, user: UserInfo, draft: DraftRow,
               result: SignResult) -> None:
-    if importlib.util.find_spec("pipeline.render") is None or \
-            importlib.util.find_spec("pipeline.sections") is None:
-        result.problems.append("outputs not regenerated: pipeline.render is not installed")
-        return
     try:
         with session.begin_nested():
             outputs = render_signed(session, settings, draft)
@@ -214,19 +207,13 @@ def sign_draft(
     result.wer = learned.accuracy.wer
     result.new_terms = learned.new_terms
     _rerender(session, settings, user, draft, result)
-    if importlib.util.find_spec("pipeline.tasks") is not None:
-        try:
-            from pipeline import tasks
-
-            with session.begin_nested():
-                if "actor" in inspect.signature(tasks.tasks_from_draft).parameters:
-                    made = tasks.tasks_from_draft(session, draft, actor=user.username)
-                else:
-                    made = tasks.tasks_from_draft(session, draft)
-            result.tasks = len(made or [])
-        except Exception as exc:
-            log.exception("draft=%s tasks_from_draft failed", draft.id)
-            result.problems.append(f"tasks not created: {type(exc).__name__}")
+    try:
+        with session.begin_nested():
+            made = tasks.tasks_from_draft(session, draft, actor=user.username, settings=settings)
+        result.tasks = len(made)
+    except Exception as exc:  # tasks are follow-up work: a failure must not undo the signature
+        log.exception("draft=%s tasks_from_draft failed", draft.id)
+        result.problems.append(f"tasks not created: {type(exc).__name__}")
     log.info("draft=%s signed by user=%s", draft.id, user.id)
     return result
 
