@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from difflib import SequenceMatcher
-from pathlib import Path
 
 import jiwer
 from sqlalchemy import func, select
@@ -173,20 +172,9 @@ def _is_term(replacement: str) -> bool:
 
 
 def _add_terms(settings: Settings, physician_id: str, terms: list[str]) -> int:
-    try:
-        from pipeline import vocab
+    from pipeline import vocab
 
-        return int(vocab.add_physician_terms(settings, physician_id, terms))
-    except ImportError:  # medical-language area not installed: write the list ourselves
-        path: Path = settings.physician_vocab_dir / f"{physician_id}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        have = set()
-        if path.exists():
-            have = {line.strip().lower() for line in path.read_text().splitlines()}
-        new = [t for t in terms if t.lower() not in have]
-        with path.open("a", encoding="utf-8") as fh:
-            fh.writelines(t + "\n" for t in new)
-        return len(new)
+    return int(vocab.add_physician_terms(settings, physician_id, terms))
 
 
 def record_signed(

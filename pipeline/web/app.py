@@ -45,8 +45,8 @@ _ROUTERS = (
     "pipeline.web.routes.sign",
     "pipeline.web.routes.accuracy",
     "pipeline.web.routes.admin",
+    "pipeline.web.schedule_routes",
 )
-_OPTIONAL_ROUTERS = ("pipeline.web.schedule_routes",)
 
 
 def _wants_html(request: Request) -> bool:
@@ -89,11 +89,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if not _wants_html(request):
-            return Response(str(exc.detail), status_code=exc.status_code,
-                            media_type="text/plain")
-        return render(request, "error.html",
-                      {"status": exc.status_code, "message": exc.detail, "title": "Error"},
-                      status_code=exc.status_code)
+            return Response(str(exc.detail), status_code=exc.status_code, media_type="text/plain")
+        return render(
+            request,
+            "error.html",
+            {"status": exc.status_code, "message": exc.detail, "title": "Error"},
+            status_code=exc.status_code,
+        )
 
     @app.exception_handler(PipelineError)
     async def _pipeline_error(request: Request, exc: PipelineError) -> Response:
@@ -109,10 +111,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     for name in _ROUTERS:
         app.include_router(importlib.import_module(name).router)
-    for name in _OPTIONAL_ROUTERS:
-        if importlib.util.find_spec(name) is not None:
-            try:
-                app.include_router(importlib.import_module(name).router)
-            except Exception:  # another area's module must not take the workbench down
-                log.exception("could not include router %s", name)
     return app
