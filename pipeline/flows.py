@@ -372,9 +372,9 @@ class WarmWorker:
                 while not self._stop.is_set():
                     now = time.monotonic()
                     try:
-                        if now - last_beat > 15:
+                        if now - last_beat > 30:
                             c.send_worker_heartbeat(POOL, self.name,
-                                                    heartbeat_interval_seconds=15)
+                                                    heartbeat_interval_seconds=30)
                             last_beat = now
                         for run in self._claim(c):
                             with self._lock:

@@ -40,7 +40,7 @@ __all__ = ["Service", "ServiceOptions", "demo_sample", "should_resubmit"]
 log = logging.getLogger(__name__)
 
 #: The local worker is woken by SIGUSR1 on every submission; its own poll can be slow.
-LOCAL_WORKER_POLL_S = 5.0
+LOCAL_WORKER_POLL_S = 10.0
 _AUDIO_EXT = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".webm", ".aac", ".opus", ".wma", ".mp4")
 
 
