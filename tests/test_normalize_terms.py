@@ -123,3 +123,17 @@ def test_best_candidate_uses_phonetic_key(settings: Settings) -> None:
 def test_spacy_pipeline_uses_scispacy_parts(settings: Settings) -> None:
     names = describe_pipeline(str(settings.vocab_dir.resolve()))
     assert names == ["abbreviation_detector", "medical_term_corrector"]
+
+
+def test_misheard_everyday_word_is_not_turned_into_a_rarer_term(settings: Settings) -> None:
+    """ "sympatomatic" sounds like "symptomatic" (everyday) more than "sympathomimetic"."""
+    note = normalize_text("sympatomatic gallstones", settings, document_type="operative_report")
+    assert note.text == "Sympatomatic gallstones"
+    assert not [c for c in note.corrections if c.kind == "term"]
+
+
+def test_repairs_from_the_big_lists_go_to_review(settings: Settings) -> None:
+    note = normalize_text("the external oblique aponerosus was opened", settings,
+                          document_type="operative_report")
+    assert "aponeurosis" in note.text
+    assert [i["original"] for i in note.review_items if i["kind"] == "term"] == ["aponerosus"]

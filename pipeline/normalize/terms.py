@@ -119,6 +119,7 @@ def best_candidate(
     low = word.lower()
     key = phonetic_key(low)
     best: tuple[str, float, str] | None = None
+    everyday = 0.0  # best score of an everyday word with the same key
     cands = list(index.phonetic.get(key, ()))
     if extra:
         cands += [t for t in extra if phonetic_key(t) == key]
@@ -132,7 +133,9 @@ def best_candidate(
         score = fuzz.ratio(low, cand)
         source = "physician" if extra and cand in extra else index.source(cand)
         if source != "physician" and (not index.is_medical(cand) or index.zipf(cand) >= 3.0):
-            continue  # an everyday word ("stride") would have been spelled right by Whisper
+            # an everyday word ("stride") is not a target: Whisper spells those right
+            everyday = max(everyday, score)
+            continue
         min_score = _DRUG_MIN if source == "drug" else _KEY_MATCH_MIN
         if source not in ("curated", "physician"):
             min_score = max(min_score, _LIST_MIN)  # big lists: closer spelling needed
@@ -145,6 +148,8 @@ def best_candidate(
         if best is None or rank > best[1] + (8 if "curated" in best[2] else 0):
             display = (extra or {}).get(cand) or index.display(cand) or cand
             best = (display, score, source)
+    if best is not None and everyday >= best[1]:
+        return None  # "sympatomatic" is "symptomatic" misheard, not "sympathomimetic"
     if best is None:
         pool = _curated_pool(index)
         if extra:
@@ -308,8 +313,10 @@ class MedicalTermCorrector:
                 cand = best_candidate(index, low, extra)
                 if cand is not None:
                     display, score, source = cand
+                    # only curated/physician terms are trusted without a second look
+                    trusted = source in ("curated", "physician") and score >= 75
                     fixes.append(Fix(tok.idx, tok.idx + len(tok), display, score, "phonetic",
-                                     review=source == "drug" or score < 75))
+                                     review=not trusted))
                 i += 1
                 continue
             # 6. an ordinary word Whisper was unsure of, in a medical dictation
