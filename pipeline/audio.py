@@ -302,7 +302,8 @@ def iter_audio(
     """
     path = Path(path)
     chunk_samples = max(int(chunk_seconds * sample_rate), sample_rate)
-    resampler = av.audio.resampler.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    # s16 like faster-whisper's own decode_audio, so both give the model identical samples
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=sample_rate)
     parts: list[np.ndarray] = []
     held = 0
     bad_packets = 0
@@ -327,13 +328,13 @@ def iter_audio(
                 for frame in frames:
                     frame.pts = None
                     for out in resampler.resample(frame):
-                        arr = out.to_ndarray().reshape(-1)
+                        arr = out.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
                         parts.append(arr)
                         held += arr.size
                 while held >= chunk_samples:
                     yield take(chunk_samples)
             for out in resampler.resample(None):
-                arr = out.to_ndarray().reshape(-1)
+                arr = out.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
                 parts.append(arr)
                 held += arr.size
             while held >= chunk_samples:

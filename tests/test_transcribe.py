@@ -61,6 +61,21 @@ def test_same_audio_gives_same_transcript_every_run(clip: Path, settings: Settin
     assert first.raw_text == second.raw_text and first.raw_text
 
 
+def test_unprompted_transcript_equals_raw_faster_whisper(clip: Path, settings: Settings) -> None:
+    """Our decoding, VAD and chunking hand the model exactly what faster-whisper would: with
+    the same options and no prompt, the words and times are the same as a raw call's."""
+    from pipeline import speech_models
+
+    options = TranscribeOptions()
+    ours = _run(clip, settings, options)
+    model = speech_models.load(settings)
+    raw, _ = model.transcribe(str(clip), vad_filter=True,
+                              vad_parameters=transcribe.vad_options(options),
+                              **transcribe.whisper_kwargs(options, "en"))
+    raw_words = [(w.word, round(w.start, 2), round(w.end, 2)) for s in raw for w in s.words]
+    assert [(w.word, round(w.start, 2), round(w.end, 2)) for w in ours.words] == raw_words
+
+
 def test_silence_gives_empty_transcript_flagged_no_speech(
     tmp_path: Path, settings: Settings
 ) -> None:
