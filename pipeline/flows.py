@@ -282,6 +282,7 @@ class WarmWorker:
         self._flow_names: dict[str, str] = {}
         self._queue_names: dict[str, str] = {}
         self._queues_read = 0.0
+        self._last_done = 0.0
         self.completed = 0
 
     def stop(self) -> None:
@@ -357,6 +358,7 @@ class WarmWorker:
             with self._lock:
                 self._running.pop(str(flow_run.id), None)
                 self.completed += 1
+                self._last_done = time.monotonic()
             self._wake.set()
 
     def run(self, *, exit_when_idle: float | None = None) -> None:
@@ -387,7 +389,10 @@ class WarmWorker:
                         idle_since = time.monotonic()
                     elif exit_when_idle is not None and now - idle_since > exit_when_idle:
                         break
-                    self._wake.wait(self.poll_seconds)
+                    # Right after a run finished the server may still count it against the
+                    # pool's concurrency limit: look again soon instead of a full poll later.
+                    recent = time.monotonic() - self._last_done < 5.0
+                    self._wake.wait(min(self.poll_seconds, 0.5) if recent else self.poll_seconds)
                     self._wake.clear()
         finally:
             executor.shutdown(wait=not self._stop.is_set(), cancel_futures=True)
