@@ -95,7 +95,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _child(kind: str, settings_data: dict[str, Any], audio: str, warm: str | None) -> dict:
+def _child(kind: str, settings_data: dict[str, Any], audio: str, warm: str | None,
+           document_type: str | None = None) -> dict:
     """Runs in a spawned process: load, warm up, time one run; return figures as a dict."""
     import pipeline  # noqa: F401  (offline environment first)
     from pipeline import speech_models
@@ -123,9 +124,12 @@ def _child(kind: str, settings_data: dict[str, Any], audio: str, warm: str | Non
 
     else:
         from pipeline.process import process_file
+        from pipeline.records import DictationMeta
+
+        meta = DictationMeta(document_type=document_type, source="bench")
 
         def once(path: str) -> tuple[float, int, dict[str, float]]:
-            result = process_file(Path(path), settings, None, store=True)
+            result = process_file(Path(path), settings, meta, store=True)
             return (result.dictation.audio.duration_s, len(result.transcript.words),
                     {k: round(v, 3) for k, v in result.timings.items()})
 
@@ -149,12 +153,14 @@ def _child(kind: str, settings_data: dict[str, Any], audio: str, warm: str | Non
     }
 
 
-def measure(kind: str, settings: Settings, audio: Path, warm: Path | None) -> RunFigures:
+def measure(kind: str, settings: Settings, audio: Path, warm: Path | None,
+            document_type: str | None = None) -> RunFigures:
     """Run one measurement (``raw`` or ``pipeline``) in a fresh spawned process."""
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         data = pool.submit(
-            _child, kind, settings.model_dump(), str(audio), str(warm) if warm else None
+            _child, kind, settings.model_dump(), str(audio), str(warm) if warm else None,
+            document_type,
         ).result()
     return RunFigures(**data)
 
@@ -200,11 +206,14 @@ def run_bench(
     long_minutes: float | None = None,
     long_raw: bool = False,
     repeat: int = 1,
+    document_type: str | None = None,
 ) -> BenchResult:
     """Measure raw faster-whisper and the pipeline on ``audio`` (and optionally a long file).
 
     With ``repeat`` > 1 the two alternate that many times and the median run of each is kept
     (its peak memory is the highest seen), which steadies the ratio on a busy machine.
+    ``document_type`` is given to the pipeline as if from a sidecar (it selects the
+    medical-language term prompt).
     """
     from pipeline import audio as audio_mod
     from pipeline import speech_models
@@ -225,7 +234,7 @@ def run_bench(
         pipes: list[RunFigures] = []
         for _ in range(max(repeat, 1)):  # alternate, so that machine load hits both sides
             raws.append(measure("raw", raw_settings, audio, warm))
-            pipes.append(measure("pipeline", pipe_settings, audio, warm))
+            pipes.append(measure("pipeline", pipe_settings, audio, warm, document_type))
         raw, pipe = _median(raws), _median(pipes)
         raw.label, pipe.label = "raw faster-whisper", "pipeline"
         long_fig = long_raw_fig = None
@@ -233,7 +242,7 @@ def run_bench(
             long_audio = make_long_audio(audio, long_minutes, tmpdir / "long.wav")
             long_settings = Settings(**{**pipe_settings.model_dump(),
                                         "data_dir": tmpdir / "long"})
-            long_fig = measure("pipeline", long_settings, long_audio, warm)
+            long_fig = measure("pipeline", long_settings, long_audio, warm, document_type)
             long_fig.label = f"pipeline, {long_minutes:g} min"
             if long_raw:
                 long_raw_fig = measure("raw", raw_settings, long_audio, warm)

@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="pipeline without prompt terms (biased_decoding off)")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="alternate raw and pipeline N times; report the median of each")
+    p.add_argument("--document-type", metavar="TYPE",
+                   help="document type for the pipeline, as a sidecar would give it (e.g. "
+                   "operative_report; selects the term prompt)")
     p.add_argument("--data-dir", type=Path, help="data directory (model cache)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=run)
@@ -56,12 +59,15 @@ def run(args: argparse.Namespace) -> int:
     if args.no_bias:
         settings.biased_decoding = False
     result = run_bench(args.audio, settings, long_minutes=args.long_minutes,
-                       long_raw=args.long_raw, repeat=args.repeat)
+                       long_raw=args.long_raw, repeat=args.repeat,
+                       document_type=args.document_type)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     raw, pipe = result.raw, result.pipeline
     runs = f", median of {args.repeat} alternating runs" if args.repeat > 1 else ""
+    if args.document_type:
+        runs += f", pipeline as {args.document_type}"
     table = Table(
         title=f"{args.audio.name}: {raw.audio_s:.1f} s audio, model {result.model}, "
         f"{result.device}/{result.compute_type}, beam {result.beam_size}{runs}"
