@@ -25,6 +25,7 @@ from pipeline.normalize.commands import DropAutoPunctuation, NumberedLists, Spok
 from pipeline.normalize.compose import Compose, Transform
 from pipeline.normalize.numbers import LetterSequences, SpokenNumbers, ZeroSafety
 from pipeline.normalize.prompt import PromptTerms, prompt_terms
+from pipeline.normalize.soundalike import SoundAlikeRepair
 from pipeline.normalize.terms import TermCorrection
 from pipeline.normalize.tokens import TextState, from_text, from_transcript, render
 from pipeline.records import Note, Transcript
@@ -60,6 +61,7 @@ DICTATION = Compose(
         LetterSequences(),
         SpokenNumbers(),
         ZeroSafety(),
+        SoundAlikeRepair(),
         TermCorrection(),
         SigStyle(),
         AbbreviationPolicy(),
@@ -77,6 +79,7 @@ TEXT_ONLY = Compose(
         LetterSequences(),
         SpokenNumbers(),
         ZeroSafety(),
+        SoundAlikeRepair(),
         TermCorrection(),
         SigStyle(),
         AbbreviationPolicy(),

@@ -1,0 +1,324 @@
+"""Context-restricted sound-alike repair: misheard medical terms, also across word boundaries.
+
+Whisper often turns a medical word it does not know into ordinary words that sound like it
+("listen up to 20 mg" for lisinopril, "boop of the cane" for bupivacaine, "super patellar"
+for suprapatellar, "tranecate" for tourniquet). Matched against the whole 100,000-word
+vocabulary such guesses would turn ordinary speech into drug names, so this repair only
+considers a small candidate set chosen by context:
+
+- the document type's specialty lists and the physician's own words (``DOCUMENT_SPECIALTIES``);
+- common drug names (``vocab/curated/common_drugs.txt``) only right before a dose
+  ("... 20 mg", "... 1 gram") or right after a strength in percent ("1% ... with
+  epinephrine");
+- any vocabulary word, but only for two words joined into one that share the phonetic key
+  of a medical word and are spelled almost the same ("super patellar" -> suprapatellar).
+
+A window of one to three adjacent words is joined and compared with each candidate by
+spelling and by phonetic key; the first sound must agree, the length must be close, and the
+window must hold evidence of a mishearing (a word that is not ordinary English, or a word
+Whisper was unsure of, or the dose position). Numbers, units, commands, laterality and
+negations are never part of a window. Every repair is a ``Correction`` (kind ``term``) and
+repairs made from ordinary English words go to review.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from rapidfuzz import fuzz
+
+from pipeline.normalize.compose import Transform
+from pipeline.normalize.tokens import TextState, Tok, merge
+from pipeline.vocab import DOCUMENT_SPECIALTIES, VocabIndex, phonetic_key, read_tsv
+
+__all__ = ["SoundAlikeRepair", "Candidate", "context_candidates", "window_score",
+           "common_drugs", "DOSE_UNITS"]
+
+#: Units that make the words before a number a drug name ("... 20 mg").
+DOSE_UNITS = {"mg", "mcg", "g", "gram", "grams", "units", "unit", "mL", "ml", "mEq", "IU",
+              "milligram", "milligrams", "microgram", "micrograms", "%", "percent"}
+#: Never part of a window: sides, negations, grading, function words that carry meaning.
+_STOP = {
+    "left", "right", "bilateral", "no", "not", "none", "without", "negative", "positive",
+    "normal", "abnormal", "mild", "moderate", "severe", "and", "or", "with", "the", "a", "an",
+    "of", "to", "in", "on", "at", "for", "by", "is", "was", "were", "be", "he", "she", "they",
+    "we", "i", "you", "it", "his", "her", "their", "this", "that", "mouth", "daily", "twice",
+    "once", "every", "as", "needed", "start", "started", "continue", "stop", "stopped",
+    "increase", "increased", "decrease", "decreased", "take", "takes", "taking", "dose",
+}
+#: Words that may sit inside a misheard window but never start or end it ("boop of the cane").
+_INNER_OK = {"of", "the", "a", "to", "in", "on", "at", "or", "and", "is", "was", "are", "up"}
+_WORD = re.compile(r"^[A-Za-z][A-Za-z'\-]*$")
+_NUMBER = re.compile(r"^\d+(?:[.,/]\d+)*$")
+_VOWELISH = set("AEIOU")
+
+# Thresholds (0-100): combined spelling + phonetic-key similarity.
+_DOSE_MIN = 70.0  # a drug right before a dose: position is strong evidence
+_CONTEXT_MIN = 76.0  # a specialty/physician term, window with an unknown or unsure word
+_WIDE_MIN = 84.0  # any specialty list or common drug, window with a word that is not English
+_JOIN_MIN = 88.0  # two words joined, matched against the whole vocabulary by key
+_UNSURE_PROB = 0.5
+_ENGLISH_ZIPF = 2.5
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A term that may be meant, with its comparison forms."""
+
+    display: str
+    compact: str  # lower case letters only
+    key: str  # phonetic key of ``compact``
+    words: int  # number of words in the display form
+
+
+def _compact(text: str) -> str:
+    return re.sub(r"[^a-z]", "", text.lower())
+
+
+def _first_sound(key: str) -> str:
+    return "V" if key and key[0] in _VOWELISH else key[:1]
+
+
+def _candidate(term: str) -> Candidate:
+    c = _compact(term)
+    return Candidate(term, c, phonetic_key(c), len(term.split()))
+
+
+_ENDINGS = ("", "s", "es", "ed", "d", "ly", "al", "ing", "ic")
+
+
+def _part_of(h: str, cand: Candidate) -> bool:
+    """``h`` is the term less some of its words, or the term with an ending added or dropped
+    ("medication overuse" / "... headache", "unilaterally" / "unilateral")."""
+    words = [_compact(w) for w in cand.display.split()]
+    for k in range(1, len(words)):
+        if h in ("".join(words[:k]), "".join(words[k:])):
+            return True
+    c = cand.compact
+    if c in h and c != h:
+        return True  # the window holds the whole term and more ("... mattress suture")
+    return any(h == c + e or c == h + e for e in _ENDINGS[1:])
+
+
+def window_score(heard: str, cand: Candidate) -> float:
+    """How well the joined words ``heard`` sound like ``cand`` (0-100); 0 when the first
+    sound or the length disagree."""
+    h = _compact(heard)
+    if not h or not cand.compact:
+        return 0.0
+    if h == cand.compact:
+        return 100.0  # the term split into pieces ("metro nida zole")
+    if abs(len(h) - len(cand.compact)) > max(3, int(len(cand.compact) * 0.35)):
+        return 0.0
+    if _part_of(h, cand):
+        return 0.0  # an added or dropped word or ending, not a mishearing
+    hk = phonetic_key(h)
+    if _first_sound(hk) != _first_sound(cand.key):
+        return 0.0
+    return (fuzz.ratio(h, cand.compact) + fuzz.ratio(hk, cand.key)) / 2.0
+
+
+@lru_cache(maxsize=4)
+def common_drugs(vocab_dir: Path) -> tuple[Candidate, ...]:
+    """The curated common-drug list as candidates (empty when the file is missing)."""
+    path = vocab_dir / "curated" / "common_drugs.txt"
+    if not path.exists():
+        return ()
+    return tuple(_candidate(r[0].strip()) for r in read_tsv(path) if r[0].strip())
+
+
+@lru_cache(maxsize=4)
+def _all_curated(index: VocabIndex, vocab_dir: Path) -> tuple[Candidate, ...]:
+    out: dict[str, Candidate] = {}
+    for terms in index.specialty.values():
+        for t in terms:
+            out.setdefault(_compact(t), _candidate(t))
+    for c in common_drugs(vocab_dir):
+        out.setdefault(c.compact, c)
+    return tuple(out.values())
+
+
+@lru_cache(maxsize=64)
+def _specialty_candidates(index: VocabIndex, document_type: str) -> tuple[Candidate, ...]:
+    out: dict[str, Candidate] = {}
+    for name in DOCUMENT_SPECIALTIES.get(document_type, ()):
+        for t in index.specialty.get(name, []):
+            out.setdefault(_compact(t), _candidate(t))
+    return tuple(out.values())
+
+
+def context_candidates(
+    index: VocabIndex, document_type: str | None, physician_terms: list[str]
+) -> list[Candidate]:
+    """The specialty and physician terms that this dictation's context allows."""
+    cands = list(_specialty_candidates(index, document_type or ""))
+    cands += [_candidate(t) for t in physician_terms if _compact(t)]
+    return cands
+
+
+def _plain(t: Tok) -> bool:
+    return t.is_word and not t.protected and t.change is None and bool(_WORD.match(t.text))
+
+
+class SoundAlikeRepair(Transform):
+    """Repair one to three words that sound like a term the context allows."""
+
+    def process(self, state: TextState) -> TextState:
+        toks = state.toks
+        if not any(t.is_word for t in toks):
+            return state
+        index = state.index
+        ctx = context_candidates(index, state.document_type, state.physician_terms)
+        medical = bool(state.document_type or state.physician_terms)
+        vocab_dir = Path(state.settings.vocab_dir).resolve()
+        drugs = common_drugs(vocab_dir) if medical else ()
+        wide = _all_curated(index, vocab_dir) if medical else ()
+        out: list[Tok] = []
+        i = 0
+        n = len(toks)
+        while i < n:
+            best = self._best_at(toks, i, index, ctx, drugs, wide)
+            if best is None:
+                out.append(toks[i])
+                i += 1
+                continue
+            j, cand, score, review = best
+            new = merge(toks[i:j], cand.display, "term", score=score / 100.0,
+                        keep_case=cand.display != cand.display.lower())
+            out.append(new)
+            if review:
+                state.review("term", new, "Medical term repaired from words that sound "
+                             "alike; check it.", original=new.orig)
+            i = j
+        state.toks = out
+        return state
+
+    def _best_at(
+        self,
+        toks: list[Tok],
+        i: int,
+        index: VocabIndex,
+        ctx: list[Candidate],
+        drugs: tuple[Candidate, ...],
+        wide: tuple[Candidate, ...],
+    ) -> tuple[int, Candidate, float, bool] | None:
+        """The best repair of a window starting at token ``i``: (end, term, score, review)."""
+        first = toks[i]
+        if not _plain(first) or first.low in _STOP or first.low in _INNER_OK:
+            return None
+        best: tuple[int, Candidate, float, bool] | None = None
+        words: list[Tok] = []
+        j = i
+        while j < len(toks) and len(words) < 4:
+            t = toks[j]
+            if not _plain(t):
+                break
+            if t.low in _STOP and t.low not in _INNER_OK:
+                break
+            words.append(t)
+            j += 1
+            found = self._score_window(toks, i, j, words, index, ctx, drugs, wide)
+            if found is not None and len(words) > 1 and not _edges_agree(words, found[0]):
+                found = None  # "medication overuse may" is not "... overuse headache"
+            if found is not None and (best is None or found[1] > best[2]):
+                best = (j, found[0], found[1], found[2])
+        return best
+
+    def _score_window(
+        self,
+        toks: list[Tok],
+        i: int,
+        j: int,
+        words: list[Tok],
+        index: VocabIndex,
+        ctx: list[Candidate],
+        drugs: tuple[Candidate, ...],
+        wide: tuple[Candidate, ...],
+    ) -> tuple[Candidate, float, bool] | None:
+        lows = [w.low for w in words]
+        heard = "".join(lows)
+        if len(heard) < 5:
+            return None
+        if len(words) == 1 and index.is_medical(lows[0]):
+            return None  # already a medical word
+        if all(index.is_medical(w) for w in lows if w not in _INNER_OK):
+            return None
+        unknown = any(index.zipf(w) < _ENGLISH_ZIPF and not index.is_medical(w)
+                      for w in lows if w not in _INNER_OK)
+        unsure = any(w.prob < _UNSURE_PROB for w in words)
+        doubt = unknown or min(w.prob for w in words) < 0.6
+        best: tuple[Candidate, float, bool] | None = None
+        # 1. a common drug right before a dose or after a strength in percent
+        if drugs and doubt and (_dose_after(toks, j) or _percent_before(toks, i)):
+            for cand in drugs:
+                if cand.compact == heard and len(words) == 1:
+                    return None
+                s = window_score(heard, cand)
+                if s >= _DOSE_MIN and (best is None or s > best[1]):
+                    best = (cand, s, not unknown)
+        # 2. a specialty or physician term, with evidence of a mishearing
+        if unknown or unsure:
+            for cand in ctx:
+                if cand.compact == heard and len(words) == 1:
+                    return None
+                s = window_score(heard, cand)
+                need = _CONTEXT_MIN if unknown else _CONTEXT_MIN + 6
+                if s >= need and (best is None or s > best[1]):
+                    best = (cand, s, not unknown)
+        # 3. any curated term, when a word of the window is not English at all
+        if unknown and wide:
+            for cand in wide:
+                s = window_score(heard, cand)
+                if s >= _WIDE_MIN and (best is None or s > best[1]):
+                    best = (cand, s, False)
+        # 4. two words that are one medical word split apart ("super patellar")
+        if best is None and len(words) == 2 and (unknown or unsure or len(heard) >= 10):
+            key = phonetic_key(heard)
+            for w in index.phonetic.get(key, ()):
+                if not index.is_medical(w) or index.zipf(w) >= _ENGLISH_ZIPF or (
+                    not w.isalpha()
+                ):
+                    continue  # "blood-pressure" is a spelling of the same two words
+                s = fuzz.ratio(heard, w)
+                if s >= _JOIN_MIN and (best is None or s > best[1]):
+                    best = (Candidate(index.display(w) or w, w, key, 1), s, False)
+        return best
+
+
+_DOSE = re.compile(
+    r"^\d+(?:[.,/]\d+)*\s*(?:mg|mcg|g|gram|grams|units?|mL|ml|mEq|IU|%|percent|"
+    r"milligrams?|micrograms?)(?:/\w+)?$"
+)
+_STRENGTH = re.compile(r"^\d+(?:\.\d+)?\s*(?:%|percent)$")
+
+
+def _edges_agree(words: list[Tok], cand: Candidate) -> bool:
+    """The first and last words of a window must sound like the start and end of the term,
+    so that a window never swallows a neighbouring word ("propranol was")."""
+    first, last = _compact(words[0].text), _compact(words[-1].text)
+    head, tail = cand.compact[: len(first)], cand.compact[-len(last):] if last else ""
+    return (fuzz.ratio(first, head) >= 40 and fuzz.ratio(last, tail) >= 40
+            and not (len(words) > 2 and _compact(words[-2].text + words[-1].text)
+                     not in cand.compact and fuzz.ratio(last, tail) < 50))
+
+
+def _dose_after(toks: list[Tok], j: int) -> bool:
+    """A dose follows position ``j`` ("... 20 mg", "... 1 gram")."""
+    if j >= len(toks):
+        return False
+    if _DOSE.match(toks[j].text):
+        return True
+    return bool(_NUMBER.match(toks[j].text) and j + 1 < len(toks)
+                and toks[j + 1].text in DOSE_UNITS)
+
+
+def _percent_before(toks: list[Tok], i: int) -> bool:
+    """A strength in percent precedes position ``i`` ("1% ...", "0.25 percent ...")."""
+    if i < 1:
+        return False
+    prev = toks[i - 1].text
+    return bool(_STRENGTH.match(prev)) or (prev in ("%", "percent") and i >= 2
+                                          and _NUMBER.match(toks[i - 2].text) is not None)

@@ -1,0 +1,113 @@
+"""Context-restricted sound-alike repair: misheard terms across word boundaries, English kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.normalize import normalize, normalize_text
+from pipeline.normalize.soundalike import Candidate, _candidate, window_score
+from pipeline.records import Segment, Transcript, Word
+from pipeline.settings import Settings
+
+
+def _transcript(words: list[tuple[str, float]]) -> Transcript:
+    ws = [Word(" " + w, i * 0.5, i * 0.5 + 0.4, p) for i, (w, p) in enumerate(words)]
+    seg = Segment(0, 0.0, len(ws) * 0.5, "".join(w.word for w in ws), ws)
+    return Transcript("t1", "tiny.en", "en", len(ws) * 0.5, [seg])
+
+
+def _spoken(text: str, unsure: set[str] = frozenset(), prob: float = 0.3) -> Transcript:
+    """Words with Whisper's confidence: those in ``unsure`` low, the rest high."""
+    return _transcript([(w, prob if w.strip(".,").lower() in unsure else 0.95)
+                        for w in text.split()])
+
+
+# (Whisper's words, the unsure ones, document type, expected text)
+REPAIRS = [
+    # a common drug right before a dose, from words that sound alike
+    ("continue roast uvastatin 10 milligrams daily.", {"roast", "uvastatin"},
+     "progress_note", "Continue rosuvastatin 10 mg daily."),
+    ("we gave seft tree axone 1 gram daily.", {"seft", "tree", "axone"},
+     "discharge_summary", "We gave ceftriaxone 1 g daily."),
+    ("she takes metro nida zole 500 milligrams twice daily.", {"metro", "nida", "zole"},
+     "progress_note", "She takes metronidazole 500 mg twice daily."),
+    # a local anaesthetic after its strength
+    ("10 milliliters of 1 percent lido cane was injected.", {"lido", "cane"},
+     "operative_report", "10 mL of 1% lidocaine was injected."),
+    # a specialty term of the document type
+    ("a well padded tranecate was applied.", {"tranecate"}, "operative_report",
+     "A well padded tourniquet was applied."),
+    ("the medial femoral condel was intact.", {"condel"}, "operative_report",
+     "The medial femoral condyle was intact."),
+    ("he has paroxies mal atrial fibrillation.", {"paroxies", "mal"}, "progress_note",
+     "He has paroxysmal atrial fibrillation."),
+]
+
+
+@pytest.mark.parametrize(("words", "unsure", "doc_type", "expected"), REPAIRS)
+def test_sound_alike_repairs(settings: Settings, words: str, unsure: set[str],
+                             doc_type: str, expected: str) -> None:
+    note = normalize(_spoken(words, unsure), settings, document_type=doc_type)
+    assert note.text == expected
+    terms = [c for c in note.corrections if c.kind == "term"]
+    assert terms, "every repair is recorded as a Correction"
+    assert all(c.original and c.replacement for c in terms)
+
+
+# Ordinary speech that must stay as it is, even where Whisper was unsure of it.
+KEPT = [
+    ("she takes more than 10 milligrams of it.", {"more", "than"}, "progress_note"),
+    ("he ran more than 10 miles today.", {"more"}, "progress_note"),
+    ("medication overuse may be contributing.", {"may"}, "referral_letter"),
+    ("the pain is unilaterally located.", {"unilaterally"}, "referral_letter"),
+    ("propranolol was tried without relief.", {"was"}, "referral_letter"),
+    ("the skin was closed with a horizontal mattress suture.", {"horizontal"},
+     "operative_report"),
+    ("we went to the river bank and had a picnic with the children.",
+     {"river", "bank", "picnic"}, "operative_report"),
+    ("take the master key to the office at noon.", {"master", "key"}, "progress_note"),
+    ("the left knee was injected with 40 milligrams of it.", {"left", "knee"},
+     "operative_report"),
+    ("no fever, no chills, and no cough.", {"fever", "chills"}, "discharge_summary"),
+]
+
+
+@pytest.mark.parametrize(("words", "unsure", "doc_type"), KEPT)
+def test_ordinary_speech_is_kept(settings: Settings, words: str, unsure: set[str],
+                                 doc_type: str) -> None:
+    note = normalize(_spoken(words, unsure), settings, document_type=doc_type)
+    assert not [c for c in note.corrections if c.kind == "term"], note.text
+
+
+def test_no_document_type_no_context_repairs(settings: Settings) -> None:
+    """Without a document type or physician words nothing says the speech is medical."""
+    note = normalize(_spoken("continue roast uvastatin 10 milligrams daily.",
+                             {"roast", "uvastatin"}), settings)
+    assert not [c for c in note.corrections if c.original == "roast uvastatin"]
+
+
+def test_plain_text_without_probabilities_is_not_guessed_into_drugs(settings: Settings) -> None:
+    # plain text carries no doubt: English words are never turned into a drug
+    note = normalize_text("start at or master in 40 milligrams daily", settings,
+                          document_type="progress_note")
+    assert not [c for c in note.corrections if c.kind == "term"]
+
+
+def test_window_score_rules() -> None:
+    cand: Candidate = _candidate("lidocaine")
+    assert window_score("lidocane", cand) > 80
+    assert window_score("nidocaine", cand) == 0.0  # the first sound must agree
+    assert window_score("lidocaines", cand) == 0.0  # an ending, not a mishearing
+    assert window_score("li", cand) == 0.0  # far too short
+    two = _candidate("medication overuse headache")
+    assert window_score("medicationoveruse", two) == 0.0  # a dropped word is no mishearing
+
+
+def test_repair_keeps_audio_time_and_goes_to_review_when_from_english(
+        settings: Settings) -> None:
+    note = normalize(_spoken("start listen a pril 20 milligrams daily.",
+                             {"listen", "a", "pril"}), settings, document_type="progress_note")
+    assert "lisinopril 20 mg" in note.text
+    (c,) = [c for c in note.corrections if c.kind == "term"]
+    assert c.original == "listen a pril"
+    assert (c.source_start_s, c.source_end_s) == (0.5, 1.9)
