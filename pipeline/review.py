@@ -62,6 +62,13 @@ def enqueue(
     """
     store = open_store(settings)
     with store.session() as s:
+        row = s.scalars(select(DraftRow).where(DraftRow.dictation_id == dictation.id)).first()
+        if row is not None and row.status != QUEUED:
+            # A re-run (crash recovery) after a secretary already started on the draft: their
+            # work wins; the pipeline's new result is not written over it.
+            log.info("draft=%s already %s; re-run result not applied", row.id, row.status)
+            draft.id, draft.status = row.id, row.status
+            return draft
         upsert_dictation(s, dictation, "done")
         s.query(TranscriptRow).filter(TranscriptRow.dictation_id == dictation.id).delete()
         s.add(
@@ -76,13 +83,6 @@ def enqueue(
                 transcribe_s=transcript.transcribe_s,
             )
         )
-        row = s.scalars(select(DraftRow).where(DraftRow.dictation_id == dictation.id)).first()
-        if row is not None and row.status != QUEUED:
-            # A re-run (crash recovery) after a secretary already started on the draft: their
-            # work wins; the pipeline's new result is not written over it.
-            log.info("draft=%s already %s; re-run result not applied", row.id, row.status)
-            draft.id, draft.status = row.id, row.status
-            return draft
         if row is None:
             row = DraftRow(id=draft.id, dictation_id=dictation.id)
             s.add(row)
