@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     vad: bool = True
     language: str = "en"
     chunk_seconds: float = Field(
-        600.0, gt=30, description="Long files are decoded and transcribed in chunks this long."
+        120.0, gt=30, description="Long files are decoded and transcribed in chunks this long."
     )
     max_audio_seconds: float = Field(
         4 * 3600.0, gt=0, description="Files longer than this are refused (quarantined)."
