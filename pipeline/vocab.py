@@ -47,6 +47,7 @@ SPECIALTIES = (
     "cardiology",
     "radiology",
     "internal_medicine",
+    "neurology",
     "referral",
 )
 

@@ -111,3 +111,20 @@ def test_repair_keeps_audio_time_and_goes_to_review_when_from_english(
     (c,) = [c for c in note.corrections if c.kind == "term"]
     assert c.original == "listen a pril"
     assert (c.source_start_s, c.source_end_s) == (0.5, 1.9)
+
+
+def test_two_medical_words_that_are_one_compound_are_joined(settings: Settings) -> None:
+    note = normalize(_spoken("the patella femoral joint was normal.", set()), settings,
+                     document_type="operative_report")
+    assert note.text == "The patellofemoral joint was normal."
+
+
+def test_a_specialty_the_text_names_joins_the_context(settings: Settings) -> None:
+    from pipeline.normalize.soundalike import context_candidates
+    from pipeline.vocab import get_index
+
+    index = get_index(settings)
+    plain = {c.display for c in context_candidates(index, "referral_letter", [])}
+    named = {c.display for c in context_candidates(index, "referral_letter", [],
+                                                   {"neurology"})}
+    assert "topiramate" not in plain and "topiramate" in named

@@ -150,11 +150,33 @@ def _specialty_candidates(index: VocabIndex, document_type: str) -> tuple[Candid
     return tuple(out.values())
 
 
+#: A specialty the dictation names ("referred to neurology") joins the context.
+SPECIALTY_CUES = {
+    "neurology": "neurology", "neurologist": "neurology", "neurological": "neurology",
+    "cardiology": "cardiology", "cardiologist": "cardiology",
+    "orthopedic": "orthopedics", "orthopedics": "orthopedics", "orthopaedic": "orthopedics",
+    "ophthalmology": "ophthalmology", "ophthalmologist": "ophthalmology",
+    "radiology": "radiology", "radiologist": "radiology",
+    "surgery": "general_surgery", "surgeon": "general_surgery",
+}
+
+
+@lru_cache(maxsize=64)
+def _named_specialty(index: VocabIndex, name: str) -> tuple[Candidate, ...]:
+    return tuple(_candidate(t) for t in index.specialty.get(name, []))
+
+
 def context_candidates(
-    index: VocabIndex, document_type: str | None, physician_terms: list[str]
+    index: VocabIndex,
+    document_type: str | None,
+    physician_terms: list[str],
+    named: set[str] | frozenset[str] = frozenset(),
 ) -> list[Candidate]:
-    """The specialty and physician terms that this dictation's context allows."""
+    """The specialty and physician terms that this dictation's context allows: the
+    document type's lists, lists of specialties the text names, the physician's words."""
     cands = list(_specialty_candidates(index, document_type or ""))
+    for name in sorted(named - set(DOCUMENT_SPECIALTIES.get(document_type or "", ()))):
+        cands += _named_specialty(index, name)
     cands += [_candidate(t) for t in physician_terms if _compact(t)]
     return cands
 
@@ -171,7 +193,9 @@ class SoundAlikeRepair(Transform):
         if not any(t.is_word for t in toks):
             return state
         index = state.index
-        ctx = context_candidates(index, state.document_type, state.physician_terms)
+        named = {SPECIALTY_CUES[t.low] for t in toks if t.low in SPECIALTY_CUES}
+        ctx = context_candidates(index, state.document_type, state.physician_terms,
+                                 named if state.document_type else frozenset())
         medical = bool(state.document_type or state.physician_terms)
         vocab_dir = Path(state.settings.vocab_dir).resolve()
         drugs = common_drugs(vocab_dir) if medical else ()
@@ -245,7 +269,8 @@ class SoundAlikeRepair(Transform):
         if len(words) == 1 and index.is_medical(lows[0]):
             return None  # already a medical word
         if all(index.is_medical(w) for w in lows if w not in _INNER_OK):
-            return None
+            # two medical words that are one compound split apart ("patella femoral")
+            return _joined(index, words) if len(words) == 2 else None
         unknown = any(index.zipf(w) < _ENGLISH_ZIPF and not index.is_medical(w)
                       for w in lows if w not in _INNER_OK)
         unsure = any(w.prob < _UNSURE_PROB for w in words)
@@ -276,15 +301,7 @@ class SoundAlikeRepair(Transform):
                     best = (cand, s, False)
         # 4. two words that are one medical word split apart ("super patellar")
         if best is None and len(words) == 2 and (unknown or unsure or len(heard) >= 10):
-            key = phonetic_key(heard)
-            for w in index.phonetic.get(key, ()):
-                if not index.is_medical(w) or index.zipf(w) >= _ENGLISH_ZIPF or (
-                    not w.isalpha()
-                ):
-                    continue  # "blood-pressure" is a spelling of the same two words
-                s = fuzz.ratio(heard, w)
-                if s >= _JOIN_MIN and (best is None or s > best[1]):
-                    best = (Candidate(index.display(w) or w, w, key, 1), s, False)
+            best = _joined(index, words)
         return best
 
 
@@ -293,6 +310,23 @@ _DOSE = re.compile(
     r"milligrams?|micrograms?)(?:/\w+)?$"
 )
 _STRENGTH = re.compile(r"^\d+(?:\.\d+)?\s*(?:%|percent)$")
+
+
+def _joined(index: VocabIndex, words: list[Tok]) -> tuple[Candidate, float, bool] | None:
+    """Two words that are one medical word with the same phonetic key, spelled almost the
+    same ("super patellar" -> suprapatellar, "patella femoral" -> patellofemoral)."""
+    heard = "".join(w.low for w in words)
+    if any(w.low in _INNER_OK for w in words):
+        return None
+    key = phonetic_key(heard)
+    best: tuple[Candidate, float, bool] | None = None
+    for w in index.phonetic.get(key, ()):
+        if not index.is_medical(w) or index.zipf(w) >= _ENGLISH_ZIPF or not w.isalpha():
+            continue  # "blood-pressure" is a spelling of the same two words
+        s = fuzz.ratio(heard, w)
+        if s >= _JOIN_MIN and (best is None or s > best[1]):
+            best = (Candidate(index.display(w) or w, w, key, 1), s, False)
+    return best
 
 
 def _edges_agree(words: list[Tok], cand: Candidate) -> bool:
