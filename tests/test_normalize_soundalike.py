@@ -31,6 +31,11 @@ REPAIRS = [
      "discharge_summary", "We gave ceftriaxone 1 g daily."),
     ("she takes metro nida zole 500 milligrams twice daily.", {"metro", "nida", "zole"},
      "progress_note", "She takes metronidazole 500 mg twice daily."),
+    # function words inside the misheard stretch, the article glued to the term
+    ("he is taking meth for min 1000 milligrams daily.", {"meth", "min"}, "progress_note",
+     "He is taking metformin 1000 mg daily."),
+    ("start a moxy sillin 500 milligrams three times daily.", {"a", "moxy", "sillin"},
+     "discharge_summary", "Start amoxicillin 500 mg 3 times daily."),
     # a local anaesthetic after its strength
     ("10 milliliters of 1 percent lido cane was injected.", {"lido", "cane"},
      "operative_report", "10 mL of 1% lidocaine was injected."),
@@ -69,6 +74,8 @@ KEPT = [
     ("the left knee was injected with 40 milligrams of it.", {"left", "knee"},
      "operative_report"),
     ("no fever, no chills, and no cough.", {"fever", "chills"}, "discharge_summary"),
+    ("give a double dose of 5 milligrams.", {"a", "double", "dose"}, "progress_note"),
+    ("she was a teacher for 20 years.", {"a", "teacher"}, "progress_note"),
 ]
 
 

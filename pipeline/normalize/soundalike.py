@@ -50,7 +50,8 @@ _STOP = {
     "increase", "increased", "decrease", "decreased", "take", "takes", "taking", "dose",
 }
 #: Words that may sit inside a misheard window but never start or end it ("boop of the cane").
-_INNER_OK = {"of", "the", "a", "to", "in", "on", "at", "or", "and", "is", "was", "are", "up"}
+_INNER_OK = {"of", "the", "a", "to", "in", "on", "at", "or", "and", "is", "was", "are", "up",
+             "for"}
 _WORD = re.compile(r"^[A-Za-z][A-Za-z'\-]*$")
 _NUMBER = re.compile(r"^\d+(?:[.,/]\d+)*$")
 _VOWELISH = set("AEIOU")
@@ -231,8 +232,9 @@ class SoundAlikeRepair(Transform):
     ) -> tuple[int, Candidate, float, bool] | None:
         """The best repair of a window starting at token ``i``: (end, term, score, review)."""
         first = toks[i]
-        if not _plain(first) or first.low in _STOP or first.low in _INNER_OK:
-            return None
+        if not _plain(first) or (first.low in _STOP and first.low != "a") or (
+                first.low in _INNER_OK and first.low != "a"):
+            return None  # "a" may start one: Whisper hears "a federal" for afebrile
         best: tuple[int, Candidate, float, bool] | None = None
         words: list[Tok] = []
         j = i
@@ -299,6 +301,9 @@ class SoundAlikeRepair(Transform):
                 s = window_score(heard, cand)
                 if s >= _WIDE_MIN and (best is None or s > best[1]):
                     best = (cand, s, False)
+        if best is not None and lows[0] == "a" and (
+                len(words) == 1 or not best[0].compact.startswith("a")):
+            return None  # the article is only part of a term that starts with its sound
         # 4. two words that are one medical word split apart ("super patellar")
         if best is None and len(words) == 2 and (unknown or unsure or len(heard) >= 10):
             best = _joined(index, words)
