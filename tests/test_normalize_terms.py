@@ -138,3 +138,24 @@ def test_repairs_from_the_big_lists_go_to_review(settings: Settings) -> None:
                           document_type="operative_report")
     assert "osteomyelitis" in note.text
     assert [i["original"] for i in note.review_items if i["kind"] == "term"] == ["osteomylitis"]
+
+
+@pytest.mark.parametrize(
+    "doc_type",
+    [None, "operative_report", "progress_note", "consult_letter", "discharge_summary",
+     "radiology_report", "referral_letter"],
+)
+def test_plain_english_with_unsure_words_gets_no_term_corrections(
+        doc_type: str | None, settings: Settings) -> None:
+    """Even when Whisper was unsure of every word and the document is medical, ordinary
+    English is not turned into terms (the sound-alike repair included)."""
+    sentences = [
+        "My brother drove the truck to the market on various days of the week.",
+        "She listened to the music and went up to the top of a hill at noon.",
+        "The children played near the river bank while their parents read books.",
+        "We bought more than ten apples and a loaf of bread for the picnic.",
+        "He said the weather was fine and the roads were clear all the way home.",
+    ]
+    words = [(w, 0.3) for s in sentences for w in s.split()]
+    note = normalize(_transcript(words), settings, document_type=doc_type)
+    assert [c for c in note.corrections if c.kind == "term"] == []

@@ -286,8 +286,9 @@ class SoundAlikeRepair(Transform):
                 s = window_score(heard, cand)
                 if s >= _DOSE_MIN and (best is None or s > best[1]):
                     best = (cand, s, not unknown)
-        # 2. a specialty or physician term, with evidence of a mishearing
-        if unknown or unsure:
+        # 2. a specialty or physician term, with evidence of a mishearing (a lone English
+        # word is never enough: "roads" is not "radius")
+        if unknown or (unsure and len(words) > 1):
             for cand in ctx:
                 if cand.compact == heard and len(words) == 1:
                     return None

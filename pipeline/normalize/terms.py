@@ -73,6 +73,7 @@ _FUZZY_LONG_MIN = 80.0  # the same for words of 8 letters or more
 _UNSURE_MIN = 70.0  # an English word Whisper was unsure of
 _DRUG_MIN = 88.0  # a drug name is only proposed when the spelling is close
 _ENGLISH_ZIPF = 2.5  # at or above: an ordinary English word
+_COMMON_ZIPF = 4.0  # at or above: a common word, never replaced on doubt alone
 
 
 @dataclass
@@ -320,7 +321,8 @@ class MedicalTermCorrector:
                 i += 1
                 continue
             # 6. an ordinary word Whisper was unsure of, in a medical dictation
-            if prob < self.unsure_prob and "surgical" in ctx and len(low) >= 5:
+            if (prob < self.unsure_prob and "surgical" in ctx and len(low) >= 5
+                    and zipf < _COMMON_ZIPF):  # "roads" is said, not a misheard "radius"
                 pool = _curated_pool(index)
                 key = phonetic_key(low)
                 for cand_low, display in pool.items():
