@@ -7,16 +7,17 @@ and upgraded by Alembic (``migrate``), never by ``create_all``.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db.core import Physician
@@ -69,14 +70,36 @@ def alembic_config(url: str) -> Config:
 
 
 _migrated: set[str] = set()
+_MIGRATION_LOCK_KEY = 7243501  # arbitrary, fixed: PostgreSQL advisory lock for migrations
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def migrate(url: str) -> None:
-    """Create or upgrade the schema to every head revision (idempotent, once per process)."""
+    """Create or upgrade the schema to every head revision (idempotent, once per process).
+
+    Several processes may start at once (two service instances, a worker and the web app):
+    migrations are serialised by a PostgreSQL advisory lock, or a file lock beside an SQLite
+    database, so only the first creates the schema and the others find it current.
+    """
     if url in _migrated:
         return
     engine = get_engine(url)
-    with engine.begin() as conn:
+    lock: AbstractContextManager[None] = nullcontext()
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        lock = _file_lock(Path(url.removeprefix("sqlite:///") + ".migrate.lock"))
+    with lock, engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
         cfg = alembic_config(url)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "heads")

@@ -74,3 +74,17 @@ def test_physicians_from_environment_csv_or_json(monkeypatch) -> None:  # type: 
     assert Settings().physicians == ["dr-a", "dr-b"]
     monkeypatch.setenv("DICTATION_PHYSICIANS", '["dr-c"]')
     assert Settings().physicians == ["dr-c"]
+
+
+def test_processes_starting_together_migrate_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Regression: two service instances migrating one database at once raced on the schema."""
+    import subprocess
+    import sys
+
+    code = (
+        "from pipeline.settings import Settings; from pipeline.store import open_store; "
+        f"open_store(Settings(data_dir={str(tmp_path)!r}, physicians=['dr-x']))"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
