@@ -32,6 +32,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=run)
 
 
+def _warm_up(settings: Any) -> None:
+    """Load the speech model and the medical-language pipeline before the first dictation."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    try:
+        from pipeline import normalize, speech_models
+
+        speech_models.load(settings)
+        if hasattr(normalize, "warm_up"):
+            normalize.warm_up(settings)
+    except Exception as exc:  # the first dictation then loads them (and reports any error)
+        log.warning("worker warm-up skipped: %s", type(exc).__name__)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT (or idle with ``--exit-when-idle``)."""
     from pipeline import prefect_env
@@ -47,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     use_settings(settings)
     open_store(settings)  # migrate once, before the first run
+    _warm_up(settings)
     worker = WarmWorker(api_url, settings, limit=args.limit, poll_seconds=args.poll)
 
     def _stop(_signum: int, _frame: Any) -> None:
