@@ -236,6 +236,9 @@ class Service:
         t = threading.Thread(target=self.scanner.run, name="inbox", daemon=True)
         t.start()
         self._threads.append(t)
+        t = threading.Thread(target=self._deliver_loop, name="deliveries", daemon=True)
+        t.start()
+        self._threads.append(t)
         if self.options.web:
             self._start_web()
         self._say(f"Watching {s.inbox_dir}/<physician>/ for: {', '.join(s.physicians)}")
@@ -251,6 +254,21 @@ class Service:
                 if sidecar.exists():
                     _drop(sidecar, target.parent, target.with_suffix(".json").name)
                 self._say(f"demo: dropped {sample.name} into inbox/{s.physicians[0]}/")
+
+    def _deliver_loop(self) -> None:
+        """Send signed documents that are due (new, or whose retry back-off has passed)."""
+        from pipeline import route
+
+        while not self._stop.wait(self.settings.route_interval_s):
+            try:
+                report = route.deliver_due(self.settings)
+                if report.delivered or report.retrying or report.failed:
+                    log.info(
+                        "deliveries: delivered=%d retrying=%d failed=%d",
+                        len(report.delivered), len(report.retrying), len(report.failed),
+                    )
+            except Exception as exc:  # a mail server outage must not stop the service
+                log.error("delivery round failed: %s", type(exc).__name__)
 
     def stop(self) -> None:
         """Ask ``serve_forever`` to return (signal-safe)."""

@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -307,3 +308,32 @@ def test_plain_smtp_refused_to_remote_server(settings, store, tmp_path):
     assert route.deliver_due(settings, opts, now=NOW).retrying == [did]
     with store.session() as s:
         assert "without TLS" in s.get(Delivery, did).last_error
+
+
+def test_service_delivers_signed_documents_on_its_own(settings, store, tmp_path):
+    """The running service sends due deliveries without anyone pressing "send"."""
+    from pipeline.service import Service
+
+    settings.route_interval_s = 0.2
+    with store.session() as s:
+        draft = make_draft(s, tmp_path)
+        rec = route.add_recipient(s, "Riverside practice", "practice", "pdf_folder",
+                                  str(tmp_path / "riverside"))
+        route.route_draft(s, draft.id, recipient_id=rec.id)
+        draft_id = draft.id
+    service = Service(settings)
+    loop = threading.Thread(target=service._deliver_loop, daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with store.session() as s:
+                if s.get(DraftRow, draft_id).status == "delivered":
+                    break
+            time.sleep(0.2)
+    finally:
+        service.stop()
+        loop.join(5)
+    assert len(list((tmp_path / "riverside").iterdir())) == 1
+    with store.session() as s:
+        assert s.get(DraftRow, draft_id).status == "delivered"
