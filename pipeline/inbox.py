@@ -30,7 +30,6 @@ The date is the date of service; names that do not match are fine (no metadata i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from pipeline import audit
+from pipeline.audio import sha256_file
 from pipeline.db.core import DictationRow
 from pipeline.db.inbox import InboxIntake
 from pipeline.errors import PipelineError, SidecarError
@@ -154,21 +154,6 @@ def parse_filename(name: str) -> DictationMeta | None:
         priority="stat" if priority == "stat" else "routine",
         source="filename",
     )
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file's bytes (hex), streamed."""
-    try:
-        from pipeline import audio  # the speech area's implementation, when present
-
-        return str(audio.sha256_file(path))
-    except ImportError:
-        pass
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

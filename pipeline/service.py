@@ -18,7 +18,6 @@ timeout) and then check that no descendant process is left.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -190,8 +189,6 @@ class Service:
         return proc
 
     def _start_web(self) -> None:
-        if importlib.util.find_spec("pipeline.web.app") is None:
-            return
         try:
             import uvicorn
 
