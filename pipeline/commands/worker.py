@@ -41,8 +41,7 @@ def _warm_up(settings: Any) -> None:
         from pipeline import normalize, speech_models
 
         speech_models.load(settings)
-        if hasattr(normalize, "warm_up"):
-            normalize.warm_up(settings)
+        normalize.warm_up(settings)
     except Exception as exc:  # the first dictation then loads them (and reports any error)
         log.warning("worker warm-up skipped: %s", type(exc).__name__)
 
