@@ -67,12 +67,14 @@ _ENGLISH_ZIPF = 2.5
 
 @dataclass(frozen=True)
 class Candidate:
-    """A term that may be meant, with its comparison forms."""
+    """A term that may be meant, with its comparison forms (computed once)."""
 
     display: str
     compact: str  # lower case letters only
     key: str  # phonetic key of ``compact``
     words: int  # number of words in the display form
+    first: str = ""  # first sound of the key ("V" for a vowel)
+    parts: tuple[str, ...] = ()  # word prefixes and suffixes of the term, compacted
 
 
 def _compact(text: str) -> str:
@@ -85,7 +87,10 @@ def _first_sound(key: str) -> str:
 
 def _candidate(term: str) -> Candidate:
     c = _compact(term)
-    return Candidate(term, c, phonetic_key(c), len(term.split()))
+    key = phonetic_key(c)
+    ws = [_compact(w) for w in term.split()]
+    parts = tuple(p for k in range(1, len(ws)) for p in ("".join(ws[:k]), "".join(ws[k:])))
+    return Candidate(term, c, key, len(ws), _first_sound(key), parts)
 
 
 _ENDINGS = ("", "s", "es", "ed", "d", "ly", "al", "ing", "ic")
@@ -94,10 +99,8 @@ _ENDINGS = ("", "s", "es", "ed", "d", "ly", "al", "ing", "ic")
 def _part_of(h: str, cand: Candidate) -> bool:
     """``h`` is the term less some of its words, or the term with an ending added or dropped
     ("medication overuse" / "... headache", "unilaterally" / "unilateral")."""
-    words = [_compact(w) for w in cand.display.split()]
-    for k in range(1, len(words)):
-        if h in ("".join(words[:k]), "".join(words[k:])):
-            return True
+    if h in cand.parts:
+        return True
     c = cand.compact
     if c in h and c != h:
         return True  # the window holds the whole term and more ("... mattress suture")
@@ -108,18 +111,27 @@ def window_score(heard: str, cand: Candidate) -> float:
     """How well the joined words ``heard`` sound like ``cand`` (0-100); 0 when the first
     sound or the length disagree."""
     h = _compact(heard)
+    return _score(h, phonetic_key(h) if h else "", cand)
+
+
+def _score(h: str, hk: str, cand: Candidate, cutoff: float = 0.0) -> float:
+    """``window_score`` with the heard forms precomputed; below ``cutoff`` may return 0."""
     if not h or not cand.compact:
+        return 0.0
+    if abs(len(h) - len(cand.compact)) > max(3, int(len(cand.compact) * 0.35)):
         return 0.0
     if h == cand.compact:
         return 100.0  # the term split into pieces ("metro nida zole")
-    if abs(len(h) - len(cand.compact)) > max(3, int(len(cand.compact) * 0.35)):
+    if _first_sound(hk) != cand.first:
         return 0.0
-    if _part_of(h, cand):
-        return 0.0  # an added or dropped word or ending, not a mishearing
-    hk = phonetic_key(h)
-    if _first_sound(hk) != _first_sound(cand.key):
+    # the mean of two ratios reaches the cutoff only if the spelling ratio reaches 2c - 100
+    r1 = fuzz.ratio(h, cand.compact, score_cutoff=max(0.0, 2 * cutoff - 100))
+    if cutoff and r1 == 0:
         return 0.0
-    return (fuzz.ratio(h, cand.compact) + fuzz.ratio(hk, cand.key)) / 2.0
+    score = (r1 + fuzz.ratio(hk, cand.key)) / 2.0
+    if score < cutoff or _part_of(h, cand):
+        return 0.0  # _part_of: an added or dropped word or ending, not a mishearing
+    return score
 
 
 @lru_cache(maxsize=4)
@@ -182,6 +194,26 @@ def context_candidates(
     return cands
 
 
+Buckets = dict[int, list[Candidate]]
+
+
+def _buckets(cands: list[Candidate] | tuple[Candidate, ...]) -> Buckets:
+    """Candidates by the length of their compact form (most lengths are never compared)."""
+    out: Buckets = {}
+    for c in cands:
+        out.setdefault(len(c.compact), []).append(c)
+    return out
+
+
+def _near(buckets: Buckets, n: int) -> list[Candidate]:
+    """Candidates whose length is close enough to ``n`` letters for ``_score``."""
+    out: list[Candidate] = []
+    for lc in range(max(1, int(n / 1.35) - 1), int(n / 0.65) + 2):
+        if lc in buckets and abs(n - lc) <= max(3, int(lc * 0.35)):
+            out += buckets[lc]
+    return out
+
+
 def _plain(t: Tok) -> bool:
     return t.is_word and not t.protected and t.change is None and bool(_WORD.match(t.text))
 
@@ -201,6 +233,7 @@ class SoundAlikeRepair(Transform):
         vocab_dir = Path(state.settings.vocab_dir).resolve()
         drugs = common_drugs(vocab_dir) if medical else ()
         wide = _all_curated(index, vocab_dir) if medical else ()
+        ctx, drugs, wide = _buckets(ctx), _buckets(drugs), _buckets(wide)
         out: list[Tok] = []
         i = 0
         n = len(toks)
@@ -226,9 +259,9 @@ class SoundAlikeRepair(Transform):
         toks: list[Tok],
         i: int,
         index: VocabIndex,
-        ctx: list[Candidate],
-        drugs: tuple[Candidate, ...],
-        wide: tuple[Candidate, ...],
+        ctx: Buckets,
+        drugs: Buckets,
+        wide: Buckets,
     ) -> tuple[int, Candidate, float, bool] | None:
         """The best repair of a window starting at token ``i``: (end, term, score, review)."""
         first = toks[i]
@@ -260,9 +293,9 @@ class SoundAlikeRepair(Transform):
         j: int,
         words: list[Tok],
         index: VocabIndex,
-        ctx: list[Candidate],
-        drugs: tuple[Candidate, ...],
-        wide: tuple[Candidate, ...],
+        ctx: Buckets,
+        drugs: Buckets,
+        wide: Buckets,
     ) -> tuple[Candidate, float, bool] | None:
         lows = [w.low for w in words]
         heard = "".join(lows)
@@ -276,30 +309,31 @@ class SoundAlikeRepair(Transform):
         unknown = any(index.zipf(w) < _ENGLISH_ZIPF and not index.is_medical(w)
                       for w in lows if w not in _INNER_OK)
         unsure = any(w.prob < _UNSURE_PROB for w in words)
+        hk = phonetic_key(heard)
         doubt = unknown or min(w.prob for w in words) < 0.6
         best: tuple[Candidate, float, bool] | None = None
         # 1. a common drug right before a dose or after a strength in percent
         if drugs and doubt and (_dose_after(toks, j) or _percent_before(toks, i)):
-            for cand in drugs:
+            for cand in _near(drugs, len(heard)):
                 if cand.compact == heard and len(words) == 1:
                     return None
-                s = window_score(heard, cand)
+                s = _score(heard, hk, cand, _DOSE_MIN)
                 if s >= _DOSE_MIN and (best is None or s > best[1]):
                     best = (cand, s, not unknown)
         # 2. a specialty or physician term, with evidence of a mishearing (a lone English
         # word is never enough: "roads" is not "radius")
         if unknown or (unsure and len(words) > 1):
-            for cand in ctx:
+            for cand in _near(ctx, len(heard)):
                 if cand.compact == heard and len(words) == 1:
                     return None
-                s = window_score(heard, cand)
                 need = _CONTEXT_MIN if unknown else _CONTEXT_MIN + 6
+                s = _score(heard, hk, cand, need)
                 if s >= need and (best is None or s > best[1]):
                     best = (cand, s, not unknown)
         # 3. any curated term, when a word of the window is not English at all
         if unknown and wide:
-            for cand in wide:
-                s = window_score(heard, cand)
+            for cand in _near(wide, len(heard)):
+                s = _score(heard, hk, cand, _WIDE_MIN)
                 if s >= _WIDE_MIN and (best is None or s > best[1]):
                     best = (cand, s, False)
         if best is not None and lows[0] == "a" and (
