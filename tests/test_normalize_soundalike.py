@@ -44,6 +44,8 @@ REPAIRS = [
      "A well padded tourniquet was applied."),
     ("the medial femoral condel was intact.", {"condel"}, "operative_report",
      "The medial femoral condyle was intact."),
+    ("she had tachypnean on arrival.", {"tachypnean"}, "discharge_summary",
+     "She had tachypnea on arrival."),
     ("he has paroxies mal atrial fibrillation.", {"paroxies", "mal"}, "progress_note",
      "He has paroxysmal atrial fibrillation."),
 ]

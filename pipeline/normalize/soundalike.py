@@ -102,7 +102,7 @@ def _part_of(h: str, cand: Candidate) -> bool:
     if h in cand.parts:
         return True
     c = cand.compact
-    if c in h and c != h:
+    if c in h and len(h) - len(c) >= 3:
         return True  # the window holds the whole term and more ("... mattress suture")
     return any(h == c + e or c == h + e for e in _ENDINGS[1:])
 
