@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from pipeline import audio as audio_mod
 from pipeline.records import (
@@ -44,6 +45,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, float], None]  # (seconds done, total seconds)
+T = TypeVar("T")
 
 
 def new_id() -> str:
@@ -160,29 +162,23 @@ def process_file(
     """Run every stage on one file and return what each produced (with per-stage timings)."""
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn: Callable[[], object]) -> object:
+    def timed(name: str, fn: Callable[[], T]) -> T:
         t0 = time.perf_counter()
         value = fn()
         timings[name] = time.perf_counter() - t0
         return value
 
     dictation = timed("load", lambda: load_dictation(path, settings, meta))
-    assert isinstance(dictation, Dictation)
     transcript = timed("transcribe", lambda: transcribe_stage(dictation, settings, progress))
-    assert isinstance(transcript, Transcript)
     note = timed("normalize", lambda: normalize_stage(transcript, dictation, settings))
-    assert isinstance(note, Note)
     document = timed("structure", lambda: structure_stage(note, dictation, settings))
-    assert isinstance(document, Document)
     draft = timed("render", lambda: render_stage(document, dictation, transcript, note, settings))
-    assert isinstance(draft, Draft)
     if store:
-        stored = timed(
+        rendered = draft
+        draft = timed(
             "enqueue",
-            lambda: enqueue_stage(dictation, transcript, note, document, draft, settings),
+            lambda: enqueue_stage(dictation, transcript, note, document, rendered, settings),
         )
-        assert isinstance(stored, Draft)
-        draft = stored
     log.info(
         "processed dictation=%s draft=%s duration_s=%.1f timings=%s",
         dictation.id,

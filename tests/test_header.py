@@ -125,7 +125,8 @@ def test_stay_dates_from_the_opening_sentence(settings) -> None:
 def test_physician_display_name_from_settings_map(settings) -> None:
     """A configured printable name wins over the one derived from the id."""
     settings.physician_names = {"dr-smith": "Jane Smith, MD"}
-    doc = structure(Note(text="Impression: stable."), DictationMeta(physician_id="dr-smith"), settings)
+    note = Note(text="Impression: stable.")
+    doc = structure(note, DictationMeta(physician_id="dr-smith"), settings)
     assert doc.header["physician"].value == "Jane Smith, MD"
-    doc = structure(Note(text="Impression: stable."), DictationMeta(physician_id="dr-patel"), settings)
+    doc = structure(note, DictationMeta(physician_id="dr-patel"), settings)
     assert doc.header["physician"].value == "Dr. Patel"

@@ -85,6 +85,8 @@ def test_processes_starting_together_migrate_once(tmp_path) -> None:  # type: ig
         "from pipeline.settings import Settings; from pipeline.store import open_store; "
         f"open_store(Settings(data_dir={str(tmp_path)!r}, physicians=['dr-x']))"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(4)
+    ]
     errors = [p.communicate(timeout=120)[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from alembic import context
-from sqlalchemy import create_engine
-
 import importlib
 import pkgutil
+
+from alembic import context
+from sqlalchemy import create_engine
 
 import pipeline.db
 from pipeline.db.base import Base
