@@ -71,9 +71,9 @@ def visible_physicians(session: Session, user: UserInfo) -> list[str]:
 
 
 def _check(user: UserInfo, physician_id: str | None, session: Session) -> None:
-    if user.role == "admin":
-        if physician_id is None or session.get(Physician, physician_id) is not None:
-            return
+    known = physician_id is None or session.get(Physician, physician_id) is not None
+    if user.role == "admin" and known:
+        return
     if physician_id is None or physician_id not in visible_physicians(session, user):
         raise PermissionDeniedError("This physician's calendar is not assigned to you.")
 
