@@ -111,6 +111,14 @@ def _child(kind: str, settings_data: dict[str, Any], audio: str, warm: str | Non
         options = TranscribeOptions.from_settings(settings)
         language = options.language if model.model.is_multilingual else "en"
         kwargs = whisper_kwargs(options, language)
+        if document_type and settings.biased_decoding:
+            # "Same settings": raw faster-whisper gets the term prompt the pipeline chooses
+            # for this document type, so the ratio measures the pipeline's own cost.
+            from pipeline import normalize
+
+            terms = normalize.prompt_terms(settings, document_type=document_type)
+            kwargs["hotwords"] = terms.hotwords
+            kwargs["initial_prompt"] = terms.initial_prompt
         if not options.vad:
             kwargs["vad_filter"] = False
         else:
@@ -213,7 +221,8 @@ def run_bench(
     With ``repeat`` > 1 the two alternate that many times and the median run of each is kept
     (its peak memory is the highest seen), which steadies the ratio on a busy machine.
     ``document_type`` is given to the pipeline as if from a sidecar (it selects the
-    medical-language term prompt).
+    medical-language term prompt); raw faster-whisper then gets the same prompt, so both
+    sides decode with the same model and settings.
     """
     from pipeline import audio as audio_mod
     from pipeline import speech_models
@@ -233,7 +242,7 @@ def run_bench(
         raws: list[RunFigures] = []
         pipes: list[RunFigures] = []
         for _ in range(max(repeat, 1)):  # alternate, so that machine load hits both sides
-            raws.append(measure("raw", raw_settings, audio, warm))
+            raws.append(measure("raw", raw_settings, audio, warm, document_type))
             pipes.append(measure("pipeline", pipe_settings, audio, warm, document_type))
         raw, pipe = _median(raws), _median(pipes)
         raw.label, pipe.label = "raw faster-whisper", "pipeline"

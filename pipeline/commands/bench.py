@@ -38,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="alternate raw and pipeline N times; report the median of each")
     p.add_argument("--document-type", metavar="TYPE",
-                   help="document type for the pipeline, as a sidecar would give it (e.g. "
-                   "operative_report; selects the term prompt)")
+                   help="document type, as a sidecar would give it (e.g. operative_report): "
+                   "selects the term prompt, given to both raw faster-whisper and the pipeline")
     p.add_argument("--data-dir", type=Path, help="data directory (model cache)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=run)
