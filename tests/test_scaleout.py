@@ -8,18 +8,15 @@ Needs PostgreSQL 15 server binaries (Debian: ``apt-get install -y postgresql``).
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgserver import free_port, postgres_server
 from sqlalchemy import func, select
 
 from pipeline import prefect_env
@@ -29,72 +26,11 @@ from pipeline.store import open_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-_PG_DIRS = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/local/bin"), Path("/usr/bin")]
-
-
-def _pg_bin(name: str) -> Path | None:
-    for d in _PG_DIRS:
-        if (d / name).exists():
-            return d / name
-    found = shutil.which(name)
-    return Path(found) if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _as_pg_user(cmd: list[str]) -> list[str]:
-    """initdb refuses to run as root: run PostgreSQL as the ``postgres`` (or nobody) user."""
-    if os.geteuid() != 0:
-        return cmd
-    for user in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            continue
-        return ["runuser", "-u", user, "--", *cmd]
-    pytest.skip("running as root and no 'postgres' or 'nobody' user to run PostgreSQL as")
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
     """A throwaway PostgreSQL on 127.0.0.1 with databases ``prefect`` and ``dictation``."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if initdb is None or pg_ctl is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; "
-                    "install the Debian package 'postgresql'")
-    import psycopg2
-
-    root = Path(tempfile.mkdtemp(prefix="dictation-pg-"))
-    root.chmod(0o755)
-    data = root / "data"
-    data.mkdir()
-    if os.geteuid() == 0:
-        user = _as_pg_user(["x"])[2]
-        shutil.chown(root, user)
-        shutil.chown(data, user)
-    port = _free_port()
-    subprocess.run(_as_pg_user([str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres",
-                                "--no-sync", "-E", "UTF8"]), check=True, capture_output=True)
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(_as_pg_user([str(pg_ctl), "-D", str(data), "-o", opts, "-l",
-                                str(root / "pg.log"), "-w", "start"]),
-                   check=True, capture_output=True)
-    try:
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("CREATE DATABASE prefect")
-            cur.execute("CREATE DATABASE dictation")
-        conn.close()
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run(_as_pg_user([str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_server(["prefect", "dictation"]) as address:
+        yield address
 
 
 def _wait(pred, timeout: float, every: float = 1.0):  # type: ignore[no-untyped-def]
@@ -116,7 +52,7 @@ def test_two_instances_share_one_prefect_server_exactly_once(
         data_dir=tmp_path / "shared", model="tiny.en", device="cpu", compute_type="int8",
         physicians=["dr-smith", "dr-patel"], pdf="never", stable_seconds=0.3,
         sidecar_grace_seconds=0.3, poll_interval_seconds=0.2, workers=1,
-        prefect_port=_free_port(),
+        prefect_port=free_port(),
         database_url=f"postgresql+psycopg2://postgres@{postgres}/dictation",
     )
     pg_prefect = f"postgresql+asyncpg://postgres@{postgres}/prefect"

@@ -4,12 +4,6 @@ routes. Skipped when the PostgreSQL server binaries are not installed."""
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,6 +12,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from pgserver import postgres_server
 from sqlalchemy import func, select
 
 from pipeline import audit, route, schedule, tasks
@@ -34,59 +29,10 @@ NY = ZoneInfo("America/New_York")
 OPTS = ScheduleOptions(default_timezone="America/New_York")
 
 
-def _bin(name: str) -> str | None:
-    for d in ("/usr/lib/postgresql/15/bin", "/usr/local/bin", "/usr/bin"):
-        if Path(d, name).exists():
-            return str(Path(d, name))
-    return shutil.which(name)
-
-
-def _as_pg(cmd: list[str]) -> list[str]:
-    if os.geteuid() != 0:
-        return cmd
-    for user in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            continue
-        return ["runuser", "-u", user, "--", *cmd]
-    pytest.skip("running as root without a 'postgres' or 'nobody' user for PostgreSQL")
-
-
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries not found (Debian package 'postgresql')")
-    import psycopg2
-
-    root = Path(tempfile.mkdtemp(prefix="sched-pg-"))
-    root.chmod(0o755)
-    data = root / "data"
-    data.mkdir()
-    if os.geteuid() == 0:
-        user = _as_pg(["x"])[2]
-        shutil.chown(root, user)
-        shutil.chown(data, user)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    subprocess.run(_as_pg([initdb, "-D", str(data), "-A", "trust", "-U", "postgres",
-                           "--no-sync", "-E", "UTF8"]), check=True, capture_output=True)
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(_as_pg([pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "pg.log"),
-                           "-w", "start"]), check=True, capture_output=True)
-    try:
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("CREATE DATABASE sched")
-        conn.close()
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/sched"
-    finally:
-        subprocess.run(_as_pg([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_server(["sched"]) as address:
+        yield f"postgresql+psycopg2://postgres@{address}/sched"
 
 
 def ny(day: str, hm: str) -> datetime:
