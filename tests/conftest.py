@@ -2,7 +2,7 @@
 
 - ``settings``: a ``Settings`` with a fresh data directory under tmp, tiny.en (the model the
   tests run for real), two physicians.
-- ``samples_dir``: the project's ``samples/`` folder (shipped data, not ../shared).
+- ``samples_dir``: the project's ``samples/`` folder (data shipped in this repository).
 """
 
 from __future__ import annotations
