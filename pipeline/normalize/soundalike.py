@@ -233,12 +233,12 @@ class SoundAlikeRepair(Transform):
         vocab_dir = Path(state.settings.vocab_dir).resolve()
         drugs = common_drugs(vocab_dir) if medical else ()
         wide = _all_curated(index, vocab_dir) if medical else ()
-        ctx, drugs, wide = _buckets(ctx), _buckets(drugs), _buckets(wide)
+        ctx_b, drugs_b, wide_b = _buckets(ctx), _buckets(drugs), _buckets(wide)
         out: list[Tok] = []
         i = 0
         n = len(toks)
         while i < n:
-            best = self._best_at(toks, i, index, ctx, drugs, wide)
+            best = self._best_at(toks, i, index, ctx_b, drugs_b, wide_b)
             if best is None:
                 out.append(toks[i])
                 i += 1
