@@ -636,6 +636,16 @@ class TextScore:
     def word_errors(self) -> int:
         return self.substitutions + self.deletions + self.insertions
 
+    def rates(self) -> dict[str, float | None]:
+        """WER, CER, medical-term error rate, key-term recall and formatted TER."""
+        return {
+            "wer": _ratio(self.word_errors, self.ref_words),
+            "cer": _ratio(self.char_errors, self.ref_chars),
+            "medical_term_error_rate": _ratio(self.medical_errors, self.medical_ref_words),
+            "key_term_recall": _ratio(self.terms_found, self.terms_total),
+            "formatted_ter": _ratio(self.fmt_errors, self.fmt_ref_tokens),
+        }
+
 
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
@@ -765,15 +775,7 @@ class FileResult:
         return _ratio(self.duration_s, self.transcribe_s)
 
     def metrics(self) -> dict[str, Any]:
-        s = self.score
-        return {
-            "wer": _ratio(s.word_errors, s.ref_words),
-            "cer": _ratio(s.char_errors, s.ref_chars),
-            "medical_term_error_rate": _ratio(s.medical_errors, s.medical_ref_words),
-            "key_term_recall": _ratio(s.terms_found, s.terms_total),
-            "formatted_ter": _ratio(s.fmt_errors, s.fmt_ref_tokens),
-            "speed_x_realtime": self.speed,
-        }
+        return {**self.score.rates(), "speed_x_realtime": self.speed}
 
     def to_dict(self) -> dict[str, Any]:
         s = self.score
@@ -828,13 +830,8 @@ class Totals:
             setattr(a, name, getattr(a, name) + getattr(b, name))
 
     def metrics(self) -> dict[str, Any]:
-        s = self.score
         return {
-            "wer": _ratio(s.word_errors, s.ref_words),
-            "cer": _ratio(s.char_errors, s.ref_chars),
-            "medical_term_error_rate": _ratio(s.medical_errors, s.medical_ref_words),
-            "key_term_recall": _ratio(s.terms_found, s.terms_total),
-            "formatted_ter": _ratio(s.fmt_errors, s.fmt_ref_tokens),
+            **self.score.rates(),
             "speed_x_realtime": _ratio(self.duration_s, self.transcribe_s),
         }
 
