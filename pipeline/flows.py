@@ -152,6 +152,16 @@ def enqueue(dictation: Dictation, transcript: Transcript, note: Note, document: 
     return enqueue_stage(dictation, transcript, note, document, draft, _settings()).id
 
 
+@task(name="pdf", **_IO)  # type: ignore[call-overload]
+def pdf(draft: Draft, draft_id: str) -> bool:
+    """Make the queued draft's PDF and record it (LibreOffice; retried as I/O). Returns whether
+    a PDF was made; a failure raises, and the flow keeps the draft queued without it."""
+    from pipeline.process import pdf_stage
+
+    draft.id = draft_id
+    return "pdf" in pdf_stage(draft, _settings(), raise_errors=True).outputs
+
+
 @task(name="archive", **_IO)  # type: ignore[call-overload]
 def archive(dictation_id: str) -> None:
     """Move the audio from processing/ to archive/ (the workbench plays it from there)."""
@@ -213,6 +223,14 @@ def process_dictation(dictation_id: str) -> str:
         log.error("dictation=%s failed code=%s", dictation_id, code)
         raise
     archive(dictation_id)
+    # The draft is in the review queue and the audio archived: the PDF comes last, and its
+    # failure (after retries) loses nothing; the draft stays queued with its other outputs.
+    try:
+        pdf(draft, draft_id)
+    except Exception as exc:
+        code = exc.code if isinstance(exc, PipelineError) else type(exc).__name__
+        log.warning("dictation=%s draft=%s pdf failed code=%s; draft queued without pdf",
+                    dictation_id, draft_id, code)
     log.info("dictation=%s draft=%s done in %.2fs", dictation_id, draft_id,
              time.perf_counter() - t0)
     return "done"

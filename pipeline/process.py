@@ -4,9 +4,12 @@ Each stage is a function over records so that the CLI, the Prefect flow
 (``pipeline.flows``) and the tests call the same code:
 
     load_dictation -> transcribe_stage -> normalize_stage -> structure_stage
-                   -> render_stage -> enqueue_stage
+                   -> render_stage -> enqueue_stage -> pdf_stage
 
-``process_file`` chains them for one file.
+``process_file`` chains them for one file. The draft enters the review queue with its .docx,
+text, FHIR and HL7 files; its PDF (LibreOffice, about a second per draft) is made afterwards by
+``pdf_stage`` and added to the draft's outputs, so the reviewer never waits for it and a PDF
+failure never loses or un-queues a draft.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "structure_stage",
     "render_stage",
     "enqueue_stage",
+    "pdf_stage",
     "process_file",
     "ProcessResult",
 ]
@@ -63,6 +67,9 @@ class ProcessResult:
     document: Document
     draft: Draft
     timings: dict[str, float] = field(default_factory=dict)
+    #: seconds from the start until the draft was in the review queue (rendered, when not
+    #: stored): what the user waits for; the PDF comes after it
+    queued_s: float = 0.0
 
 
 def load_dictation(
@@ -121,12 +128,14 @@ def render_stage(
     settings: Settings,
     draft_id: str | None = None,
 ) -> Draft:
-    """Render the document's outputs (.docx, text, FHIR, HL7, PDF when available)."""
+    """Render the document's outputs (.docx, text, FHIR, HL7); ``pdf_stage`` adds the PDF
+    after the draft is queued."""
     from pipeline import render
 
     draft_id = draft_id or new_id()
     out_dir = settings.drafts_dir / draft_id
-    outputs = render.render_outputs(document, dictation, draft_id, out_dir, settings)
+    outputs = render.render_outputs(document, dictation, draft_id, out_dir, settings,
+                                    pdf="never")
     return Draft(
         id=draft_id,
         dictation_id=dictation.id,
@@ -151,6 +160,72 @@ def enqueue_stage(
     return review.enqueue(settings, dictation, transcript, note, document, draft)
 
 
+def pdf_stage(draft: Draft, settings: Settings, *, store: bool = True,
+              raise_errors: bool | None = None) -> Draft:
+    """Make the draft's PDF (per ``settings.pdf``) and record it in its outputs (and, with
+    ``store``, in the stored draft, while it is still queued for review); return the draft.
+
+    ``never``, or ``auto`` without LibreOffice: nothing happens. A failed conversion leaves the
+    draft queued with its other outputs; it is logged (ids only) and, when ``raise_errors``
+    (default: ``settings.pdf == "always"``), raised as ``PdfConversionError``.
+    """
+    from pipeline import render
+    from pipeline.errors import PdfConversionError
+
+    if raise_errors is None:
+        raise_errors = settings.pdf == "always"
+    docx = draft.outputs.get("docx") or draft.docx_path
+    if settings.pdf == "never" or docx is None:
+        return draft
+    out_dir = Path(docx).parent
+    current = (lambda: _still_queued(draft.id, settings)) if store else None
+    if current is not None and not current():
+        log.info("pdf skipped draft=%s reason=draft_moved_on", draft.id)
+        return draft
+    try:
+        made = render.render_pdf(draft.id, out_dir, settings, still_current=current)
+    except PdfConversionError as exc:
+        level = logging.ERROR if settings.pdf == "always" else logging.WARNING
+        log.log(level, "pdf failed draft=%s code=%s; draft stays queued without pdf",
+                draft.id, exc.code)
+        if raise_errors:
+            raise PdfConversionError(
+                f"{exc} The draft {draft.id} is queued for review without its PDF."
+            ) from exc
+        return draft
+    if made is None:
+        return draft
+    draft.outputs = {**draft.outputs, "pdf": made}
+    if store:
+        _record_pdf(draft.id, made, settings)
+    return draft
+
+
+def _still_queued(draft_id: str, settings: Settings) -> bool:
+    from pipeline import review
+    from pipeline.db.core import DraftRow
+    from pipeline.store import open_store
+
+    with open_store(settings).session() as s:
+        row = s.get(DraftRow, draft_id)
+        return row is not None and row.status == review.QUEUED
+
+
+def _record_pdf(draft_id: str, pdf: Path, settings: Settings) -> None:
+    """Add the PDF to the stored draft's outputs, unless a reviewer has moved it on (signing
+    renders its own outputs)."""
+    from pipeline import review
+    from pipeline.db.core import DraftRow
+    from pipeline.store import open_store
+
+    with open_store(settings).session() as s:
+        row = s.get(DraftRow, draft_id, with_for_update=True)
+        if row is None or row.status != review.QUEUED:
+            log.info("pdf not recorded draft=%s reason=draft_moved_on", draft_id)
+            return
+        row.outputs = {**(row.outputs or {}), "pdf": str(pdf)}
+
+
 def process_file(
     path: Path,
     settings: Settings,
@@ -159,8 +234,13 @@ def process_file(
     progress: ProgressCallback | None = None,
     store: bool = True,
 ) -> ProcessResult:
-    """Run every stage on one file and return what each produced (with per-stage timings)."""
+    """Run every stage on one file and return what each produced (with per-stage timings).
+
+    The draft is queued (``store``) before its PDF is made: ``ProcessResult.queued_s`` is the
+    time until then, ``timings["pdf"]`` the PDF's own time. With ``settings.pdf == "always"`` a
+    failed PDF raises ``PdfConversionError`` after the draft is queued."""
     timings: dict[str, float] = {}
+    start = time.perf_counter()
 
     def timed(name: str, fn: Callable[[], T]) -> T:
         t0 = time.perf_counter()
@@ -179,11 +259,17 @@ def process_file(
             "enqueue",
             lambda: enqueue_stage(dictation, transcript, note, document, rendered, settings),
         )
-    log.info(
-        "processed dictation=%s draft=%s duration_s=%.1f timings=%s",
-        dictation.id,
-        draft.id,
-        dictation.audio.duration_s,
-        {k: round(v, 3) for k, v in timings.items()},
-    )
-    return ProcessResult(dictation, transcript, note, document, draft, timings)
+    queued_s = time.perf_counter() - start
+    queued = draft
+    try:
+        draft = timed("pdf", lambda: pdf_stage(queued, settings, store=store))
+    finally:
+        log.info(
+            "processed dictation=%s draft=%s duration_s=%.1f queued_s=%.2f timings=%s",
+            dictation.id,
+            draft.id,
+            dictation.audio.duration_s,
+            queued_s,
+            {k: round(v, 3) for k, v in timings.items()},
+        )
+    return ProcessResult(dictation, transcript, note, document, draft, timings, queued_s)

@@ -28,6 +28,7 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -48,8 +49,8 @@ from pipeline.sections import clean_text
 from pipeline.settings import Settings
 from pipeline.templates import FieldSpec, TemplateSpec, get_template
 
-__all__ = ["render_outputs", "build_context", "render_docx", "render_text", "OUTPUT_NAMES",
-           "status_text"]
+__all__ = ["render_outputs", "render_pdf", "build_context", "render_docx", "render_text",
+           "OUTPUT_NAMES", "status_text"]
 
 log = logging.getLogger(__name__)
 
@@ -382,19 +383,14 @@ def render_outputs(
         (tmp / OUTPUT_NAMES["hl7"]).write_bytes(message.encode("utf-8"))
         kinds = ["docx", "txt", "fhir", "hl7"]
         mode = pdf or settings.pdf
-        if mode == "always" or (mode == "auto" and pdf_mod.find_soffice()):
-            try:
-                pdf_mod.convert_to_pdf(tmp / OUTPUT_NAMES["docx"], tmp,
-                                       profile_root=settings.cache_dir / "soffice",
-                                       timeout=settings.pdf_timeout_seconds)
+        try:
+            if _pdf_into(tmp / OUTPUT_NAMES["docx"], tmp, settings, mode, draft_id):
                 kinds.append("pdf")
-            except pdf_mod.PdfConversionError:
-                if mode == "always":
-                    raise
-                # auto: the draft is complete without its PDF; the reviewer can re-render
-                log.warning("pdf skipped draft=%s reason=conversion_failed", draft_id)
-        elif mode == "auto":
-            log.info("pdf skipped draft=%s reason=soffice_missing", draft_id)
+        except pdf_mod.PdfConversionError:
+            if mode == "always":
+                raise
+            # auto: the draft is complete without its PDF; the reviewer can re-render
+            log.warning("pdf skipped draft=%s reason=conversion_failed", draft_id)
         _swap_into_place(tmp, out_dir, {OUTPUT_NAMES[k] for k in OUTPUT_NAMES})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -402,3 +398,72 @@ def render_outputs(
     log.info("rendered draft=%s type=%s final=%s outputs=%s seconds=%.3f", draft_id, spec.key,
              final, kinds, time.perf_counter() - t0)
     return {kind: out_dir / OUTPUT_NAMES[kind] for kind in kinds}
+
+
+def _pdf_into(docx: Path, folder: Path, settings: Settings, mode: str, draft_id: str) -> bool:
+    """Convert ``docx`` into ``folder`` per ``mode``; False when no PDF is wanted or possible
+    (``never``, or ``auto`` without LibreOffice). Raises ``PdfConversionError`` when a wanted
+    conversion fails (``always`` without LibreOffice included)."""
+    if mode == "never":
+        return False
+    if mode == "auto" and not pdf_mod.find_soffice():
+        log.info("pdf skipped draft=%s reason=soffice_missing", draft_id)
+        return False
+    pdf_mod.convert_to_pdf(docx, folder, profile_root=settings.cache_dir / "soffice",
+                           timeout=settings.pdf_timeout_seconds)
+    return True
+
+
+def _fingerprint(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def render_pdf(
+    draft_id: str,
+    out_dir: Path,
+    settings: Settings,
+    *,
+    pdf: str | None = None,
+    still_current: Callable[[], bool] | None = None,
+) -> Path | None:
+    """Make the PDF of a draft already rendered into ``out_dir`` (from its .docx); return its
+    path, or None when no PDF is wanted (``never``) or possible (``auto`` without LibreOffice).
+
+    The PDF is converted in a temporary folder and renamed into place, so a reader never sees
+    a half-written file; if the .docx changed while LibreOffice ran (the draft was re-rendered,
+    e.g. signed) or ``still_current()`` says False, the PDF is discarded and None returned.
+    Raises ``PdfConversionError`` when LibreOffice fails (for ``auto`` and ``always``) or is
+    missing (``always``): the draft's other files are never touched. ``pdf`` overrides
+    ``settings.pdf``.
+    """
+    mode = pdf or settings.pdf
+    out_dir = Path(out_dir)
+    docx = out_dir / OUTPUT_NAMES["docx"]
+    if mode == "never":
+        return None
+    before = _fingerprint(docx)
+    if before is None:
+        raise pdf_mod.PdfConversionError(
+            f"Draft {draft_id} has no {OUTPUT_NAMES['docx']} to convert; expected the rendered "
+            "draft before its PDF."
+        )
+    t0 = time.perf_counter()
+    tmp = out_dir.parent / f".{out_dir.name}.pdf-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        if not _pdf_into(docx, tmp, settings, mode, draft_id):
+            return None
+        made = tmp / f"{docx.stem}.pdf"
+        if _fingerprint(docx) != before or (still_current is not None and not still_current()):
+            log.info("pdf discarded draft=%s reason=draft_rerendered", draft_id)
+            return None
+        target = out_dir / OUTPUT_NAMES["pdf"]
+        made.replace(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("pdf made draft=%s seconds=%.2f", draft_id, time.perf_counter() - t0)
+    return target
