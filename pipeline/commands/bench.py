@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from pipeline.commands.transcribe import settings_from_args
 
-__all__ = ["register", "run"]
+if TYPE_CHECKING:  # pipeline.bench imports numpy: only when the command runs
+    from pipeline.bench import BenchResult
+
+__all__ = ["register", "run", "report"]
 
 TARGET_RATIO = 1.15
 TARGET_LONG_MB = 700.0
@@ -64,13 +67,21 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
+    report(result, Console(), repeat=args.repeat, document_type=args.document_type)
+    return 0
+
+
+def report(result: BenchResult, console: Console, *, repeat: int = 1,
+           document_type: str | None = None) -> None:
+    """Print the figures: the side-by-side table, per-stage times, the PDF on its own line."""
     raw, pipe = result.raw, result.pipeline
-    runs = f", median of {args.repeat} alternating runs" if args.repeat > 1 else ""
-    if args.document_type:
-        runs += f", pipeline as {args.document_type}"
+    runs = f", median of {repeat} alternating runs" if repeat > 1 else ""
+    if document_type:
+        runs += f", pipeline as {document_type}"
     table = Table(
-        title=f"{args.audio.name}: {raw.audio_s:.1f} s audio, model {result.model}, "
-        f"{result.device}/{result.compute_type}, beam {result.beam_size}{runs}"
+        title=f"{Path(result.audio).name}: {raw.audio_s:.1f} s audio, model {result.model}, "
+        f"{result.device}/{result.compute_type}, beam {result.beam_size}{runs}",
+        caption="pipeline wall time: until the draft is in the review queue (PDF below)",
     )
     table.add_column("")
     table.add_column("raw faster-whisper", justify="right")
@@ -84,11 +95,23 @@ def run(args: argparse.Namespace) -> int:
     _row(table, "model load (s)", [f"{raw.load_s:.2f}", f"{pipe.load_s:.2f}", ""])
     _row(table, "warm-up, first 5 s (s)", [f"{raw.warmup_s:.2f}", f"{pipe.warmup_s:.2f}", ""])
     _row(table, "words", [raw.words, pipe.words, ""])
-    console = Console()
     console.print(table)
     if pipe.stages:
         console.print("pipeline stages (s): " + ", ".join(
-            f"{k} {v:.2f}" for k, v in pipe.stages.items() if k != "runs"))
+            f"{k} {v:.2f}" for k, v in pipe.stages.items() if k != "runs")
+            + " (pdf runs after the draft is queued)")
+        others = sum(v for k, v in pipe.stages.items() if k not in ("runs", "transcribe", "pdf"))
+        outside = pipe.wall_s - pipe.stages.get("transcribe", 0.0)
+        console.print(f"pipeline outside transcription, to the queue: {outside:.2f} s "
+                      f"({others:.2f} s in the other stages)")
+    if pipe.pdf_s is not None and pipe.with_pdf_s is not None:
+        console.print(
+            f"PDF (LibreOffice, made after the draft is queued): {pipe.pdf_s:.2f} s; "
+            f"end to end with the PDF: {pipe.with_pdf_s:.2f} s "
+            f"({pipe.speed_with_pdf or 0:.1f}x real time, {result.ratio_with_pdf or 0:.2f}x raw)"
+        )
+    else:
+        console.print("PDF: none made (settings.pdf is 'never' or LibreOffice is missing)")
     for fig in (result.long, result.long_raw):
         if fig is None:
             continue
@@ -98,4 +121,3 @@ def run(args: argparse.Namespace) -> int:
             f"({fig.speed:.1f}x real time), peak RSS {fig.peak_rss_mb:.0f} MB "
             f"({verdict} the {TARGET_LONG_MB:.0f} MB target)"
         )
-    return 0
