@@ -97,6 +97,8 @@ def test_json_contract_one_object_per_file_and_errors(
     assert {"start", "end", "text", "words"} <= set(seg)
     assert {"word", "start", "end", "probability"} <= set(seg["words"][0])
     assert Path(good["draft_path"]).is_file()
+    assert good["pdf_path"] is None  # DICTATION_PDF=never
+    assert good["queued_s"] >= good["timings"]["transcribe"]
 
     for k, needle in (("empty", "0 bytes"), ("text", "looks like a text file")):
         assert set(by[k]) >= {"id", "audio", "error"}
@@ -123,6 +125,19 @@ def test_summary_lines_and_malformed_sidecar(files: dict[str, Path], tmp_path: P
     assert "a.wav" in proc.stdout and "draft" in proc.stdout
     assert "b.wav" in proc.stderr and "unknown_field" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("soffice") is None, reason="LibreOffice is not installed")
+def test_pdf_is_made_after_the_draft_and_reported(files: dict[str, Path], tmp_path: Path) -> None:
+    """DICTATION_PDF=auto with LibreOffice: the draft is queued, then its PDF is made and
+    reported beside the draft (``pdf_path``; its own time in ``timings``)."""
+    proc = _run(["transcribe", "--json", str(files["good"])], tmp_path / "var", cwd=tmp_path,
+                DICTATION_PDF="auto")
+    assert proc.returncode == 0, proc.stderr
+    (obj,) = _lines(proc.stdout)
+    pdf = Path(obj["pdf_path"])
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.parent == Path(obj["draft_path"]).parent
+    assert list(obj["timings"])[-2:] == ["enqueue", "pdf"]
 
 
 def test_missing_model_path_is_one_line_error(files: dict[str, Path], tmp_path: Path) -> None:

@@ -97,6 +97,10 @@ def result_json(result: Any, audio_path: Path) -> dict[str, Any]:
         "flags": _flags(transcript.flags, result.note.flags, result.document.flags),
         "draft_id": draft.id,
         "draft_path": str(draft.docx_path) if draft.docx_path else None,
+        "pdf_path": str(draft.outputs["pdf"]) if draft.outputs.get("pdf") else None,
+        # seconds until the draft was queued (stored, or rendered with --no-store); the PDF
+        # is made after that ("pdf" in timings)
+        "queued_s": round(result.queued_s, 3),
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
     }
 
