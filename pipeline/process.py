@@ -189,8 +189,9 @@ def pdf_stage(draft: Draft, settings: Settings, *, store: bool = True,
         log.log(level, "pdf failed draft=%s code=%s; draft stays queued without pdf",
                 draft.id, exc.code)
         if raise_errors:
+            where = "is queued for review" if store else "was written"
             raise PdfConversionError(
-                f"{exc} The draft {draft.id} is queued for review without its PDF."
+                f"{exc} The draft {draft.id} {where} without its PDF."
             ) from exc
         return draft
     if made is None:

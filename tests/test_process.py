@@ -94,6 +94,8 @@ def test_failing_libreoffice_leaves_the_draft_queued(settings: Settings, speech:
         assert len(rows) == 2
         assert all(r.status == "queued_for_review" and "pdf" not in r.outputs for r in rows)
         assert all(Path(r.outputs["docx"]).is_file() for r in rows)
+    with pytest.raises(PdfConversionError, match="was written without its PDF"):
+        pdf_stage(result.draft, settings, store=False)  # --no-store: nothing was queued
 
 
 def test_pdf_never_and_missing_libreoffice_make_no_pdf(settings: Settings, speech: Path,
