@@ -32,6 +32,7 @@ __all__ = [
     "SPECIALTIES",
     "DOCUMENT_SPECIALTIES",
     "MEDICAL_ZIPF_MAX",
+    "MINED_IN_SPECIALTY",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,12 @@ SPECIALTIES = (
     "internal_medicine",
     "neurology",
     "referral",
+    # lists mined from sample reports only (vocab/mined/), no curated list yet
+    "urology",
+    "gastroenterology",
+    "obgyn",
+    "ent",
+    "dermatology",
 )
 
 #: Which specialty lists bias decoding for each document type (first = most weight).
@@ -60,6 +67,12 @@ DOCUMENT_SPECIALTIES: dict[str, tuple[str, ...]] = {
     "radiology_report": ("radiology",),
     "referral_letter": ("referral", "internal_medicine"),
 }
+
+#: Whether ``VocabIndex.specialty`` holds the mined terms after the curated ones. Off for
+#: now: the medical-language stage treats every specialty term as a trusted repair target,
+#: and the ~500 frequent report words per list then win over the curated term
+#: ("tranecate" -> transect, not tourniquet). ``specialty_all`` holds both lists meanwhile.
+MINED_IN_SPECIALTY = False
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -112,6 +125,7 @@ class VocabIndex:
     displays: dict[str, str] = field(default_factory=dict)  # lower -> spelling, when different
     curated: set[str] = field(default_factory=set)  # words from our curated lists
     drug_only: set[str] = field(default_factory=set)  # words only the drug list has
+    mined_only: set[str] = field(default_factory=set)  # words/phrases only mined lists have
     phrases: dict[str, str] = field(default_factory=dict)  # lower multi-word -> display
     phonetic: dict[str, list[str]] = field(default_factory=dict)  # key -> lower words
     medical: set[str] = field(default_factory=set)  # lower words counted as medical
@@ -125,7 +139,9 @@ class VocabIndex:
     sections: list[str] = field(default_factory=list)
     inline_headings: list[str] = field(default_factory=list)
     confusions: dict[str, tuple[str, str]] = field(default_factory=dict)  # heard -> (term, ctx)
-    specialty: dict[str, list[str]] = field(default_factory=dict)
+    specialty: dict[str, list[str]] = field(default_factory=dict)  # see MINED_IN_SPECIALTY
+    specialty_mined: dict[str, list[str]] = field(default_factory=dict)  # not in curated
+    specialty_all: dict[str, list[str]] = field(default_factory=dict)  # curated, then mined
     load_s: float = 0.0
 
     def is_medical(self, word: str) -> bool:
@@ -215,6 +231,7 @@ def load_index(vocab_dir: Path) -> VocabIndex:
     idx.displays = fast["displays"]
     idx.curated = set(fast["curated"])
     idx.drug_only = set(fast["drug_only"])
+    idx.mined_only = set(fast.get("mined_only", ()))
     idx.medical = set(fast["medical"])
     idx.phonetic = fast["phonetic"]
     idx.phrases = fast["phrases"]
@@ -226,6 +243,7 @@ def load_index(vocab_dir: Path) -> VocabIndex:
         idx.abbreviations[row[0]] = row[1].split(" | ")
     idx.vocab_dir = vocab_dir
     _load_curated(idx, _curated_dir(vocab_dir))
+    _load_mined(idx, vocab_dir / "mined")
     idx.load_s = time.perf_counter() - t0
     log.info("vocabulary %s loaded: %d words in %.3f s", idx.version, len(idx.words), idx.load_s)
     return idx
@@ -251,6 +269,46 @@ def _load_curated(idx: VocabIndex, cur: Path) -> None:
         path = cur / "specialty" / f"{name}.txt"
         if path.exists():
             idx.specialty[name] = [r[0] for r in read_tsv(path)]
+
+
+def _load_mined(idx: VocabIndex, mined: Path) -> None:
+    """Read the mined specialty terms (``vocab/mined/<specialty>.txt``, term TAB reports).
+
+    ``specialty_mined[name]``: the mined terms the curated list lacks (curated spelling wins);
+    ``specialty_all[name]``: curated then mined; ``specialty`` too when ``MINED_IN_SPECIALTY``.
+    A mined word the vocabulary lacks becomes a medical word (``dictation vocab build``
+    already folds them into the built files; this keeps an edited list usable before the
+    next build).
+    """
+    if mined.is_dir():
+        for path in sorted(mined.glob("*.txt")):
+            seen = {t.lower() for t in idx.specialty.get(path.stem, [])}
+            terms: list[str] = []
+            for row in read_tsv(path):
+                term = " ".join(row[0].split())
+                low = term.lower()
+                if not term or low in seen:
+                    continue
+                seen.add(low)
+                terms.append(term)
+                if " " in low:
+                    if low not in idx.phrases:
+                        idx.phrases[low] = term
+                        idx.mined_only.add(low)
+                elif low not in idx.words:
+                    idx.words.add(low)
+                    idx.medical.add(low)
+                    idx.mined_only.add(low)
+                    if term != low:
+                        idx.displays[low] = term
+                    key = phonetic_key(low) if len(low) >= 4 else ""
+                    if key:
+                        idx.phonetic.setdefault(key, []).append(low)
+            idx.specialty_mined[path.stem] = terms
+    for name in sorted(set(idx.specialty) | set(idx.specialty_mined)):
+        idx.specialty_all[name] = idx.specialty.get(name, []) + idx.specialty_mined.get(name, [])
+    if MINED_IN_SPECIALTY:
+        idx.specialty = {k: list(v) for k, v in idx.specialty_all.items()}
 
 
 @lru_cache(maxsize=4)

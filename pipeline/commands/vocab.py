@@ -1,6 +1,7 @@
 """``dictation vocab``: build the vocabulary, show it, add a physician's custom words.
 
     dictation vocab build                 # read the installed sources, write vocab/
+    dictation vocab mine-terms CSV        # maintainers: vocab/mined/ from mtsamples.com reports
     dictation vocab info                  # manifest: version, sources, licences, counts
     dictation vocab add-term dr-smith "Monocryl" "Dermabond"
     dictation vocab terms dr-smith        # list a physician's custom words
@@ -25,6 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     b = sub.add_parser("build", help="build vocab/ from the installed offline sources")
     b.add_argument("--out", type=Path, help="vocabulary folder (default: settings.vocab_dir)")
     b.set_defaults(func=_build)
+    m = sub.add_parser(
+        "mine-terms",
+        help="maintainers: mine specialty term lists (vocab/mined/) from a sample-report CSV",
+        description="Count, per specialty, in how many sample reports each medical word and "
+        "short phrase occurs (CSV with medical_specialty and transcription columns, e.g. the "
+        "mtsamples.com crawl; .xz/.gz allowed) and write the top terms to vocab/mined/. Only "
+        "term lists with counts are written, never report text. Run `dictation vocab build` "
+        "afterwards and commit vocab/.",
+    )
+    m.add_argument("csv", type=Path, help="sample-report CSV (.csv, .csv.xz or .csv.gz)")
+    m.add_argument("--out", type=Path, help="vocabulary folder (default: settings.vocab_dir)")
+    m.add_argument("--top", type=int, default=400, help="words per specialty (default 400)")
+    m.add_argument("--top-phrases", type=int, default=100,
+                   help="multi-word terms per specialty (default 100)")
+    m.set_defaults(func=_mine)
     i = sub.add_parser("info", help="print the vocabulary manifest")
     i.set_defaults(func=_info)
     a = sub.add_parser("add-term", help="add custom words for a physician")
@@ -60,6 +76,20 @@ def _build(args: argparse.Namespace) -> int:
         print(f"  {k:18} {v:>8,}")
     total = sum(manifest["files"].values())
     print(f"  {'bytes':18} {total:>8,}")
+    return 0
+
+
+def _mine(args: argparse.Namespace) -> int:
+    from pipeline import vocab, vocab_build
+
+    out = Path(args.out or get_settings().vocab_dir)
+    index = vocab.load_index(out)
+    mined = vocab_build.mine_terms(args.csv, index, top=args.top, top_phrases=args.top_phrases)
+    sizes = vocab_build.write_mined(mined, out / "mined")
+    print(f"specialty term lists written to {out / 'mined'}:")
+    for name, n in sizes.items():
+        print(f"  {name:18} {n:>5} terms")
+    print("next: dictation vocab build (folds new words into the vocabulary), then commit vocab/")
     return 0
 
 
