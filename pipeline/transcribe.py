@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -114,6 +115,11 @@ class TranscribeOptions:
     remove_repeats: bool = True
     #: decode a dropped stretch again without prompt terms (only when a prompt was used)
     recover_dropped: bool = True
+    #: when the prompted decode skipped more than this share of the speech, the whole file
+    #: is decoded again without the prompt (the prompt derailed Whisper)
+    prompt_fallback_share: float = 0.25
+    #: repetition penalty for decoding a looping stretch again (deterministic loop repair)
+    loop_repetition_penalty: float = 1.2
     #: weak-segment thresholds for the hallucination guard
     hallucination_max_word_prob: float = 0.6
     hallucination_min_no_speech_prob: float = 0.3
@@ -312,6 +318,7 @@ def is_hallucination(seg: Segment, options: TranscribeOptions, speech_overlap: f
     if (
         options.compression_ratio_threshold is not None
         and seg.compression_ratio > options.compression_ratio_threshold
+        and _own_repetitive(seg, options.compression_ratio_threshold)
         and seg.no_speech_prob >= 0.5
     ):
         return True  # a repetitive loop where Whisper itself doubted there was speech
@@ -513,31 +520,24 @@ def _recover_gaps(
     return recovered
 
 
-def transcribe(
-    dictation: Dictation,
-    settings: Settings,
-    options: TranscribeOptions | None = None,
+def _decode_file(
+    model: Any,
+    path: Any,
+    kwargs: dict[str, Any],
+    options: TranscribeOptions,
+    vad: Any,
+    duration: float,
     progress: ProgressCallback | None = None,
-) -> Transcript:
-    """Transcribe the dictation's audio and return a guarded, flagged ``Transcript``."""
+) -> tuple[list[Segment], list[tuple[float, float]]]:
+    """Decode the whole file piece by piece; return (segments, VAD speech stretches)."""
     from faster_whisper.transcribe import restore_speech_timestamps
     from faster_whisper.vad import collect_chunks
 
-    options = options or TranscribeOptions.from_settings(settings)
-    resolved = speech_models.resolve(settings.model, settings)
-    model = speech_models.load(settings)
-    language = options.language if model.model.is_multilingual else "en"
-    kwargs = whisper_kwargs(options, language)
-    vad = vad_options(options)
-    duration = float(dictation.audio.duration_s)
-    t0 = time.perf_counter()
-
     segments: list[Segment] = []
     stretches: list[tuple[float, float]] = []
-    processed = 0.0
     piece_seconds = min(options.chunk_seconds, options.max_piece_seconds)
     for offset, piece, speech in _pieces(
-        audio_mod.iter_audio(dictation.audio.path, piece_seconds), options, vad
+        audio_mod.iter_audio(path, piece_seconds), options, vad
     ):
         piece_s = piece.size / SR
         stretches.extend(
@@ -545,9 +545,8 @@ def transcribe(
             for s in speech
         )
         if options.vad and not speech:
-            processed = offset + piece_s
             if progress:
-                progress(min(processed, duration), duration)
+                progress(min(offset + piece_s, duration), duration)
             continue
         if options.vad:
             chunks, _ = collect_chunks(piece, speech)
@@ -560,26 +559,185 @@ def transcribe(
             segments.append(_to_segment(seg, len(segments), offset, duration))
             if progress:
                 progress(min(segments[-1].end, duration), duration)
-        processed = offset + piece_s
         if progress:
-            progress(min(processed, duration), duration)
+            progress(min(offset + piece_s, duration), duration)
         del piece
-    elapsed = time.perf_counter() - t0
-
     if not options.vad:
-        # Guards below need to know where speech is, even when decoding ran without VAD.
+        # Guards need to know where speech is, even when decoding ran without VAD.
         from faster_whisper.vad import get_speech_timestamps
 
         stretches = []
-        for offset, block in _offsets(audio_mod.iter_audio(dictation.audio.path,
-                                                           options.chunk_seconds)):
+        for offset, block in _offsets(audio_mod.iter_audio(path, options.chunk_seconds)):
             stretches.extend(
                 (offset + s["start"] / SR, offset + s["end"] / SR)
                 for s in get_speech_timestamps(block, vad)
             )
+    return segments, stretches
+
+
+def _text_compression_ratio(text: str) -> float:
+    """faster-whisper's compression ratio (zlib), of one segment's own text."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _short_loop(seg: Segment) -> bool:
+    """A word or two looped over and over ("colon-sympathetic colon-sympathetic ...") or a
+    loop inside one word ("...omptomptompt")."""
+    tokens = [_norm(w.word) for w in seg.words] or _norm(seg.text).split()
+    if any(len(t) > 30 for t in tokens):
+        return True
+    return any(n <= 3 and count >= 4 for _, n, count in find_repeats(tokens))
+
+
+def _own_repetitive(seg: Segment, threshold: float) -> bool:
+    """The segment's own text is repetitive (not only the window it shares a ratio with)."""
+    return _text_compression_ratio(seg.text) > threshold or _short_loop(seg)
+
+
+def _is_loop_segment(seg: Segment, options: TranscribeOptions) -> bool:
+    """Whisper looped inside this segment: a word or two over and over, or inside a word.
+
+    ``Segment.compression_ratio`` is faster-whisper's figure for the whole 30-second window
+    the segment came from (every segment of a window shares it), so a sound segment beside
+    a loop would be caught too: the segment's own words decide. A whole phrase said several
+    times may be real speech and is left to ``remove_repeats``.
+    """
+    threshold = options.compression_ratio_threshold
+    return (threshold is not None and bool(seg.words) and seg.compression_ratio > threshold
+            and _short_loop(seg))
+
+
+def _repair_loops(
+    model: Any,
+    path: Any,
+    segments: list[Segment],
+    kwargs: dict[str, Any],
+    options: TranscribeOptions,
+    duration: float,
+    stretches: list[tuple[float, float]],
+) -> tuple[list[Segment], int]:
+    """Decode each looping segment's stretch again, on its own, with a repetition penalty.
+
+    faster-whisper's answer to a loop is to sample again at a higher temperature (random
+    text); ours is deterministic: the same stretch, no prompt terms, repeated tokens
+    penalised (``repetition_penalty``). The new text replaces the loop only when it is no
+    longer repetitive; otherwise the loop stays for ``remove_repeats`` and the flags.
+    Returns (segments, loops repaired).
+    """
+    loops = [s for s in segments if _is_loop_segment(s, options)]
+    if not loops:
+        return segments, 0
+    plain = {**kwargs, "initial_prompt": None, "hotwords": None}
+    attempts = [
+        {**plain, "repetition_penalty": options.loop_repetition_penalty},
+        {**plain, "no_repeat_ngram_size": 3},
+    ]
+    ends = sorted(s.end for s in segments)
+    ranges: list[tuple[float, float]] = []
+    for seg in loops:
+        # a loop's own end time is unreliable: run to the next segment's start
+        later = [s.start for s in segments if s.start >= seg.end - 0.05 and s is not seg]
+        b = min(later) if later else max(ends[-1], seg.end)
+        b = min(max(b, seg.end), seg.start + 30.0, duration)
+        ranges.append((seg.start, b))
+    repaired = 0
+    replace: dict[int, list[Segment]] = {}
+    for seg, (a, b), samples in zip(
+        loops, ranges, _read_ranges(path, ranges, options.chunk_seconds), strict=True
+    ):
+        if samples.size < SR // 2:
+            continue
+        # where the speech in the stretch ends (the VAD's view): a retry must reach it
+        ends_in = [min(e, b) for s0, e in stretches if s0 < b and e > a]
+        speech_end = max(ends_in) if ends_in else b
+        best: tuple[float, list[Segment]] | None = None
+        for attempt in attempts:
+            raw, _info = model.transcribe(samples, vad_filter=False, **attempt)
+            new = [_to_segment(r, 0, a, duration) for r in raw]
+            new = [n for n in new if n.words and not is_hallucination(n, options, 1.0)]
+            if not new or any(_is_loop_segment(n, options) for n in new):
+                continue
+            # how much of the stretch the new words reach (a retry that stops early loses
+            # speech: try the next way, keep the one that covers most)
+            reach = new[-1].words[-1].end
+            if best is None or reach > best[0]:
+                best = (reach, new)
+            if reach >= speech_end - 1.0:
+                break
+        if best is not None:
+            replace[id(seg)] = best[1]
+            repaired += 1
+    if not replace:
+        return segments, 0
+    out: list[Segment] = []
+    for seg in segments:
+        if id(seg) not in replace:
+            out.append(seg)
+            continue
+        new = replace[id(seg)]
+        lo, hi = new[0].start, new[-1].end
+        # the re-decoded stretch may overlap words of the following segments: those go
+        out = [s for s in out if s.end <= lo + 0.05 or s.start >= hi]
+        out.extend(new)
+    covered = [(n[0].start, n[-1].end) for n in replace.values()]
+    out = [
+        s for s in out
+        if any(s is n for new in replace.values() for n in new)
+        or not any(a + 0.05 < (s.start + s.end) / 2 < b - 0.05 for a, b in covered)
+    ]
+    out.sort(key=lambda s: (s.start, s.end))
+    return out, repaired
+
+
+def _gap_seconds(gaps: list[tuple[int, float, float]]) -> float:
+    return sum(b - a for _, a, b in gaps)
+
+
+def transcribe(
+    dictation: Dictation,
+    settings: Settings,
+    options: TranscribeOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> Transcript:
+    """Transcribe the dictation's audio and return a guarded, flagged ``Transcript``.
+
+    Decoding is deterministic (temperature 0 only). The guards, in order: loops are decoded
+    again with a repetition penalty (``_repair_loops``); silence hallucinations, prompt
+    leakage and repeated phrases are dropped (``guard_segments``, ``remove_repeats``);
+    speech the prompted decode skipped is decoded again without the prompt: stretch by
+    stretch (``_recover_gaps``), or, when the prompt made Whisper skip a large share of the
+    speech (``prompt_fallback_share``), the whole file is decoded again without it.
+    """
+    options = options or TranscribeOptions.from_settings(settings)
+    resolved = speech_models.resolve(settings.model, settings)
+    model = speech_models.load(settings)
+    language = options.language if model.model.is_multilingual else "en"
+    kwargs = whisper_kwargs(options, language)
+    vad = vad_options(options)
+    duration = float(dictation.audio.duration_s)
+    path = dictation.audio.path
+    prompted = bool(options.initial_prompt or options.hotwords)
+    t0 = time.perf_counter()
+
+    segments, stretches = _decode_file(model, path, kwargs, options, vad, duration, progress)
+    speech_s = sum(b - a for a, b in stretches)
+    prompt_fallback = False
+    if prompted and options.recover_dropped and options.word_timestamps and speech_s > 0:
+        words = [w for s in segments for w in s.words]
+        skipped = _gap_seconds(find_gaps(stretches, words, options.dropped_audio_seconds))
+        if skipped > options.prompt_fallback_share * speech_s:
+            # The prompt derailed Whisper here (seen: 70 of 108 s skipped, the rest
+            # misplaced copies): the unprompted decode is the better transcript.
+            plain = {**kwargs, "initial_prompt": None, "hotwords": None}
+            segments, stretches = _decode_file(model, path, plain, options, vad, duration)
+            prompted = False
+            prompt_fallback = True
+    segments, loops_repaired = _repair_loops(model, path, segments, kwargs, options, duration,
+                                             stretches)
 
     flags: list[str] = []
-    diagnostics: dict[str, Any] = {"vad_speech_s": round(sum(b - a for a, b in stretches), 2)}
+    diagnostics: dict[str, Any] = {"vad_speech_s": round(speech_s, 2)}
 
     before = segments
     segments, dropped_hallucinations, dropped_prompt = guard_segments(
@@ -590,40 +748,31 @@ def transcribe(
         1 for s in before
         if id(s) not in kept_ids and find_repeats([_norm(w.word) for w in s.words])
     )
+    segments, removed, kept_repeats = _repeats(segments, stretches, options)
 
-    # Guard: repetition loops.
-    removed = kept_repeats = 0
-    if options.remove_repeats:
-        segments, removed, kept_repeats = remove_repeats(
-            segments, stretches, options.compression_ratio_threshold
-        )
-    else:
-        flat = [_norm(w.word) for s in segments for w in s.words] or [
-            _norm(s.text) for s in segments
-        ]
-        kept_repeats = sum((n * (c - 1)) for _, n, c in find_repeats(flat))
-    if removed or kept_repeats or looped:
+    words = [w for s in segments for w in s.words]
+    gaps = find_gaps(stretches, words, options.dropped_audio_seconds)
+    recovered: list[Segment] = []
+    if gaps and options.word_timestamps and options.recover_dropped and prompted:
+        recovered = _recover_gaps(model, path, gaps, kwargs, options, duration)
+        if recovered:
+            recovered, more = _repair_loops(model, path, recovered, kwargs, options, duration,
+                                            stretches)
+            loops_repaired += more
+            segments = sorted(segments + recovered, key=lambda s: (s.start, s.end))
+            segments, removed2, kept2 = _repeats(segments, stretches, options)
+            removed += removed2
+            kept_repeats = kept2
+            words = [w for s in segments for w in s.words]
+            gaps = find_gaps(stretches, words, options.dropped_audio_seconds)
+    elapsed = time.perf_counter() - t0
+    if removed or kept_repeats or looped or loops_repaired:
         flags.append(REPETITION)
-
     for i, seg in enumerate(segments):
         seg.id = i
     if not any(s.text.strip() for s in segments):
         segments = []
         flags.append(NO_SPEECH)
-    words = [w for s in segments for w in s.words]
-    gaps = find_gaps(stretches, words, options.dropped_audio_seconds)
-    recovered: list[Segment] = []
-    if (gaps and options.word_timestamps and options.recover_dropped
-            and (options.initial_prompt or options.hotwords)):
-        recovered = _recover_gaps(model, dictation.audio.path, gaps, kwargs, options, duration)
-        if recovered:
-            segments = sorted(segments + recovered, key=lambda s: (s.start, s.end))
-            for i, seg in enumerate(segments):
-                seg.id = i
-            if NO_SPEECH in flags:
-                flags.remove(NO_SPEECH)
-            words = [w for s in segments for w in s.words]
-            gaps = find_gaps(stretches, words, options.dropped_audio_seconds)
     dropped = len({i for i, _, _ in gaps})
     if dropped and options.word_timestamps:
         flags.append(DROPPED_AUDIO)
@@ -636,6 +785,8 @@ def transcribe(
         dropped_prompt_segments=dropped_prompt,
         removed_repeat_words=removed,
         kept_repeat_words=kept_repeats,
+        repaired_loops=loops_repaired,
+        prompt_fallback=prompt_fallback,
         dropped_stretches=dropped,
         recovered_words=sum(len(r.words) for r in recovered),
     )
@@ -655,6 +806,18 @@ def transcribe(
         transcribe_s=round(elapsed, 3),
         options=opts,
     )
+
+
+def _repeats(
+    segments: list[Segment], stretches: list[tuple[float, float]], options: TranscribeOptions
+) -> tuple[list[Segment], int, int]:
+    """``remove_repeats`` when enabled, else only count the repeated words (kept)."""
+    if options.remove_repeats:
+        return remove_repeats(segments, stretches, options.compression_ratio_threshold)
+    flat = [_norm(w.word) for s in segments for w in s.words] or [
+        _norm(s.text) for s in segments
+    ]
+    return segments, 0, sum((n * (c - 1)) for _, n, c in find_repeats(flat))
 
 
 def _offsets(blocks: Iterable[np.ndarray]) -> Iterator[tuple[float, np.ndarray]]:

@@ -57,12 +57,13 @@ _NUMBER = re.compile(r"^\d+(?:[.,/]\d+)*$")
 _VOWELISH = set("AEIOU")
 
 # Thresholds (0-100): combined spelling + phonetic-key similarity.
-_DOSE_MIN = 70.0  # a drug right before a dose: position is strong evidence
-_CONTEXT_MIN = 76.0  # a specialty/physician term, window with an unknown or unsure word
+_DOSE_MIN = 60.0  # a drug right before a dose: position is strong evidence
+_CONTEXT_MIN = 70.0  # a specialty/physician term, window with an unknown word (+8 unsure only)
 _WIDE_MIN = 84.0  # any specialty list or common drug, window with a word that is not English
 _JOIN_MIN = 88.0  # two words joined, matched against the whole vocabulary by key
 _UNSURE_PROB = 0.5
 _ENGLISH_ZIPF = 2.5
+_COMMON_ZIPF = 4.0  # "was", "general", "made": common words
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,8 @@ class SoundAlikeRepair(Transform):
             found = self._score_window(toks, i, j, words, index, ctx, drugs, wide)
             if found is not None and len(words) > 1 and not _edges_agree(words, found[0]):
                 found = None  # "medication overuse may" is not "... overuse headache"
+            if found is not None and len(words) > 1 and _swallows(words, found[0], index):
+                found = None  # "trucker was" is not "trocars": Whisper was sure of "was"
             if found is not None and (best is None or found[1] > best[2]):
                 best = (j, found[0], found[1], found[2])
         return best
@@ -326,7 +329,7 @@ class SoundAlikeRepair(Transform):
             for cand in _near(ctx, len(heard)):
                 if cand.compact == heard and len(words) == 1:
                     return None
-                need = _CONTEXT_MIN if unknown else _CONTEXT_MIN + 6
+                need = _CONTEXT_MIN if unknown else _CONTEXT_MIN + 8
                 s = _score(heard, hk, cand, need)
                 if s >= need and (best is None or s > best[1]):
                     best = (cand, s, not unknown)
@@ -367,6 +370,16 @@ def _joined(index: VocabIndex, words: list[Tok]) -> tuple[Candidate, float, bool
         if s >= _JOIN_MIN and (best is None or s > best[1]):
             best = (Candidate(index.display(w) or w, w, key, 1), s, False)
     return best
+
+
+def _swallows(words: list[Tok], cand: Candidate, index: VocabIndex) -> bool:
+    """The window begins or ends with a common English word Whisper was sure of that is not
+    a word of the term: that word is what was said, not part of a misheard term."""
+    for tok in (words[0], words[-1]):
+        if (tok.prob >= 0.6 and index.zipf(tok.low) >= _COMMON_ZIPF
+                and fuzz.partial_ratio(_compact(tok.text), cand.compact) < 80):
+            return True
+    return False
 
 
 def _edges_agree(words: list[Tok], cand: Candidate) -> bool:
