@@ -137,3 +137,20 @@ def test_a_specialty_the_text_names_joins_the_context(settings: Settings) -> Non
     named = {c.display for c in context_candidates(index, "referral_letter", [],
                                                    {"neurology"})}
     assert "topiramate" not in plain and "topiramate" in named
+
+
+def test_mined_specialty_terms_repair_a_non_english_word_only() -> None:
+    """Terms mined from real reports of the specialty the text names (urology) repair words
+    that are not English at all ("sistoskopy", "sisto scopy" -> cystoscopy; without them the
+    second became "sisto syncope"); ordinary words around them are left alone."""
+    from pipeline.normalize import normalize_text
+    from pipeline.settings import Settings
+
+    settings = Settings()
+    for text in ("Referred to urology period we performed a sisto scopy period",
+                 "Referred to urology period the patient underwent sistoskopy and stent "
+                 "placement period"):
+        note = normalize_text(text, settings, document_type="consult_letter")
+        assert "cystoscopy" in note.text, note.text
+        assert "syncope" not in note.text
+    assert "stent placement" in note.text

@@ -57,8 +57,9 @@ _NUMBER = re.compile(r"^\d+(?:[.,/]\d+)*$")
 _VOWELISH = set("AEIOU")
 
 # Thresholds (0-100): combined spelling + phonetic-key similarity.
-_DOSE_MIN = 60.0  # a drug right before a dose: position is strong evidence
+_DOSE_MIN = 70.0  # a drug right before a dose: position is strong evidence
 _CONTEXT_MIN = 70.0  # a specialty/physician term, window with an unknown word (+8 unsure only)
+_MINED_MIN = 80.0  # a mined specialty term, window with a word that is not English
 _WIDE_MIN = 84.0  # any specialty list or common drug, window with a word that is not English
 _JOIN_MIN = 88.0  # two words joined, matched against the whole vocabulary by key
 _UNSURE_PROB = 0.5
@@ -156,6 +157,24 @@ def _all_curated(index: VocabIndex, vocab_dir: Path) -> tuple[Candidate, ...]:
 
 
 @lru_cache(maxsize=64)
+def _mined_candidates(
+    index: VocabIndex, document_type: str, named: tuple[str, ...] = ()
+) -> tuple[Candidate, ...]:
+    """Terms mined from real reports of the document type's specialties and of those the
+    text names (not curated): tried only for a word that is not English at all, and only
+    when no curated term fits."""
+    out: dict[str, Candidate] = {}
+    names = tuple(dict.fromkeys(DOCUMENT_SPECIALTIES.get(document_type, ()) + named))
+    curated = {_compact(t) for n in names for t in index.specialty.get(n, [])}
+    for name in names:
+        for t in getattr(index, "specialty_mined", {}).get(name, []):
+            c = _compact(t)
+            if c and c not in curated:
+                out.setdefault(c, _candidate(t))
+    return tuple(out.values())
+
+
+@lru_cache(maxsize=64)
 def _specialty_candidates(index: VocabIndex, document_type: str) -> tuple[Candidate, ...]:
     out: dict[str, Candidate] = {}
     for name in DOCUMENT_SPECIALTIES.get(document_type, ()):
@@ -172,6 +191,12 @@ SPECIALTY_CUES = {
     "ophthalmology": "ophthalmology", "ophthalmologist": "ophthalmology",
     "radiology": "radiology", "radiologist": "radiology",
     "surgery": "general_surgery", "surgeon": "general_surgery",
+    "urology": "urology", "urologist": "urology", "urological": "urology",
+    "gastroenterology": "gastroenterology", "gastroenterologist": "gastroenterology",
+    "endoscopy": "gastroenterology", "colonoscopy": "gastroenterology",
+    "dermatology": "dermatology", "dermatologist": "dermatology",
+    "gynecology": "obgyn", "gynecologist": "obgyn", "obstetrics": "obgyn",
+    "otolaryngology": "ent", "otolaryngologist": "ent",
 }
 
 
@@ -235,11 +260,14 @@ class SoundAlikeRepair(Transform):
         drugs = common_drugs(vocab_dir) if medical else ()
         wide = _all_curated(index, vocab_dir) if medical else ()
         ctx_b, drugs_b, wide_b = _buckets(ctx), _buckets(drugs), _buckets(wide)
+        mined_b = _buckets(_mined_candidates(
+            index, state.document_type or "",
+            tuple(sorted(named)) if state.document_type else ()))
         out: list[Tok] = []
         i = 0
         n = len(toks)
         while i < n:
-            best = self._best_at(toks, i, index, ctx_b, drugs_b, wide_b)
+            best = self._best_at(toks, i, index, ctx_b, drugs_b, wide_b, mined_b)
             if best is None:
                 out.append(toks[i])
                 i += 1
@@ -263,6 +291,7 @@ class SoundAlikeRepair(Transform):
         ctx: Buckets,
         drugs: Buckets,
         wide: Buckets,
+        mined: Buckets | None = None,
     ) -> tuple[int, Candidate, float, bool] | None:
         """The best repair of a window starting at token ``i``: (end, term, score, review)."""
         first = toks[i]
@@ -280,7 +309,7 @@ class SoundAlikeRepair(Transform):
                 break
             words.append(t)
             j += 1
-            found = self._score_window(toks, i, j, words, index, ctx, drugs, wide)
+            found = self._score_window(toks, i, j, words, index, ctx, drugs, wide, mined)
             if found is not None and len(words) > 1 and not _edges_agree(words, found[0]):
                 found = None  # "medication overuse may" is not "... overuse headache"
             if found is not None and len(words) > 1 and _swallows(words, found[0], index):
@@ -299,6 +328,7 @@ class SoundAlikeRepair(Transform):
         ctx: Buckets,
         drugs: Buckets,
         wide: Buckets,
+        mined: Buckets | None = None,
     ) -> tuple[Candidate, float, bool] | None:
         lows = [w.low for w in words]
         heard = "".join(lows)
@@ -333,6 +363,13 @@ class SoundAlikeRepair(Transform):
                 s = _score(heard, hk, cand, need)
                 if s >= need and (best is None or s > best[1]):
                     best = (cand, s, not unknown)
+        # 2b. a term mined from real reports of this specialty, when a word is not English
+        # at all and no curated term fits (stricter: these lists are long)
+        if best is None and unknown and mined:
+            for cand in _near(mined, len(heard)):
+                s = _score(heard, hk, cand, _MINED_MIN)
+                if s >= _MINED_MIN and (best is None or s > best[1]):
+                    best = (cand, s, True)
         # 3. any curated term, when a word of the window is not English at all
         if unknown and wide:
             for cand in _near(wide, len(heard)):
