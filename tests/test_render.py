@@ -298,3 +298,19 @@ def test_profile_slots_are_exclusive_and_reused(tmp_path) -> None:
     with _profile_slot(tmp_path) as again:
         assert again == first
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["slot-0", "slot-1"]
+
+
+def test_libreoffice_runs_nicer_than_the_pipeline(tmp_path, monkeypatch) -> None:
+    """The PDF is made after the draft is queued: LibreOffice yields the CPU to transcription."""
+    import os
+
+    from pipeline.pdf import NICENESS, PdfConversionError, convert_to_pdf
+
+    bin_dir = _fake_soffice(tmp_path / "bin", f"nice > {tmp_path}/niceness; exit 3")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    docx_path = tmp_path / "x.docx"
+    docx_path.write_bytes(b"not really a docx")
+    with pytest.raises(PdfConversionError):
+        convert_to_pdf(docx_path, tmp_path / "out", profile_root=tmp_path / "p", timeout=10)
+    ours = os.nice(0)
+    assert int((tmp_path / "niceness").read_text()) == min(ours + NICENESS, 19) > ours
