@@ -333,7 +333,10 @@ class WarmWorker:
         responses = c.get_scheduled_flow_runs_for_work_pool(
             POOL, scheduled_before=datetime.now(UTC)
         )
-        if not self._queue_names or time.monotonic() - self._queues_read > 60:
+        # queue id -> name changes only when an administrator recreates a queue: re-read
+        # when a run names a queue we do not know, else every 10 minutes
+        unknown = any(str(r.work_queue_id) not in self._queue_names for r in responses)
+        if unknown or time.monotonic() - self._queues_read > 600:
             self._queue_names = {}
             for name in QUEUES:
                 try:
@@ -385,16 +388,19 @@ class WarmWorker:
         from pipeline.prefect_env import POOL, client
 
         executor = ThreadPoolExecutor(self.limit, thread_name_prefix="flow")
-        last_beat = 0.0
+        # Heartbeat at least every 30 s, or with each poll when polls are rarer: the server's
+        # foreman marks a worker offline after three missed intervals.
+        beat_every = max(30.0, self.poll_seconds)
+        last_beat = -beat_every
         idle_since = time.monotonic()
         try:
             with client(self.api_url) as c:
                 while not self._stop.is_set():
                     now = time.monotonic()
                     try:
-                        if now - last_beat > 30:
+                        if now - last_beat >= beat_every - 1.0:
                             c.send_worker_heartbeat(POOL, self.name,
-                                                    heartbeat_interval_seconds=30)
+                                                    heartbeat_interval_seconds=int(beat_every))
                             last_beat = now
                         for run in self._claim(c):
                             with self._lock:

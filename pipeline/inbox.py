@@ -578,7 +578,8 @@ class InboxScanner:
 
     ``poke(path)`` is called by the watchdog handler; ``run()`` loops until ``stop()``:
     it checks candidates every ``settings.poll_interval_seconds`` (or at once when poked)
-    and rescans the whole inbox every ``RESCAN_SECONDS``.
+    and rescans the whole inbox every ``RESCAN_SECONDS`` (with no candidate, it sleeps
+    until then unless poked).
     """
 
     def __init__(self, settings: Settings, submit: Submit | None = None,
@@ -738,8 +739,19 @@ class InboxScanner:
                 self.step()
             except Exception:  # the service must keep running whatever one round hit
                 log.exception("inbox scan round failed")
-            self._wake.wait(self.settings.poll_interval_seconds)
+            self._wake.wait(self._next_wait())
             self._wake.clear()
+
+    def _next_wait(self) -> float:
+        """Seconds until the next round: ``poll_interval_seconds`` while files are waiting
+        to become stable; with none, the next full rescan (new files wake the loop through
+        ``poke`` from the watcher, so an idle service does not list the inbox every second)."""
+        with self._lock:
+            waiting = bool(self._candidates)
+        if waiting:
+            return self.settings.poll_interval_seconds
+        due = self._last_scan + self.rescan_seconds - time.monotonic()
+        return max(self.settings.poll_interval_seconds, due)
 
     def stop(self) -> None:
         """Ask ``run()`` to return."""

@@ -4,6 +4,10 @@ Nothing here imports Prefect at module import time: Prefect reads its settings f
 environment when it is first imported, so callers build the environment (``prefect_env``)
 first and import Prefect (or start children with that environment) afterwards.
 
+The local server runs as ``python -m pipeline.prefect_env serve`` (``server_command``): Prefect's
+own server app (the same as ``prefect server start``) with idle tuning, because at rest the stock
+server polls several times a second (measured 1.9% of a core on 2 cores; see ``serve``).
+
 Names (also in ``prefect.yaml``):
 
 - work pool ``dictation`` (type ``process``), queues ``stat`` (priority 1) and ``routine``
@@ -43,6 +47,15 @@ __all__ = [
     "settings_env",
     "child_env",
     "start_server",
+    "server_command",
+    "serve",
+    "low_tick_server",
+    "tune_docket",
+    "tune_pubsub",
+    "DOCKET_POLL_SECONDS",
+    "DOCKET_HEARTBEAT_SECONDS",
+    "PUBSUB_POLL_SECONDS",
+    "UVICORN_TICK_SECONDS",
     "wait_healthy",
     "is_healthy",
     "ensure_deployments",
@@ -64,6 +77,27 @@ NIGHTLY_DEPLOYMENT = f"{NIGHTLY_FLOW}/nightly-evaluation"
 NIGHTLY_CRON = "0 2 * * *"
 
 
+# --- idle tuning of the local server process (``serve``) --------------------------------------
+# What an idle ``prefect server start`` (3.9.1) wakes up for, measured with strace/cProfile: its
+# docket worker (background tasks and the perpetual services) checks its in-memory Redis every
+# 0.25 s and heartbeats every 2 s; docket's cancellation listener polls a thread-safe queue
+# through a worker thread every 0.1 s; uvicorn's main loop ticks every 0.1 s. None of these is
+# configurable through Prefect settings, so ``serve`` sets them when it starts the same app.
+# Docket tasks then start up to DOCKET_POLL_SECONDS later: they are Prefect's housekeeping
+# (marking queues/deployments ready, late runs, the scheduler's ticks), never on a dictation's
+# path (workers read scheduled runs straight from the database).
+
+#: docket worker: seconds between checks for due/new background tasks (docket default 0.25)
+DOCKET_POLL_SECONDS = 2.0
+#: docket worker heartbeat into its in-memory Redis (docket default 2; only for its own
+#: liveness listing, redelivery uses a separate 5-minute timeout)
+DOCKET_HEARTBEAT_SECONDS = 10.0
+#: in-memory Redis pub/sub read slice (burner-redis default 0.1): how often docket's
+#: cancellation listener wakes; the Prefect server never cancels docket tasks
+PUBSUB_POLL_SECONDS = 1.0
+#: uvicorn main-loop tick (uvicorn default 0.1): only shutdown checks and the Date header
+UVICORN_TICK_SECONDS = 1.0
+
 _SERVER_LOOPS = {
     "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "60",
     "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "60",
@@ -78,6 +112,8 @@ _SERVER_LOOPS = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "10",
     # automations are not used by the pipeline; set to true to use Prefect automations
     "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+    # flows of this pipeline never pause (no pause_flow_run/suspend): nothing to expire
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED": "false",
 }
 
 
@@ -149,9 +185,155 @@ def set_pdeathsig() -> None:
         pass
 
 
-def _prefect_exe() -> list[str]:
-    exe = Path(sys.executable).with_name("prefect")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "prefect"]
+def server_command(host: str, port: int, *, tuned: bool = True) -> list[str]:
+    """The command line of the local Prefect server: ``serve`` with the idle tuning
+    (``tuned=False``: Prefect's stock pollers, as ``prefect server start`` runs them)."""
+    cmd = [sys.executable, "-m", "pipeline.prefect_env", "serve", "--host", host,
+           "--port", str(port)]
+    if not tuned:
+        cmd += ["--docket-poll", "0", "--docket-heartbeat", "0", "--pubsub-poll", "0",
+                "--tick", "0"]
+    return cmd
+
+
+def tune_docket(poll_seconds: float, heartbeat_seconds: float) -> list[str]:
+    """In the server process, before its app starts: docket workers check for tasks every
+    ``poll_seconds`` and docket heartbeats every ``heartbeat_seconds`` (0 keeps docket's
+    default). Returns what was changed; a docket without these parameters is left alone."""
+    import functools
+    import inspect
+    from datetime import timedelta
+
+    changed: list[str] = []
+    try:
+        from docket import Docket, Worker
+    except ImportError:
+        return changed
+
+    def _default(cls: Any, names: dict[str, float]) -> None:
+        params = inspect.signature(cls.__init__).parameters
+        wanted = {k: timedelta(seconds=v) for k, v in names.items() if v > 0 and k in params}
+        missing = [k for k, v in names.items() if v > 0 and k not in params]
+        if missing:
+            log.warning("docket %s has no %s: left at its defaults", cls.__name__, missing)
+        if not wanted or getattr(cls.__init__, "_dictation_tuned", False):
+            return
+        original = cls.__init__
+
+        @functools.wraps(original)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            for key, value in wanted.items():
+                kwargs.setdefault(key, value)
+            original(self, *args, **kwargs)
+
+        __init__._dictation_tuned = True  # type: ignore[attr-defined]
+        cls.__init__ = __init__
+        changed.extend(f"{cls.__name__}.{k}={v.total_seconds():g}s" for k, v in wanted.items())
+
+    _default(Worker, {"minimum_check_interval": poll_seconds,
+                      "scheduling_resolution": poll_seconds})
+    _default(Docket, {"heartbeat_interval": heartbeat_seconds})
+    return changed
+
+
+def tune_pubsub(slice_seconds: float) -> bool:
+    """In the server process: burner-redis (docket's ``memory://`` Redis) reads pub/sub
+    messages through a worker thread in ``slice_seconds`` slices instead of 0.1 s ones, and a
+    shorter finite read timeout is raised to one slice. A message is still returned the
+    moment it arrives. Returns False (nothing changed) for an unknown burner-redis."""
+    if slice_seconds <= 0:
+        return False
+    try:
+        from burner_redis import pubsub
+    except ImportError:
+        return False
+    cls = getattr(pubsub, "PubSub", None)
+    if cls is None or not hasattr(cls, "_queue_get") or not hasattr(cls, "get_message"):
+        log.warning("burner_redis.pubsub.PubSub changed: its 0.1 s polling is left as is")
+        return False
+
+    import asyncio
+    import queue
+
+    async def _queue_get(self: Any, timeout: float | None) -> Any:
+        # same contract as burner-redis 0.1.x PubSub._queue_get, with longer slices
+        if timeout == 0.0:
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                return None
+        if timeout is not None:
+            timeout = max(timeout, slice_seconds)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = slice_seconds if timeout is None else min(timeout, slice_seconds)
+        while True:
+            try:
+                return await asyncio.to_thread(self._queue.get, True, poll)
+            except queue.Empty:
+                if deadline is None:
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                poll = min(remaining, slice_seconds)
+
+    cls._queue_get = _queue_get
+    return True
+
+
+def low_tick_server(config: Any, tick_seconds: float = UVICORN_TICK_SECONDS) -> Any:
+    """A ``uvicorn.Server`` for ``config`` whose main loop wakes every ``tick_seconds``
+    (uvicorn: 0.1 s) to check for shutdown and refresh the Date header; requests are served
+    as they arrive either way. ``tick_seconds <= 0``: a plain ``uvicorn.Server``."""
+    import asyncio
+
+    import uvicorn
+
+    if tick_seconds <= 0:
+        return uvicorn.Server(config)
+
+    class _LowTickServer(uvicorn.Server):
+        async def main_loop(self) -> None:
+            counter = 0
+            should_exit = await self.on_tick(counter)
+            while not should_exit:
+                await asyncio.sleep(tick_seconds)
+                counter = (counter + 10) % 864000  # on_tick's "once per second" work each tick
+                should_exit = await self.on_tick(counter)
+
+    return _LowTickServer(config)
+
+
+def serve(host: str, port: int, *, docket_poll: float = DOCKET_POLL_SECONDS,
+          docket_heartbeat: float = DOCKET_HEARTBEAT_SECONDS,
+          pubsub_poll: float = PUBSUB_POLL_SECONDS,
+          tick: float = UVICORN_TICK_SECONDS) -> None:
+    """Run Prefect's server app (API, background services, UI if enabled) on ``host:port``
+    in this process until SIGINT/SIGTERM, with the idle tuning above (0 keeps a default).
+
+    Prefect settings come from the environment (``prefect_env``), as for ``prefect server
+    start``; this is what that command runs in the foreground, minus its banner and checks.
+    """
+    import uvicorn
+
+    changed = tune_docket(docket_poll, docket_heartbeat)
+    if tune_pubsub(pubsub_poll):
+        changed.append(f"pubsub poll={pubsub_poll:g}s")
+    if tick > 0:
+        changed.append(f"uvicorn tick={tick:g}s")
+    from prefect.server.api.server import create_app
+    from prefect.settings import get_current_settings
+
+    current = get_current_settings().server
+    log.info("prefect server idle tuning: %s", ", ".join(changed) or "none")
+    config = uvicorn.Config(
+        create_app(final=True),
+        host=host,
+        port=port,
+        timeout_keep_alive=current.api.keepalive_timeout,
+        log_level=str(current.logging_level).lower(),
+    )
+    low_tick_server(config, tick).run()
 
 
 def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -196,7 +378,7 @@ def start_server(settings: Settings, port: int | None = None, log_path: Path | N
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab")  # noqa: SIM115  (handed to the child)
     proc = subprocess.Popen(
-        [*_prefect_exe(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        server_command("127.0.0.1", port),
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -334,3 +516,32 @@ def submit_dictation(api_url: str, deployment_id: UUID, dictation_id: str, prior
             name=f"dictation-{dictation_id[:12]}",
         )
     return str(run.id)
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m pipeline.prefect_env serve --host H --port P [...]`` (see ``serve``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pipeline.prefect_env")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the Prefect server with idle tuning")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=4200)
+    s.add_argument("--docket-poll", type=float, default=DOCKET_POLL_SECONDS,
+                   help=f"seconds (default {DOCKET_POLL_SECONDS:g}; 0: docket's 0.25)")
+    s.add_argument("--docket-heartbeat", type=float, default=DOCKET_HEARTBEAT_SECONDS,
+                   help=f"seconds (default {DOCKET_HEARTBEAT_SECONDS:g}; 0: docket's 2)")
+    s.add_argument("--pubsub-poll", type=float, default=PUBSUB_POLL_SECONDS,
+                   help=f"seconds (default {PUBSUB_POLL_SECONDS:g}; 0: burner-redis's 0.1)")
+    s.add_argument("--tick", type=float, default=UVICORN_TICK_SECONDS,
+                   help=f"seconds (default {UVICORN_TICK_SECONDS:g}; 0: uvicorn's 0.1)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    log.setLevel(logging.INFO)  # the tuning line in server.log
+    serve(args.host, args.port, docket_poll=args.docket_poll,
+          docket_heartbeat=args.docket_heartbeat, pubsub_poll=args.pubsub_poll, tick=args.tick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -450,3 +450,20 @@ def test_hundred_files_at_once_are_each_taken_exactly_once(settings: Settings, w
     assert sum(sc.stats.errors for sc in scanners) == 0
     assert len(list(settings.processing_dir.iterdir())) == 100
     assert [f for p in settings.physicians for f in (settings.inbox_dir / p).iterdir()] == []
+
+
+def test_idle_scanner_sleeps_until_the_rescan_and_wakes_on_a_poke(
+        settings: Settings, wav: Path) -> None:
+    """With nothing waiting, the loop sleeps until the next full rescan (not every poll
+    interval); a watcher event makes it check at the poll interval until the file is taken."""
+    inbox.ensure_layout(settings)
+    scanner = inbox.InboxScanner(settings, rescan_seconds=30.0)
+    scanner.step()
+    assert scanner._next_wait() > 20  # idle: ~30 s to the next rescan
+    target = settings.inbox_dir / "dr-smith" / "poked.wav"
+    shutil.copyfile(wav, target)
+    scanner.poke(target, "closed")
+    assert scanner._next_wait() == settings.poll_interval_seconds
+    scanner._last_scan -= 100  # a rescan long overdue: never a negative or zero wait
+    scanner._candidates.clear()
+    assert scanner._next_wait() == settings.poll_interval_seconds

@@ -72,29 +72,47 @@ class StatusView:
         return " | ".join(f"{LABELS[k]} {counts.get(k, 0)}" for k in LABELS)
 
     @contextmanager
-    def live(self, enabled: bool = True, out: Any = None) -> Iterator[Callable[[], None]]:
-        """Yield an ``update()`` to call about once a second."""
+    def live(self, enabled: bool = True, out: Any = None) -> Iterator[Callable[[], bool]]:
+        """Yield an ``update()`` to call now and then; it redraws only when the counts
+        changed and returns whether they did. No refresh thread: an idle service draws
+        nothing (rich's auto-refresh would re-render every second)."""
         import sys
-        import time
+
+        from pipeline import inbox
 
         out = out or sys.stdout
+        last: list[tuple[tuple[str, int], ...] | None] = [None]
+
+        def changed() -> bool:
+            counts = tuple(sorted(inbox.status_counts(self.settings).items()))
+            if counts == last[0]:
+                return False
+            last[0] = counts
+            return True
+
         if enabled and hasattr(out, "isatty") and out.isatty():
             from rich.console import Console
             from rich.live import Live
 
             with Live(_table(self.settings, 8), console=Console(file=out),
-                      refresh_per_second=1, transient=False) as live:
-                yield lambda: live.update(_table(self.settings, 8, "(Ctrl-C stops)"))
-            return
-        last = [""]
-        last_t = [0.0]
+                      auto_refresh=False, transient=False) as live:
+                changed()
 
-        def update() -> None:
-            now = time.monotonic()
-            text = self.line()
-            if text != last[0] and now - last_t[0] >= 1.0:
-                print(text, file=out, flush=True)
-                last[0], last_t[0] = text, now
+                def update_live() -> bool:
+                    if not changed():
+                        return False
+                    live.update(_table(self.settings, 8, "(Ctrl-C stops)"), refresh=True)
+                    return True
+
+                yield update_live
+            return
+
+        def update() -> bool:
+            if not changed():
+                return False
+            print(" | ".join(f"{LABELS[k]} {dict(last[0] or ()).get(k, 0)}" for k in LABELS),
+                  file=out, flush=True)
+            return True
 
         yield update
 
