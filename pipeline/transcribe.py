@@ -451,7 +451,10 @@ def find_gaps(
     for i, (a, b) in enumerate(stretches):
         if b - a < min_gap:
             continue
-        inside = sorted((w.start, w.end) for w in words if w.end > a and w.start < b)
+        # a word stretched over seconds (Whisper's last word before audio it skipped)
+        # covers only its plausible length
+        inside = sorted((w.start, min(w.end, w.start + _MAX_WORD_SECONDS))
+                        for w in words if w.end > a and w.start < b)
         cursor = a
         for ws, we in inside:
             if ws - cursor >= min_gap:
@@ -653,17 +656,26 @@ def _repair_loops(
         speech_end = max(ends_in) if ends_in else b
         best: tuple[float, list[Segment]] | None = None
         for attempt in attempts:
-            raw, _info = model.transcribe(samples, vad_filter=False, **attempt)
-            new = [_to_segment(r, 0, a, duration) for r in raw]
-            new = [n for n in new if n.words and not is_hallucination(n, options, 1.0)]
-            if not new or any(_is_loop_segment(n, options) for n in new):
+            new = _decode_samples(model, samples, attempt, a, duration, options)
+            if new is None:
                 continue
-            # how much of the stretch the new words reach (a retry that stops early loses
-            # speech: try the next way, keep the one that covers most)
-            reach = new[-1].words[-1].end
+            # Whisper may stop early (its last words then stretch over the rest of the
+            # audio): decode on from where the words stop being plausible
+            for _ in range(3):
+                reach = _plausible_reach(new)
+                if reach + 1.5 >= speech_end or reach <= a:
+                    break
+                lo = int((reach - a) * SR)
+                more = _decode_samples(model, samples[lo:], attempt, reach, duration, options)
+                if more is None or _plausible_reach(more) <= reach + 0.5:
+                    break
+                new = _join_continuation(new, more, reach)
+            # a retry that still stops early loses speech: try the next way, keep the one
+            # that reaches furthest
+            reach = _plausible_reach(new)
             if best is None or reach > best[0]:
                 best = (reach, new)
-            if reach >= speech_end - 1.0:
+            if reach + 1.5 >= speech_end:
                 break
         if best is not None:
             replace[id(seg)] = best[1]
@@ -688,6 +700,55 @@ def _repair_loops(
     ]
     out.sort(key=lambda s: (s.start, s.end))
     return out, repaired
+
+
+def _decode_samples(
+    model: Any,
+    samples: np.ndarray,
+    kwargs: dict[str, Any],
+    offset: float,
+    duration: float,
+    options: TranscribeOptions,
+) -> list[Segment] | None:
+    """Decode ``samples`` (starting at ``offset`` s); None if nothing usable or a loop again."""
+    if samples.size < SR // 2:
+        return None
+    raw, _info = model.transcribe(samples, vad_filter=False, **kwargs)
+    new = [_to_segment(r, 0, offset, duration) for r in raw]
+    new = [n for n in new if n.words and not is_hallucination(n, options, 1.0)]
+    if not new or any(_is_loop_segment(n, options) for n in new):
+        return None
+    return new
+
+
+#: no dictated word takes longer than this; a longer one is Whisper stretching its last word
+#: over audio it did not transcribe
+_MAX_WORD_SECONDS = 1.5
+
+
+def _plausible_reach(segments: list[Segment]) -> float:
+    """Up to when the words of ``segments`` are plausibly timed: the end of the last word,
+    or the start of the first word stretched over more than ``_MAX_WORD_SECONDS``."""
+    words = [w for seg in segments for w in seg.words]
+    for w in words:
+        if w.end - w.start > _MAX_WORD_SECONDS:
+            return w.start
+    return words[-1].end if words else 0.0
+
+
+def _join_continuation(first: list[Segment], more: list[Segment], cut: float) -> list[Segment]:
+    """``first`` up to (not including) its words from ``cut`` on, then ``more``."""
+    out: list[Segment] = []
+    for seg in first:
+        words = [w for w in seg.words if w.start < cut - 0.01]
+        if not words:
+            continue
+        if len(words) < len(seg.words):
+            seg.words = words
+            seg.text = "".join(w.word for w in words).strip()
+            seg.end = words[-1].end
+        out.append(seg)
+    return out + more
 
 
 def _gap_seconds(gaps: list[tuple[int, float, float]]) -> float:
