@@ -311,11 +311,12 @@ def run(args: argparse.Namespace) -> int:
 
         # 5. memory over many short files
         if args.files:
-            series = _soak(args, proc.pid, soak_bases, clips, drop, wait_done)
-            _ok, why = soak_verdict(series, args.warm_files, args.tolerance_pct,
-                                   args.tolerance_mb)
-            results.append((f"worker RSS over {series[-1][0] if series else 0} short files",
-                             " ".join(f"{r / 1e6:.0f}" for _, r in series) + " MB", why))
+            series, service = _soak(args, proc.pid, soak_bases, clips, drop, wait_done)
+            for label, values in (("worker", series), ("whole service", service)):
+                _ok, why = soak_verdict(values, args.warm_files, args.tolerance_pct,
+                                        args.tolerance_mb)
+                results.append((f"{label} RSS over {values[-1][0] if values else 0} files",
+                                " ".join(f"{r / 1e6:.0f}" for _, r in values) + " MB", why))
 
         # 6. idle CPU
         time.sleep(args.idle_settle)
@@ -350,10 +351,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _soak(args: argparse.Namespace, pid: int, bases: list[bytes], clips: Path,
-          drop: Any, wait_done: Any) -> list[tuple[int, int]]:
+          drop: Any, wait_done: Any) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Drop ``args.files`` short dictations in rounds of ``args.every``; after each round,
-    wait for all of them and record the worker's RSS. Returns ``[(files, rss), ...]``."""
+    wait for all of them and record the worker's RSS and the whole service's. Returns the
+    two series ``[(files, rss), ...]`` (worker, all processes)."""
     series: list[tuple[int, int]] = []
+    service: list[tuple[int, int]] = []
     first_pids = sorted(p.pid for p in _workers(pid))
     processed = 0
     t_start = time.perf_counter()
@@ -376,7 +379,12 @@ def _soak(args: argparse.Namespace, pid: int, bases: list[bytes], clips: Path,
                   flush=True)
             first_pids = sorted(p.pid for p in workers)
         rss = _rss(workers)
+        procs = _tree(pid)
         series.append((processed, rss))
+        service.append((processed, _rss(procs)))
+        others = ", ".join(f"{_role(p)} {_rss([p]) / 1e6:.0f}" for p in procs
+                           if _role(p) != "worker")
         print(f"  {processed:5d} files ({len(done)}/{n} of this round done) worker RSS "
-              f"{rss / 1e6:.0f} MB, {time.perf_counter() - t_start:.0f} s", flush=True)
-    return series
+              f"{rss / 1e6:.0f} MB ({others} MB), {time.perf_counter() - t_start:.0f} s",
+              flush=True)
+    return series, service
