@@ -159,3 +159,15 @@ def test_plain_english_with_unsure_words_gets_no_term_corrections(
     words = [(w, 0.3) for s in sentences for w in s.split()]
     note = normalize(_transcript(words), settings, document_type=doc_type)
     assert [c for c in note.corrections if c.kind == "term"] == []
+
+
+def test_a_compound_word_is_not_cut_down_to_the_term_it_holds() -> None:
+    """ "hyperenhancement" is not a vocabulary word but holds "enhancement": it is a
+    compound, not a mishearing, and is left alone (it became "enhancement", dropping the
+    finding)."""
+    from pipeline.normalize import normalize_text
+    from pipeline.settings import Settings
+
+    note = normalize_text("wall thickening and hyperenhancement period", Settings(),
+                          document_type="radiology_report")
+    assert "hyperenhancement" in note.text, note.text

@@ -127,8 +127,8 @@ def best_candidate(
     for cand in cands:
         if cand == low or abs(len(cand) - len(low)) > max(3, len(low) // 3):
             continue
-        if cand.startswith(low) or low.startswith(cand):
-            continue  # an inflection of the same word, not a mishearing
+        if cand in low or cand.startswith(low):
+            continue  # an inflection or compound of the same word, not a mishearing
         if _MEDICAL_PREFIX.match(low) and index.is_medical(_MEDICAL_PREFIX.sub("", low)):
             return None  # "hyperenhancement": a well-formed compound of a medical word
         score = fuzz.ratio(low, cand)
@@ -159,7 +159,9 @@ def best_candidate(
         cutoff = _FUZZY_MIN if len(low) < 8 else _FUZZY_LONG_MIN
         hit = process.extractOne(low, list(pool), scorer=fuzz.ratio, score_cutoff=cutoff)
         # the ending carries the meaning ("-itis" vs "-lith"): it must agree
-        if hit is not None and hit[0] != low and hit[0][-3:] == low[-3:]:
+        # a word that holds the term ("hyperenhancement" / "enhancement") is a compound of it
+        if (hit is not None and hit[0] not in low and not hit[0].startswith(low)
+                and hit[0][-3:] == low[-3:]):
             best = (pool[hit[0]], float(hit[1]), "curated")
     return best
 
