@@ -16,6 +16,7 @@ import gc
 import hashlib
 import logging
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -292,6 +293,23 @@ def probe(path: Path | str, settings: Settings) -> AudioInfo:
     )
 
 
+#: PyAV resampler objects are only freed by the garbage collector (faster-whisper's
+#: decode_audio collects after every file too). A full collection costs 0.15-0.25 s in a
+#: worker holding the language models (~220k objects), and a dictation streams its file 2-4
+#: times, so it runs at most once per ``_GC_EVERY_S``: what waits meanwhile is a few small
+#: resampler objects.
+_GC_EVERY_S = 30.0
+_last_gc = 0.0
+
+
+def _collect_now_and_then() -> None:
+    global _last_gc
+    now = time.monotonic()
+    if now - _last_gc >= _GC_EVERY_S:
+        _last_gc = now
+        gc.collect()
+
+
 def iter_audio(
     path: Path | str, chunk_seconds: float, sample_rate: int = SAMPLE_RATE
 ) -> Iterator[np.ndarray]:
@@ -343,7 +361,7 @@ def iter_audio(
                 yield take(held)
     finally:
         del resampler
-        gc.collect()  # PyAV resampler objects are only freed by the collector
+        _collect_now_and_then()
         if bad_packets:
             log.debug("skipped %d undecodable packets", bad_packets)
 

@@ -477,7 +477,10 @@ def _read_ranges(path: Any, ranges: list[tuple[float, float]], chunk_seconds: fl
     """The 16 kHz samples of each (start, end) range, in one streaming pass over the file."""
     parts: list[list[np.ndarray]] = [[] for _ in ranges]
     offset = 0
+    last = max((int(b * SR) for _, b in ranges), default=0)
     for block in audio_mod.iter_audio(path, chunk_seconds):
+        if offset >= last:
+            break  # past the last range: the rest of the file is not needed
         n = block.size
         for i, (a, b) in enumerate(ranges):
             lo, hi = max(int(a * SR) - offset, 0), min(int(b * SR) - offset, n)
@@ -665,8 +668,9 @@ def _repair_loops(
                 reach = _plausible_reach(new)
                 if reach + 1.5 >= speech_end or reach <= a:
                     break
-                lo = int((reach - a) * SR)
-                more = _decode_samples(model, samples[lo:], attempt, reach, duration, options)
+                skip = int((reach - a) * SR)
+                more = _decode_samples(model, samples[skip:], attempt, reach, duration,
+                                       options)
                 if more is None or _plausible_reach(more) <= reach + 0.5:
                     break
                 new = _join_continuation(new, more, reach)
