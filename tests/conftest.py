@@ -3,10 +3,14 @@
 - ``settings``: a ``Settings`` with a fresh data directory under tmp, tiny.en (the model the
   tests run for real), two physicians.
 - ``samples_dir``: the project's ``samples/`` folder (data shipped in this repository).
+- ``speech``: a real ~4 s dictation rendered with espeak-ng (once per session).
+- ``fake_soffice``: makes a misbehaving ``soffice`` executable (a broken LibreOffice install).
 """
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,3 +43,31 @@ def samples_dir() -> Path:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return PROJECT_ROOT
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real ~4 s dictation rendered with espeak-ng."""
+    path = tmp_path_factory.mktemp("audio") / "dictation.wav"
+    subprocess.run(
+        ["espeak-ng", "-s", "150", "-w", str(path),
+         "History of present illness. The patient reports chest pain for two days. "
+         "Plan. Follow up in two weeks."],
+        check=True,
+    )
+    return path
+
+
+def _fake_soffice(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "soffice"
+    exe.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
+    exe.chmod(0o755)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fake_soffice() -> Callable[[Path, str], Path]:
+    """``fake_soffice(folder, body)``: a real executable named soffice running the shell
+    ``body`` (a broken LibreOffice install); returns the folder to put on PATH."""
+    return _fake_soffice

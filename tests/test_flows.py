@@ -59,18 +59,6 @@ def flow_settings(settings: Settings, prefect_api: str) -> Iterator[Settings]:
     flows.use_settings(None)
 
 
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real ~4 s dictation rendered with espeak-ng."""
-    path = tmp_path_factory.mktemp("audio") / "dictation.wav"
-    subprocess.run(
-        ["espeak-ng", "-s", "150", "-w", str(path),
-         "History of present illness. The patient reports chest pain for two days. "
-         "Plan. Follow up in two weeks."],
-        check=True,
-    )
-    return path
-
 
 def _take(settings: Settings, src: Path, name: str, physician: str = "dr-smith") -> str:
     path = Path(shutil.copy(src, settings.inbox_dir / physician / name))

@@ -4,7 +4,7 @@ un-queues the draft (real tiny.en, real SQLite, real LibreOffice where installed
 
 from __future__ import annotations
 
-import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,26 +21,6 @@ NEEDS_SOFFICE = pytest.mark.skipif(find_soffice() is None,
                                    reason="LibreOffice (soffice) is not installed")
 
 
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real ~4 s dictation rendered with espeak-ng."""
-    path = tmp_path_factory.mktemp("audio") / "dictation.wav"
-    subprocess.run(
-        ["espeak-ng", "-s", "150", "-w", str(path),
-         "History of present illness. The patient reports chest pain for two days. "
-         "Plan. Follow up in two weeks."],
-        check=True,
-    )
-    return path
-
-
-def _fake_soffice(folder: Path, body: str) -> Path:
-    """A real executable named soffice that misbehaves (a broken LibreOffice install)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    exe = folder / "soffice"
-    exe.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
-    exe.chmod(0o755)
-    return folder
 
 
 def _stored(settings: Settings, draft_id: str) -> DraftRow:
@@ -72,12 +52,13 @@ def test_pdf_is_made_after_the_draft_is_queued_and_recorded(settings: Settings,
     assert not [p for p in pdf.parent.parent.iterdir() if p.name.startswith(".")]  # no temp
 
 
-def test_failing_libreoffice_leaves_the_draft_queued(settings: Settings, speech: Path,
-                                                     tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_libreoffice_leaves_the_draft_queued(
+    fake_soffice: Callable[[Path, str], Path], settings: Settings, speech: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch) -> None:
     """auto: the file completes, the draft is queued with every other output and no PDF;
     always: a clear error after the draft was queued (nothing is lost)."""
-    bin_dir = _fake_soffice(tmp_path / "bin", "echo broken >&2; exit 3")
+    bin_dir = fake_soffice(tmp_path / "bin", "echo broken >&2; exit 3")
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     settings.pdf = "auto"
     result = process_file(speech, settings, META)
@@ -98,12 +79,13 @@ def test_failing_libreoffice_leaves_the_draft_queued(settings: Settings, speech:
         pdf_stage(result.draft, settings, store=False)  # --no-store: nothing was queued
 
 
-def test_pdf_never_and_missing_libreoffice_make_no_pdf(settings: Settings, speech: Path,
-                                                       tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pdf_never_and_missing_libreoffice_make_no_pdf(
+    fake_soffice: Callable[[Path, str], Path], settings: Settings, speech: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch) -> None:
     """never: no LibreOffice run at all; auto without soffice on PATH: skipped quietly;
     always without soffice: the install hint, draft still queued."""
-    bin_dir = _fake_soffice(tmp_path / "bin", f"touch {tmp_path}/ran; exit 3")
+    bin_dir = fake_soffice(tmp_path / "bin", f"touch {tmp_path}/ran; exit 3")
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     settings.pdf = "never"
     result = process_file(speech, settings, META)

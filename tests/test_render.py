@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import zipfile
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -249,19 +250,12 @@ def test_concurrent_pdf_conversions_do_not_collide(settings, tmp_path) -> None:
     assert all(p.read_bytes()[:5] == b"%PDF-" for p in pdfs)
 
 
-def _fake_soffice(folder: Path, body: str) -> Path:
-    """A real executable named soffice that misbehaves (a broken LibreOffice install)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    exe = folder / "soffice"
-    exe.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
-    exe.chmod(0o755)
-    return folder
 
-
-def test_failing_libreoffice_does_not_lose_the_draft(settings, tmp_path, monkeypatch) -> None:
+def test_failing_libreoffice_does_not_lose_the_draft(
+    fake_soffice: Callable[[Path, str], Path], settings, tmp_path, monkeypatch) -> None:
     """pdf=auto: a LibreOffice that fails leaves a complete draft without PDF;
     pdf=always: a clear error and no partial draft."""
-    bin_dir = _fake_soffice(tmp_path / "bin", "echo broken >&2; exit 3")
+    bin_dir = fake_soffice(tmp_path / "bin", "echo broken >&2; exit 3")
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     document = hostile_document("radiology_report", settings)
     settings.pdf = "auto"
@@ -273,13 +267,14 @@ def test_failing_libreoffice_does_not_lose_the_draft(settings, tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["a"]
 
 
-def test_hanging_libreoffice_is_killed_after_the_timeout(tmp_path, monkeypatch) -> None:
+def test_hanging_libreoffice_is_killed_after_the_timeout(
+    fake_soffice: Callable[[Path, str], Path], tmp_path, monkeypatch) -> None:
     """The wrapper and its child are both killed; the call returns after the timeout."""
     import time
 
     from pipeline.pdf import PdfConversionError, convert_to_pdf
 
-    bin_dir = _fake_soffice(tmp_path / "bin", "sleep 30 & wait")
+    bin_dir = fake_soffice(tmp_path / "bin", "sleep 30 & wait")
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     docx_path = tmp_path / "x.docx"
     docx_path.write_bytes(b"not really a docx")
@@ -300,13 +295,14 @@ def test_profile_slots_are_exclusive_and_reused(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["slot-0", "slot-1"]
 
 
-def test_libreoffice_runs_nicer_than_the_pipeline(tmp_path, monkeypatch) -> None:
+def test_libreoffice_runs_nicer_than_the_pipeline(
+    fake_soffice: Callable[[Path, str], Path], tmp_path, monkeypatch) -> None:
     """The PDF is made after the draft is queued: LibreOffice yields the CPU to transcription."""
     import os
 
     from pipeline.pdf import NICENESS, PdfConversionError, convert_to_pdf
 
-    bin_dir = _fake_soffice(tmp_path / "bin", f"nice > {tmp_path}/niceness; exit 3")
+    bin_dir = fake_soffice(tmp_path / "bin", f"nice > {tmp_path}/niceness; exit 3")
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     docx_path = tmp_path / "x.docx"
     docx_path.write_bytes(b"not really a docx")
