@@ -304,8 +304,12 @@ def choose_device(settings: Settings) -> tuple[str, str]:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, device: str, compute_type: str, cpu_threads: int, workers: int) -> Any:
+def _load_cached(path: str, device: str, compute_type: str, cpu_threads: int, workers: int,
+                 name: str = "") -> Any:
     from faster_whisper import WhisperModel
+
+    # logged once per real load (not per dictation): model name, device, compute type only
+    log.info("loading model %s on %s/%s", name or Path(path).name, device, compute_type)
 
     return WhisperModel(
         path,
@@ -321,9 +325,9 @@ def load(settings: Settings) -> WhisperModel:
     """The ``WhisperModel`` for ``settings.model`` on the chosen device (cached per process)."""
     resolved = resolve(settings.model, settings)
     device, compute_type = choose_device(settings)
-    log.info("loading model %s on %s/%s", resolved.name, device, compute_type)
     model: WhisperModel = _load_cached(
-        str(resolved.path), device, compute_type, settings.cpu_threads, settings.workers
+        str(resolved.path), device, compute_type, settings.cpu_threads, settings.workers,
+        resolved.name,
     )
     return model
 
