@@ -490,6 +490,11 @@ def _read_ranges(path: Any, ranges: list[tuple[float, float]], chunk_seconds: fl
     return [np.concatenate(p) if p else np.zeros(0, dtype=np.float32) for p in parts]
 
 
+def _unprompted(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The same decoding options without the term prompt (for decoding a stretch again)."""
+    return {**kwargs, "initial_prompt": None, "hotwords": None}
+
+
 def _recover_gaps(
     model: Any,
     path: Any,
@@ -503,7 +508,7 @@ def _recover_gaps(
     A term prompt sometimes makes Whisper skip a stretch of speech; decoding that stretch
     on its own, unprompted, usually brings it back.
     """
-    plain = {**kwargs, "initial_prompt": None, "hotwords": None}
+    plain = _unprompted(kwargs)
     pad = 0.3
     ranges = [(max(a - pad, 0.0), min(b + pad, duration)) for _, a, b in gaps]
     recovered: list[Segment] = []
@@ -634,17 +639,17 @@ def _repair_loops(
     loops = [s for s in segments if _is_loop_segment(s, options)]
     if not loops:
         return segments, 0
-    plain = {**kwargs, "initial_prompt": None, "hotwords": None}
+    plain = _unprompted(kwargs)
     attempts = [
         {**plain, "repetition_penalty": options.loop_repetition_penalty},
         {**plain, "no_repeat_ngram_size": 3},
     ]
-    ends = sorted(s.end for s in segments)
+    last_end = max(s.end for s in segments)
     ranges: list[tuple[float, float]] = []
     for seg in loops:
         # a loop's own end time is unreliable: run to the next segment's start
         later = [s.start for s in segments if s.start >= seg.end - 0.05 and s is not seg]
-        b = min(later) if later else max(ends[-1], seg.end)
+        b = min(later) if later else last_end
         b = min(max(b, seg.end), seg.start + 30.0, duration)
         ranges.append((seg.start, b))
     repaired = 0
@@ -794,8 +799,8 @@ def transcribe(
         if skipped > options.prompt_fallback_share * speech_s:
             # The prompt derailed Whisper here (seen: 70 of 108 s skipped, the rest
             # misplaced copies): the unprompted decode is the better transcript.
-            plain = {**kwargs, "initial_prompt": None, "hotwords": None}
-            segments, stretches = _decode_file(model, path, plain, options, vad, duration)
+            segments, stretches = _decode_file(model, path, _unprompted(kwargs), options, vad,
+                                               duration)
             prompted = False
             prompt_fallback = True
     segments, loops_repaired = _repair_loops(model, path, segments, kwargs, options, duration,
