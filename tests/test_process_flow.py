@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from test_flows import _row, _take, flow_settings, prefect_api, speech  # noqa: F401 (fixtures)
+from test_flows import _row, _take, flow_settings, prefect_api  # noqa: F401 (fixtures)
 
 from pipeline.db.core import DraftRow
 from pipeline.pdf import find_soffice
@@ -27,7 +27,7 @@ def _draft(settings: Settings, dictation_id: str) -> DraftRow:
 
 @pytest.mark.skipif(find_soffice() is None, reason="LibreOffice (soffice) is not installed")
 def test_flow_records_the_pdf_after_the_queue(flow_settings: Settings,  # noqa: F811
-                                              speech: Path) -> None:  # noqa: F811
+                                              speech: Path) -> None:
     from pipeline.flows import process_dictation
 
     flow_settings.pdf = "auto"
@@ -40,7 +40,7 @@ def test_flow_records_the_pdf_after_the_queue(flow_settings: Settings,  # noqa: 
 
 
 def test_flow_failing_pdf_keeps_the_draft_queued(flow_settings: Settings,  # noqa: F811
-                                                 speech: Path, tmp_path: Path,  # noqa: F811
+                                                 speech: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """pdf=always and a LibreOffice that always fails: the flow still completes, the draft
     is queued with its .docx, text, FHIR and HL7, the audio archived, nothing quarantined."""
