@@ -156,3 +156,74 @@ def test_low_tick_server_serves_and_stops() -> None:
         server.should_exit = True
         thread.join(20)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_sqlite_transactions_take_the_write_lock_up_front(patched: bool, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With the tuning, a Prefect server transaction holds SQLite's write lock from its
+    start (BEGIN IMMEDIATE), so a second writer waits instead of failing later with
+    "database is locked"; without it, a transaction that has only read holds no lock."""
+    db = tmp_path / "prefect.db"
+    out = _python(f"""
+        import asyncio, sqlite3
+        import sqlalchemy as sa
+        from pipeline import prefect_env
+        if {patched}:
+            print(prefect_env.immediate_sqlite_writes())
+        from prefect.server.database.configurations import AioSqliteConfiguration
+
+        async def main():
+            cfg = AioSqliteConfiguration(connection_url="sqlite+aiosqlite:///{db}")
+            engine = await cfg.engine()
+            async with engine.begin() as conn:
+                await conn.execute(sa.text("create table t (x int)"))
+            session = await cfg.session(engine)
+            async with cfg.begin_transaction(session):
+                await session.execute(sa.text("select count(*) from t"))
+                other = sqlite3.connect("{db}", timeout=0)
+                try:
+                    other.execute("BEGIN IMMEDIATE")
+                    print("second writer got the lock")
+                    other.execute("ROLLBACK")
+                except sqlite3.OperationalError as exc:
+                    print("second writer:", exc)
+                other.close()
+            await engine.dispose()
+
+        asyncio.run(main())
+    """)
+    if patched:
+        assert out.splitlines() == ["True", "second writer: database is locked"]
+    else:
+        assert out.splitlines() == ["second writer got the lock"]
+
+
+def test_flow_exit_does_not_wait_for_the_heartbeat_thread() -> None:
+    """``quick_flow_exit`` (applied when ``pipeline.flows`` is imported): leaving a flow run's
+    heartbeat context does not join its thread, which then ends on its own, with no further
+    heartbeat. Without it the exit waits for the thread's one-second sleep."""
+    out = _python("""
+        import threading, time
+        import pipeline.flows  # applies the tuning
+        from prefect import flow_engine
+
+        class Engine:
+            heartbeat_seconds = 30
+            flow_run = None
+            beats = 0
+            def _build_heartbeat_event_template(self):
+                return {}, []
+            def _emit_flow_run_heartbeat(self, resource, related):
+                self.beats += 1
+            logger = __import__("logging").getLogger("test")
+
+        engine = Engine()
+        before = set(threading.enumerate())
+        with flow_engine._send_heartbeats(engine):
+            time.sleep(0.05)
+        (beat,) = set(threading.enumerate()) - before
+        print(beat.is_alive())
+        beat.join(3)
+        print(beat.is_alive(), engine.beats)
+    """)
+    assert out.split() == ["True", "False", "1"]
