@@ -211,14 +211,18 @@ def run(args: argparse.Namespace) -> int:
                        clips / f"soak{i}.wav").read_bytes()
                   for i in range(min(5, len(sources)) if args.files else 0)]
     raw: dict[Path, float] = {}
+    raw_cpu = 0.0
     durations: dict[Path, float] = {}
     if not args.short:
         transcribe_stage(load_dictation(latency_clips[0], settings), settings)  # warm-up
         for clip in [*latency_clips[1:], *batch]:
             d = load_dictation(clip, settings)
+            c0 = time.process_time()
             t0 = time.perf_counter()
             transcribe_stage(d, settings)
             raw[clip] = time.perf_counter() - t0
+            if clip in batch:
+                raw_cpu += time.process_time() - c0
             durations[clip] = d.audio.duration_s
         print(f"raw transcription measured for {len(raw)} clips", flush=True)
 
@@ -291,6 +295,8 @@ def run(args: argparse.Namespace) -> int:
         # 4. throughput
         if batch:
             names = {}
+            procs = _tree(proc.pid)
+            cpu0 = [_cpu([p]) for p in procs]
             t0 = time.perf_counter()
             for i, clip in enumerate(batch):
                 names[f"b{i:03d}.wav"] = clip
@@ -304,6 +310,14 @@ def run(args: argparse.Namespace) -> int:
                             f"{total:.1f} s ({len(done)} done)",
                             f"sum of raw transcription {raw_sum:.1f} s -> {ratio:.2f}x "
                             f"({'OK' if ratio <= 1.2 else 'MISSED'} <= 1.2x)"))
+            cpu1 = [_cpu([p]) for p in procs]
+            used = {}
+            for p, a, b in zip(procs, cpu0, cpu1, strict=True):
+                used[_role(p)] = used.get(_role(p), 0.0) + b - a
+            results.append(("CPU time during the batch (2 cores: " f"{2 * total:.0f} s)",
+                            f"{sum(used.values()):.1f} s",
+                            ", ".join(f"{k} {v:.1f} s" for k, v in used.items())
+                            + f"; raw transcription in this process {raw_cpu:.1f} s"))
             rss_after = _rss(workers)
             results.append((f"worker memory after warm-up -> after {len(batch) + len(lat)} "
                              f"files", f"{rss_before / 1e6:.0f} MB -> {rss_after / 1e6:.0f} MB",
