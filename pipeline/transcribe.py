@@ -505,8 +505,9 @@ def _recover_gaps(
 ) -> list[Segment]:
     """Decode each gap again without prompt terms; keep the words that fall inside the gap.
 
-    A term prompt sometimes makes Whisper skip a stretch of speech; decoding that stretch
-    on its own, unprompted, usually brings it back.
+    Whisper sometimes skips a stretch of speech: after a loop (it jumps to the next 30-s
+    window) or because of the term prompt; decoding that stretch on its own, unprompted,
+    usually brings it back.
     """
     plain = _unprompted(kwargs)
     pad = 0.3
@@ -775,9 +776,10 @@ def transcribe(
     Decoding is deterministic (temperature 0 only). The guards, in order: loops are decoded
     again with a repetition penalty (``_repair_loops``); silence hallucinations, prompt
     leakage and repeated phrases are dropped (``guard_segments``, ``remove_repeats``);
-    speech the prompted decode skipped is decoded again without the prompt: stretch by
-    stretch (``_recover_gaps``), or, when the prompt made Whisper skip a large share of the
-    speech (``prompt_fallback_share``), the whole file is decoded again without it.
+    speech the decode skipped (after a loop, or because of the prompt) is decoded again
+    without the prompt, stretch by stretch (``_recover_gaps``); when the prompt made Whisper
+    skip a large share of the speech (``prompt_fallback_share``), the whole file is decoded
+    again without it first.
     """
     options = options or TranscribeOptions.from_settings(settings)
     resolved = speech_models.resolve(settings.model, settings)
@@ -823,7 +825,7 @@ def transcribe(
     words = [w for s in segments for w in s.words]
     gaps = find_gaps(stretches, words, options.dropped_audio_seconds)
     recovered: list[Segment] = []
-    if gaps and options.word_timestamps and options.recover_dropped and prompted:
+    if gaps and options.word_timestamps and options.recover_dropped:
         recovered = _recover_gaps(model, path, gaps, kwargs, options, duration)
         if recovered:
             recovered, more = _repair_loops(model, path, recovered, kwargs, options, duration,

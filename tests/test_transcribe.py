@@ -161,6 +161,21 @@ def test_regression_prompt_loop_drops_no_speech(tmp_path: Path, settings: Settin
     assert [s.id for s in t.segments] == list(range(len(t.segments)))
 
 
+def test_regression_unprompted_loop_drops_no_speech(settings: Settings) -> None:
+    """Without any prompt, tiny.en heard "comma" as "Commodary" over and over in the shipped
+    COPD dictation and then skipped ten seconds of speech (a history sentence with its dates
+    and drugs); the skipped stretch is decoded again on its own, as for a prompted decode."""
+    from pipeline.settings import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "samples" / "synthetic_heldout" / "progress_copd_pulmonology.ogg"
+    t = _run(path, settings, TranscribeOptions())
+    assert t.options["diagnostics"]["recovered_words"] > 0
+    assert "2018" in t.raw_text and "September" in t.raw_text, t.raw_text
+    assert "dropped_audio" not in t.flags
+    starts = [w.start for w in t.words]
+    assert starts == sorted(starts)
+
+
 def test_long_file_is_chunked_with_offsets_and_progress(
     clip: Path, tmp_path: Path, settings: Settings
 ) -> None:
