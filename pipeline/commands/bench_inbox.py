@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
                             f"sum of raw transcription {raw_sum:.1f} s -> {ratio:.2f}x "
                             f"({'OK' if ratio <= 1.2 else 'MISSED'} <= 1.2x)"))
             cpu1 = [_cpu([p]) for p in procs]
-            used = {}
+            used: dict[str, float] = {}
             for p, a, b in zip(procs, cpu0, cpu1, strict=True):
                 used[_role(p)] = used.get(_role(p), 0.0) + b - a
             results.append(("CPU time during the batch (2 cores: " f"{2 * total:.0f} s)",
