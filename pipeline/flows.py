@@ -418,7 +418,7 @@ class WarmWorker:
         with self._lock:
             # routine: one transcribing and one waiting per slot; STAT: up to ``limit`` more
             free_routine = 2 * self.limit - len(self._before_slot_free)
-            free_stat = self.limit - len(self._stat & self._before_slot_free)
+            free_stat = self.limit - len(self._stat)  # a subset of _before_slot_free
         if free_routine <= 0 and free_stat <= 0:
             return []
         from datetime import UTC, datetime

@@ -329,28 +329,23 @@ def immediate_sqlite_writes() -> bool:
     the worker sat idle, and the late-runs service failed its writes. Prefect itself uses
     IMMEDIATE for its ``with_for_update`` transactions; a single practice's server does not
     need concurrent deferred writers. PostgreSQL is left alone. Returns whether it applied."""
+    import inspect
+
     try:
         from prefect.server.database import configurations as cfg
     except ImportError:
         return False
-    cls = getattr(cfg, "AioSqliteConfiguration", None)
-    mode = getattr(cfg, "SQLITE_BEGIN_MODE", None)
+    cls: Any = getattr(cfg, "AioSqliteConfiguration", None)
     original = getattr(cls, "begin_transaction", None)
-    if cls is None or mode is None or original is None:
+    if original is None or "with_for_update" not in inspect.signature(original).parameters:
         log.warning("prefect's SQLite configuration changed: transactions left as they are")
         return False
     if getattr(original, "_dictation_tuned", False):
         return True
 
-    @contextlib.asynccontextmanager
-    async def begin_transaction(self: Any, session: Any, with_for_update: bool = False
-                                ) -> Any:
-        token = mode.set("IMMEDIATE")
-        try:
-            async with session.begin() as transaction:
-                yield transaction
-        finally:
-            mode.reset(token)
+    def begin_transaction(self: Any, session: Any, with_for_update: bool = False) -> Any:
+        # Prefect's own IMMEDIATE path (the one it takes for ``with_for_update``)
+        return original(self, session, with_for_update=True)
 
     begin_transaction._dictation_tuned = True  # type: ignore[attr-defined]
     cls.begin_transaction = begin_transaction

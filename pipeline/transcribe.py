@@ -803,7 +803,6 @@ def transcribe(
             # misplaced copies): the unprompted decode is the better transcript.
             segments, stretches = _decode_file(model, path, _unprompted(kwargs), options, vad,
                                                duration)
-            prompted = False
             prompt_fallback = True
     segments, loops_repaired = _repair_loops(model, path, segments, kwargs, options, duration,
                                              stretches)
