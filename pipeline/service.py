@@ -351,6 +351,11 @@ class Service:
         if self.scanner is not None:
             self.scanner.stop()
         if self.observer is not None:
+            # watchdog's inotify emitter may run once more after stop() and logs an ERROR
+            # ("queue_events() called when the thread is inactive", watchdog PR #963): a
+            # harmless race at our own shutdown, not a fault to show the user
+            logging.getLogger("watchdog.observers.inotify").addFilter(
+                lambda record: "thread is inactive" not in record.getMessage())
             try:
                 self.observer.stop()
                 self.observer.join(5)
