@@ -161,6 +161,27 @@ def test_regression_prompt_loop_drops_no_speech(tmp_path: Path, settings: Settin
     assert [s.id for s in t.segments] == list(range(len(t.segments)))
 
 
+def test_regression_loop_is_repaired_greedily_from_the_shipped_sample(settings: Settings) -> None:
+    """Raw tiny.en loops "colon-sympathetic" over 12-42 s of the shipped lap-chole
+    dictation (30 s of diagnoses, procedure and anesthesia lost). The stretch is decoded
+    again greedily with a repetition penalty and the dictated words come back."""
+    from pipeline.settings import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "samples" / "synthetic_medical" / "op_lap_chole.ogg"
+    options = TranscribeOptions()
+    assert options.loop_beam_size == 1
+    t = _run(path, settings, options)
+    assert t.options["diagnostics"]["repaired_loops"] == 1
+    assert "repetition" in t.flags
+    text = t.raw_text.lower().replace("-", " ")
+    assert text.count("sympathetic") <= 1, text
+    for word in ("preoperative", "postoperative", "procedure", "operating room", "anesthesia",
+                 "sterile"):
+        assert word in text, (word, text)
+    starts = [w.start for w in t.words]
+    assert starts == sorted(starts)
+
+
 def test_regression_unprompted_loop_drops_no_speech(settings: Settings) -> None:
     """Without any prompt, tiny.en heard "comma" as "Commodary" over and over in the shipped
     COPD dictation and then skipped ten seconds of speech (a history sentence with its dates
