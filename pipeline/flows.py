@@ -40,7 +40,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import inbox, prefect_env
+from pipeline import inbox, memtrim, prefect_env
 from pipeline.db.core import DictationRow
 from pipeline.errors import AudioError, NotFoundError, PipelineError
 from pipeline.records import Dictation, DictationMeta, Document, Draft, Note, Transcript
@@ -483,6 +483,9 @@ class WarmWorker:
                 self.completed += 1
                 self._last_done = time.monotonic()
             self._wake.set()
+            # the run's arrays and events are freed: give the pages back (glibc keeps them
+            # in per-thread arenas, and the worker's RSS crept up with every dictation)
+            memtrim.trim()
 
     def run(self, *, exit_when_idle: float | None = None) -> None:
         """Poll, claim and execute until ``stop()``; with ``exit_when_idle`` (seconds),

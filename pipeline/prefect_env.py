@@ -54,6 +54,7 @@ __all__ = [
     "tune_pubsub",
     "quick_flow_exit",
     "immediate_sqlite_writes",
+    "bounded_sqlite_cache",
     "DOCKET_POLL_SECONDS",
     "DOCKET_HEARTBEAT_SECONDS",
     "PUBSUB_POLL_SECONDS",
@@ -352,6 +353,45 @@ def immediate_sqlite_writes() -> bool:
     return True
 
 
+#: how often the server returns freed heap pages to the system (``memtrim``)
+TRIM_SECONDS = 60.0
+#: SQLite page cache per connection of the local Prefect server, KiB (Prefect sets 20,000
+#: pages: up to 80 MB per pooled connection, filled as its database grows with every flow
+#: run; the operating system's file cache holds the pages anyway)
+SQLITE_CACHE_KIB = 8192
+
+
+def bounded_sqlite_cache(kib: int = SQLITE_CACHE_KIB) -> bool:
+    """In the server process, on SQLite: each connection's page cache is at most ``kib`` KiB
+    (``PRAGMA cache_size = -kib``), set after Prefect's own connection set-up.
+
+    Prefect asks for 20,000 pages (80 MB) per connection; the server pools several
+    connections, and each fills its cache as the database grows with every flow run, so the
+    server's memory rose with the number of dictations processed. Returns whether it
+    applied."""
+    try:
+        from prefect.server.database import configurations as cfg
+    except ImportError:
+        return False
+    cls: Any = getattr(cfg, "AioSqliteConfiguration", None)
+    original = getattr(cls, "setup_sqlite", None)
+    if original is None:
+        log.warning("prefect's SQLite configuration changed: page cache left as it is")
+        return False
+    if getattr(original, "_dictation_tuned", False):
+        return True
+
+    def setup_sqlite(self: Any, conn: Any, record: Any) -> None:
+        original(self, conn, record)
+        cursor = conn.cursor()
+        cursor.execute(f"PRAGMA cache_size = -{int(kib)};")
+        cursor.close()
+
+    setup_sqlite._dictation_tuned = True  # type: ignore[attr-defined]
+    cls.setup_sqlite = setup_sqlite
+    return True
+
+
 def low_tick_server(config: Any, tick_seconds: float = UVICORN_TICK_SECONDS) -> Any:
     """A ``uvicorn.Server`` for ``config`` whose main loop wakes every ``tick_seconds``
     (uvicorn: 0.1 s) to check for shutdown and refresh the Date header; requests are served
@@ -394,6 +434,12 @@ def serve(host: str, port: int, *, docket_poll: float = DOCKET_POLL_SECONDS,
         changed.append(f"uvicorn tick={tick:g}s")
     if immediate_sqlite_writes():
         changed.append("sqlite BEGIN IMMEDIATE")
+    if bounded_sqlite_cache():
+        changed.append(f"sqlite cache {SQLITE_CACHE_KIB // 1024} MiB per connection")
+    from pipeline import memtrim
+
+    if memtrim.start_trimmer(TRIM_SECONDS) is not None:
+        changed.append(f"malloc_trim every {TRIM_SECONDS:g}s")
     from prefect.server.api.server import create_app
     from prefect.settings import get_current_settings
 

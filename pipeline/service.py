@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import inbox, prefect_env
+from pipeline import inbox, memtrim, prefect_env
 from pipeline.settings import Settings
 
 __all__ = ["Service", "ServiceOptions", "demo_sample", "should_resubmit"]
@@ -242,6 +242,9 @@ class Service:
         t = threading.Thread(target=self._deliver_loop, name="deliveries", daemon=True)
         t.start()
         self._threads.append(t)
+        trimmer = memtrim.start_trimmer(prefect_env.TRIM_SECONDS, self._stop)
+        if trimmer is not None:
+            self._threads.append(trimmer)
         if self.options.web:
             self._start_web()
         self._say(f"Watching {s.inbox_dir}/<physician>/ for: {', '.join(s.physicians)}")

@@ -227,3 +227,37 @@ def test_flow_exit_does_not_wait_for_the_heartbeat_thread() -> None:
         print(beat.is_alive(), engine.beats)
     """)
     assert out.split() == ["True", "False", "1"]
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_sqlite_page_cache_is_bounded_per_connection(patched: bool, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With the tuning, each of the server's SQLite connections caches at most
+    ``SQLITE_CACHE_KIB`` (Prefect's own setting, 20,000 pages, is up to 80 MB a connection
+    and grew the server's memory with every flow run); Prefect's other pragmas stay."""
+    db = tmp_path / "prefect.db"
+    out = _python(f"""
+        import asyncio
+        import sqlalchemy as sa
+        from pipeline import prefect_env
+        if {patched}:
+            print(prefect_env.bounded_sqlite_cache())
+        from prefect.server.database.configurations import AioSqliteConfiguration
+
+        async def main():
+            cfg = AioSqliteConfiguration(connection_url="sqlite+aiosqlite:///{db}")
+            engine = await cfg.engine()
+            async with engine.connect() as conn:
+                for pragma in ("cache_size", "journal_mode", "busy_timeout"):
+                    value = (await conn.execute(sa.text(f"PRAGMA {{pragma}}"))).scalar()
+                    print(pragma, value)
+            await engine.dispose()
+
+        asyncio.run(main())
+    """)
+    lines = out.splitlines()
+    if patched:
+        assert lines[0] == "True"
+        assert f"cache_size -{prefect_env.SQLITE_CACHE_KIB}" in lines
+    else:
+        assert "cache_size 20000" in lines
+    assert "journal_mode wal" in lines and "busy_timeout 60000" in lines
