@@ -122,9 +122,9 @@ class TranscribeOptions:
     loop_repetition_penalty: float = 1.2
     #: beam size for decoding a looping stretch again (None: ``beam_size``). Greedy: a beam
     #: search tends to find the loop's high-probability path again, and greedy is cheaper
-    #: (a 30 s stretch with tiny.en: 1.5 s vs 2.5 s); measured on the four sample dictations where tiny.en loops
-    #: (prompted and not) WER lower than with beam 5 (0.359 -> 0.332 op_lap_chole,
-    #: 0.406 -> 0.392 referral_neurology, 0.349 -> 0.337 progress_diabetes_soap)
+    #: (a 30 s stretch with tiny.en: 1.5 s vs 2.5 s). On the four sample dictations where
+    #: tiny.en loops (prompted and not), WER was lower than with beam 5 (0.359 -> 0.332
+    #: op_lap_chole, 0.406 -> 0.392 referral_neurology, 0.349 -> 0.337 diabetes SOAP)
     loop_beam_size: int | None = 1
     #: weak-segment thresholds for the hallucination guard
     hallucination_max_word_prob: float = 0.6
@@ -639,8 +639,9 @@ def _repair_loops(
 
     faster-whisper's answer to a loop is to sample again at a higher temperature (random
     text); ours is deterministic: the same stretch, no prompt terms, greedy
-    (``loop_beam_size``), repeated tokens penalised (``repetition_penalty``). The new text replaces the loop only when it is no
-    longer repetitive; otherwise the loop stays for ``remove_repeats`` and the flags.
+    (``loop_beam_size``), repeated tokens penalised (``repetition_penalty``). The new text
+    replaces the loop only when it is no longer repetitive; otherwise the loop stays for
+    ``remove_repeats`` and the flags.
     Returns (segments, loops repaired).
     """
     loops = [s for s in segments if _is_loop_segment(s, options)]
