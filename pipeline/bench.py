@@ -52,6 +52,9 @@ class RunFigures:
     pdf_s: float | None = None
     #: pipeline only: wall time including the PDF (``wall_s`` stops when the draft is queued)
     with_pdf_s: float | None = None
+    #: pipeline only: what the transcription guards decoded again (loops repaired, words of
+    #: skipped speech recovered, whole file again without the prompt): work raw does not do
+    repairs: dict[str, int] = field(default_factory=dict)
 
     @property
     def speed(self) -> float:
@@ -169,7 +172,11 @@ def _child(kind: str, settings_data: dict[str, Any], audio: str, warm: str | Non
             result = process_file(Path(path), settings, meta, store=True)
             total = time.perf_counter() - t0
             made = "pdf" in result.draft.outputs
+            diag = result.transcript.options.get("diagnostics", {})
+            repairs = {key: int(diag.get(key) or 0)
+                       for key in ("repaired_loops", "recovered_words", "prompt_fallback")}
             return {"audio_s": result.dictation.audio.duration_s,
+                    "repairs": {k: v for k, v in repairs.items() if v},
                     "words": len(result.transcript.words),
                     "stages": {k: round(v, 3) for k, v in result.timings.items()},
                     # what the user waits for: the draft in the review queue

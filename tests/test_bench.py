@@ -67,3 +67,34 @@ def test_report_prints_the_pdf_and_the_stages_on_their_own_lines() -> None:
     console = Console(record=True, width=200)
     report(_result(None), console)
     assert "PDF: none made" in console.export_text()
+
+
+def test_pipeline_figures_name_the_repairs_of_a_looping_dictation(settings: Settings) -> None:
+    """On the shipped lap-chole dictation tiny.en loops for 30 s: the pipeline's figures say
+    that it decoded the loop again (the reason its time is above raw on that file); a clean
+    clip reports no repairs."""
+    from pipeline.settings import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "samples" / "synthetic_medical" / "op_lap_chole.ogg"
+    figures = RunFigures(**_child("pipeline", settings.model_dump(), str(path), None))
+    assert figures.repairs.get("repaired_loops") == 1
+    assert "prompt_fallback" not in figures.repairs  # no sidecar: no prompt to fall back from
+
+
+def test_clean_clip_reports_no_repairs(settings: Settings, speech: Path) -> None:
+    figures = RunFigures(**_child("pipeline", settings.model_dump(), str(speech), None))
+    assert figures.repairs == {}
+
+
+def test_report_names_the_repairs_only_when_there_were_some() -> None:
+    result = _result(None)
+    result.pipeline.repairs = {"repaired_loops": 1, "recovered_words": 37}
+    console = Console(record=True, width=240)
+    report(result, console)
+    out = console.export_text()
+    assert ("pipeline repaired what the decode lost: 1 looping stretch(es) decoded again; "
+            "37 words of skipped speech recovered") in out
+    console = Console(record=True, width=240)
+    report(_result(None), console)
+    assert "repaired" not in console.export_text()
+    assert _result(None).to_dict()["pipeline"]["repairs"] == {}

@@ -104,6 +104,16 @@ def report(result: BenchResult, console: Console, *, repeat: int = 1,
         outside = pipe.wall_s - pipe.stages.get("transcribe", 0.0)
         console.print(f"pipeline outside transcription, to the queue: {outside:.2f} s "
                       f"({others:.2f} s in the other stages)")
+    if pipe.repairs:
+        done = []
+        if pipe.repairs.get("prompt_fallback"):
+            done.append("the whole file decoded again without the term prompt")
+        if pipe.repairs.get("repaired_loops"):
+            done.append(f"{pipe.repairs['repaired_loops']} looping stretch(es) decoded again")
+        if pipe.repairs.get("recovered_words"):
+            done.append(f"{pipe.repairs['recovered_words']} words of skipped speech recovered")
+        console.print("pipeline repaired what the decode lost: " + "; ".join(done)
+                      + " (decoding raw faster-whisper does not do, inside the pipeline's time)")
     if pipe.pdf_s is not None and pipe.with_pdf_s is not None:
         console.print(
             f"PDF (LibreOffice, made after the draft is queued): {pipe.pdf_s:.2f} s; "
