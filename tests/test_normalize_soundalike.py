@@ -48,6 +48,9 @@ REPAIRS = [
      "She had tachypnea on arrival."),
     ("he has paroxies mal atrial fibrillation.", {"paroxies", "mal"}, "progress_note",
      "He has paroxysmal atrial fibrillation."),
+    # Whisper dropped the unstressed first vowel: ibuprofen, not bupropion (an antidepressant)
+    ("take buprofen 600 milligrams every 8 hours as needed.", {"buprofen"}, "referral_letter",
+     "Take ibuprofen 600 mg every 8 hours as needed."),
 ]
 
 
@@ -78,6 +81,9 @@ KEPT = [
     ("no fever, no chills, and no cough.", {"fever", "chills"}, "discharge_summary"),
     ("give a double dose of 5 milligrams.", {"a", "double", "dose"}, "progress_note"),
     ("she was a teacher for 20 years.", {"a", "teacher"}, "progress_note"),
+    # a real word the frequency list lacks is not a term less its first vowel ("adrenal")
+    ("no extraluminal gas and no drainable fluid collection.", {"drainable"},
+     "radiology_report"),
 ]
 
 
@@ -154,3 +160,24 @@ def test_mined_specialty_terms_repair_a_non_english_word_only() -> None:
         assert "cystoscopy" in note.text, note.text
         assert "syncope" not in note.text
     assert "stent placement" in note.text
+
+
+def test_every_drug_repair_goes_to_review(settings: Settings) -> None:
+    """A wrong drug is a patient-safety error: a drug name made from words that sound alike
+    is always listed for review, even from a word that is not English ("metapral")."""
+    note = normalize(_spoken("start metapral 25 milligrams twice daily.", {"metapral"}),
+                     settings, document_type="progress_note")
+    assert "metoprolol 25 mg" in note.text
+    items = [r for r in note.review_items if r.get("original") == "metapral"]
+    assert items and "Drug name" in items[0]["message"], note.review_items
+    # a non-drug term repaired from a non-English word is recorded but not listed
+    note = normalize(_spoken("a well padded tranecate was applied.", {"tranecate"}),
+                     settings, document_type="operative_report")
+    assert "tourniquet" in note.text
+    assert not [r for r in note.review_items if r.get("original") == "tranecate"]
+
+
+def test_window_score_allows_a_dropped_first_vowel_only_at_the_same_length() -> None:
+    ibu = _candidate("ibuprofen")
+    assert 85 <= window_score("buprofen", ibu) < 100
+    assert window_score("drainable", _candidate("adrenal")) == 0.0

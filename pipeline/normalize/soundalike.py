@@ -95,6 +95,12 @@ def _candidate(term: str) -> Candidate:
     return Candidate(term, c, key, len(ws), _first_sound(key), parts)
 
 
+@lru_cache(maxsize=4096)
+def _without_first(compact: str) -> Candidate:
+    """The candidate for a term less its first letter (a dropped first vowel)."""
+    return _candidate(compact[1:])
+
+
 _ENDINGS = ("", "s", "es", "ed", "d", "ly", "al", "ing", "ic")
 
 
@@ -125,6 +131,12 @@ def _score(h: str, hk: str, cand: Candidate, cutoff: float = 0.0) -> float:
     if h == cand.compact:
         return 100.0  # the term split into pieces ("metro nida zole")
     if _first_sound(hk) != cand.first:
+        # Whisper drops an unstressed first vowel ("buprofen" for ibuprofen): compare with
+        # the term less that vowel, a little lower than a match in full
+        rest = cand.compact[1:]
+        if (cand.first == "V" and len(rest) >= 5 and h[:2] == rest[:2]
+                and abs(len(h) - len(rest)) <= 1):
+            return max(0.0, _score(h, hk, _without_first(cand.compact), cutoff + 5) - 5)
         return 0.0
     # the mean of two ratios reaches the cutoff only if the spelling ratio reaches 2c - 100
     r1 = fuzz.ratio(h, cand.compact, score_cutoff=max(0.0, 2 * cutoff - 100))
@@ -276,7 +288,11 @@ class SoundAlikeRepair(Transform):
             new = merge(toks[i:j], cand.display, "term", score=score / 100.0,
                         keep_case=cand.display != cand.display.lower())
             out.append(new)
-            if review:
+            if cand.display.lower() in index.drugs:
+                # a wrong drug is a patient-safety error: every drug repair is checked
+                state.review("term", new, "Drug name repaired from words that sound alike; "
+                             "check it against the audio.", original=new.orig)
+            elif review:
                 state.review("term", new, "Medical term repaired from words that sound "
                              "alike; check it.", original=new.orig)
             i = j
