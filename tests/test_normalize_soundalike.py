@@ -84,6 +84,11 @@ KEPT = [
     # a real word the frequency list lacks is not a term less its first vowel ("adrenal")
     ("no extraluminal gas and no drainable fluid collection.", {"drainable"},
      "radiology_report"),
+    # two everyday words that spell a short term are speech (the urology consult said it)
+    ("if the stone has not passed, or if he develops fever, I will proceed.", {"or"},
+     "consult_letter"),
+    ("if the stone has not passed, or if he develops fever, I will proceed.", set(),
+     "operative_report"),
 ]
 
 
