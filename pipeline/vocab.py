@@ -181,6 +181,12 @@ class VocabIndex:
         """True if ``word`` is an ordinary English word at least this frequent."""
         return self.english.get(word.lower(), 0.0) >= min_zipf
 
+    def spelled_by_chance(self, words: Iterable[str], term: str) -> bool:
+        """Everyday words (Zipf >= 4 each) that spell a short term (5 letters or fewer)
+        together: speech, not a term Whisper split ("or if" is not ORIF)."""
+        return (len(re.sub(r"[^a-z]", "", term.lower())) <= 5
+                and all(self.zipf(w) >= 4.0 for w in words))
+
     def __hash__(self) -> int:  # identity hash so that lru_cache can key on the index
         return id(self)
 

@@ -398,9 +398,9 @@ class SoundAlikeRepair(Transform):
         # 4. two words that are one medical word split apart ("super patellar")
         if best is None and len(words) == 2 and (unknown or unsure or len(heard) >= 10):
             best = _joined(index, words)
-        if (best is not None and len(best[0].compact) <= 5 and len(words) > 1
-                and all(index.zipf(w) >= _COMMON_ZIPF for w in lows)):
-            return None  # "or if" is not ORIF: a short term from everyday words is speech
+        if best is not None and len(words) > 1 and index.spelled_by_chance(lows,
+                                                                           best[0].compact):
+            return None  # "or if" is not ORIF
         return best
 
 

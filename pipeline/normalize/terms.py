@@ -248,12 +248,9 @@ class MedicalTermCorrector:
             ):
                 # a word Whisper split in two ("chole cystitis", "he mostasis")
                 joined = low + lows[nxt0]
-                # "or if" is not ORIF: two everyday words make a short term only by chance
-                everyday = len(joined) <= 5 and min(index.zipf(low),
-                                                    index.zipf(lows[nxt0])) >= _COMMON_ZIPF
-                if not everyday and ((index.is_medical(joined)
-                                      and index.zipf(joined) < _ENGLISH_ZIPF)
-                                     or joined in extra):
+                if ((index.is_medical(joined) and index.zipf(joined) < _ENGLISH_ZIPF)
+                        or joined in extra) and not index.spelled_by_chance(
+                            (low, lows[nxt0]), joined):
                     disp = extra.get(joined) or index.display(joined) or joined
                     fixes.append(Fix(tok.idx, doc[nxt0].idx + len(doc[nxt0]), disp, 95.0,
                                      "joined"))
