@@ -29,6 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -291,6 +292,25 @@ def tune_pubsub(slice_seconds: float) -> bool:
     return True
 
 
+def _replace(owner: Any, attr: str, wrap: Callable[[Any], Any | None], what: str) -> bool:
+    """Replace ``owner.attr`` by ``wrap(original)``, once: the replacement is marked, and a
+    second call finds the mark and keeps it. False, with a warning naming ``what``, when the
+    attribute is missing or ``wrap`` returns None (the library changed under us); False
+    without a word when ``owner`` is None (that part of the library is not installed)."""
+    if owner is None:
+        return False
+    original = getattr(owner, attr, None)
+    if original is not None and getattr(original, "_dictation_tuned", False):
+        return True
+    new = wrap(original) if original is not None else None
+    if new is None:
+        log.warning("%s changed: left as it is", what)
+        return False
+    new._dictation_tuned = True
+    setattr(owner, attr, new)
+    return True
+
+
 def quick_flow_exit() -> bool:
     """In a process that runs flows: a finished flow run does not wait for its heartbeat
     thread to wake up. Prefect's sync flow engine joins that thread on exit, and the thread
@@ -303,19 +323,21 @@ def quick_flow_exit() -> bool:
 
     from prefect import flow_engine
 
-    original = getattr(flow_engine, "_send_heartbeats", None)
-    if original is None:
-        log.warning("prefect.flow_engine has no _send_heartbeats: flow exit left as is")
-        return False
-    if getattr(original, "_dictation_tuned", False):
-        return True
-    if "join_on_exit" not in inspect.signature(original).parameters:
-        log.warning("prefect.flow_engine._send_heartbeats changed: flow exit left as is")
-        return False
-    patched = functools.partial(original, join_on_exit=False)
-    patched._dictation_tuned = True  # type: ignore[attr-defined]
-    flow_engine._send_heartbeats = patched  # type: ignore[assignment]
-    return True
+    def wrap(original: Any) -> Any | None:
+        if "join_on_exit" not in inspect.signature(original).parameters:
+            return None
+        return functools.partial(original, join_on_exit=False)
+
+    return _replace(flow_engine, "_send_heartbeats", wrap, "prefect.flow_engine._send_heartbeats")
+
+
+def _sqlite_configuration() -> Any:
+    """Prefect's server SQLite configuration class (None without Prefect's server)."""
+    try:
+        from prefect.server.database import configurations as cfg
+    except ImportError:
+        return None
+    return getattr(cfg, "AioSqliteConfiguration", None)
 
 
 def immediate_sqlite_writes() -> bool:
@@ -332,25 +354,18 @@ def immediate_sqlite_writes() -> bool:
     need concurrent deferred writers. PostgreSQL is left alone. Returns whether it applied."""
     import inspect
 
-    try:
-        from prefect.server.database import configurations as cfg
-    except ImportError:
-        return False
-    cls: Any = getattr(cfg, "AioSqliteConfiguration", None)
-    original = getattr(cls, "begin_transaction", None)
-    if original is None or "with_for_update" not in inspect.signature(original).parameters:
-        log.warning("prefect's SQLite configuration changed: transactions left as they are")
-        return False
-    if getattr(original, "_dictation_tuned", False):
-        return True
+    def wrap(original: Any) -> Any | None:
+        if "with_for_update" not in inspect.signature(original).parameters:
+            return None
 
-    def begin_transaction(self: Any, session: Any, with_for_update: bool = False) -> Any:
-        # Prefect's own IMMEDIATE path (the one it takes for ``with_for_update``)
-        return original(self, session, with_for_update=True)
+        def begin_transaction(self: Any, session: Any, with_for_update: bool = False) -> Any:
+            # Prefect's own IMMEDIATE path (the one it takes for ``with_for_update``)
+            return original(self, session, with_for_update=True)
 
-    begin_transaction._dictation_tuned = True  # type: ignore[attr-defined]
-    cls.begin_transaction = begin_transaction
-    return True
+        return begin_transaction
+
+    return _replace(_sqlite_configuration(), "begin_transaction", wrap,
+                    "prefect's SQLite transactions")
 
 
 #: how often the server returns freed heap pages to the system (``memtrim``)
@@ -369,27 +384,18 @@ def bounded_sqlite_cache(kib: int = SQLITE_CACHE_KIB) -> bool:
     connections, and each fills its cache as the database grows with every flow run, so the
     server's memory rose with the number of dictations processed. Returns whether it
     applied."""
-    try:
-        from prefect.server.database import configurations as cfg
-    except ImportError:
-        return False
-    cls: Any = getattr(cfg, "AioSqliteConfiguration", None)
-    original = getattr(cls, "setup_sqlite", None)
-    if original is None:
-        log.warning("prefect's SQLite configuration changed: page cache left as it is")
-        return False
-    if getattr(original, "_dictation_tuned", False):
-        return True
 
-    def setup_sqlite(self: Any, conn: Any, record: Any) -> None:
-        original(self, conn, record)
-        cursor = conn.cursor()
-        cursor.execute(f"PRAGMA cache_size = -{int(kib)};")
-        cursor.close()
+    def wrap(original: Any) -> Any:
+        def setup_sqlite(self: Any, conn: Any, record: Any) -> None:
+            original(self, conn, record)
+            cursor = conn.cursor()
+            cursor.execute(f"PRAGMA cache_size = -{int(kib)};")
+            cursor.close()
 
-    setup_sqlite._dictation_tuned = True  # type: ignore[attr-defined]
-    cls.setup_sqlite = setup_sqlite
-    return True
+        return setup_sqlite
+
+    return _replace(_sqlite_configuration(), "setup_sqlite", wrap,
+                    "prefect's SQLite connection set-up")
 
 
 def low_tick_server(config: Any, tick_seconds: float = UVICORN_TICK_SECONDS) -> Any:
