@@ -397,11 +397,15 @@ class WarmWorker:
 
     def _slot_freed(self, flow_run_id: str | None) -> None:
         """A transcription ended: that run only stores its draft now; claim the next one."""
-        with self._lock:
-            if flow_run_id is not None:
-                self._before_slot_free.discard(flow_run_id)
-                self._stat.discard(flow_run_id)
+        if flow_run_id is not None:
+            with self._lock:
+                self._past_slot(flow_run_id)
         self._wake.set()
+
+    def _past_slot(self, flow_run_id: str) -> None:
+        """(Under ``_lock``) the run no longer holds or waits for a transcription slot."""
+        self._before_slot_free.discard(flow_run_id)
+        self._stat.discard(flow_run_id)
 
     def _flow_name(self, c: Any, flow_id: Any) -> str:
         key = str(flow_id)
@@ -478,8 +482,7 @@ class WarmWorker:
                 slots.forget(str(flow_run.id))
             with self._lock:
                 self._running.pop(str(flow_run.id), None)
-                self._before_slot_free.discard(str(flow_run.id))
-                self._stat.discard(str(flow_run.id))
+                self._past_slot(str(flow_run.id))
                 self.completed += 1
                 self._last_done = time.monotonic()
             self._wake.set()
@@ -560,4 +563,3 @@ class WarmWorker:
                     except Exception:
                         log.warning("could not mark run %s crashed", run_id)
         return left
-
