@@ -584,6 +584,10 @@ class SpokenNumbers(Transform):
         return None
 
 
+#: A vitamin letter glued to a dose of two or more digits ("D1000", "e400", "D50,000").
+_VITAMIN_DOSE = re.compile(r"([ADEKadek])(\d{2,}(?:,\d{3})*)")
+
+
 class LetterSequences(Transform):
     """Spelled letters to an acronym: "C B C" -> "CBC", "C.B.C." -> "CBC"."""
 
@@ -607,6 +611,14 @@ class LetterSequences(Transform):
             m_id = re.fullmatch(r"([A-Z]{2,4})(\d{4,})", t.text) if t.is_word else None
             if m_id:  # "MRN5520914" -> "MRN 5520914"
                 out.append(merge([t], f"{m_id.group(1)} {m_id.group(2)}", "number",
+                                 keep_case=True, protected=True))
+                i += 1
+                continue
+            m_vit = _VITAMIN_DOSE.fullmatch(t.text) if t.is_word else None
+            if m_vit and out and out[-1].low == "vitamin":
+                # "vitamin d1000 units" -> "vitamin D 1000 units": Whisper glues the letter to
+                # the dose; "vitamin B12", "vitamin D3" are names and stay whole
+                out.append(merge([t], f"{m_vit.group(1).upper()} {m_vit.group(2)}", "number",
                                  keep_case=True, protected=True))
                 i += 1
                 continue
