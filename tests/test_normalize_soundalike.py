@@ -29,6 +29,9 @@ REPAIRS = [
      "progress_note", "Continue rosuvastatin 10 mg daily."),
     ("we gave seft tree axone 1 gram daily.", {"seft", "tree", "axone"},
      "discharge_summary", "We gave ceftriaxone 1 g daily."),
+    # the dose's number was lost, its unit still marks the drug's place
+    ("she was treated with septryoxone gram intravenously daily.", {"septryoxone"},
+     "discharge_summary", "She was treated with ceftriaxone gram intravenously daily."),
     ("she takes metro nida zole 500 milligrams twice daily.", {"metro", "nida", "zole"},
      "progress_note", "She takes metronidazole 500 mg twice daily."),
     # function words inside the misheard stretch, the article glued to the term
@@ -81,6 +84,10 @@ KEPT = [
     ("no fever, no chills, and no cough.", {"fever", "chills"}, "discharge_summary"),
     ("give a double dose of 5 milligrams.", {"a", "double", "dose"}, "progress_note"),
     ("she was a teacher for 20 years.", {"a", "teacher"}, "progress_note"),
+    # a bare mass unit marks a dose, but "gram stain" is a test, "grams" of speech stay
+    ("the sputum gram stain showed gram positive cocci.", {"sputum", "showed"},
+     "discharge_summary"),
+    ("she lost a few grams of weight.", {"a", "few"}, "progress_note"),
     # a real word the frequency list lacks is not a term less its first vowel ("adrenal")
     ("no extraluminal gas and no drainable fluid collection.", {"drainable"},
      "radiology_report"),

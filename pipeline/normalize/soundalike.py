@@ -448,11 +448,17 @@ def _edges_agree(words: list[Tok], cand: Candidate) -> bool:
                      not in cand.compact and fuzz.ratio(last, tail) < 50))
 
 
+#: A mass unit on its own also marks a dose whose number Whisper lost ("septryoxone gram
+#: intravenously"); "units" and "percent" alone do not ("the unit", "percent of").
+_BARE_DOSE_UNITS = {"mg", "mcg", "gram", "grams", "milligram", "milligrams", "microgram",
+                    "micrograms"}
+
+
 def _dose_after(toks: list[Tok], j: int) -> bool:
-    """A dose follows position ``j`` ("... 20 mg", "... 1 gram")."""
+    """A dose follows position ``j`` ("... 20 mg", "... 1 gram", "... gram")."""
     if j >= len(toks):
         return False
-    if _DOSE.match(toks[j].text):
+    if _DOSE.match(toks[j].text) or toks[j].low in _BARE_DOSE_UNITS:
         return True
     return bool(_NUMBER.match(toks[j].text) and j + 1 < len(toks)
                 and toks[j + 1].text in DOSE_UNITS)
