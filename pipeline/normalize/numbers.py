@@ -608,18 +608,9 @@ class LetterSequences(Transform):
                                      protected=True))
                     i += 1
                     continue
-            m_id = re.fullmatch(r"([A-Z]{2,4})(\d{4,})", t.text) if t.is_word else None
-            if m_id:  # "MRN5520914" -> "MRN 5520914"
-                out.append(merge([t], f"{m_id.group(1)} {m_id.group(2)}", "number",
-                                 keep_case=True, protected=True))
-                i += 1
-                continue
-            m_vit = _VITAMIN_DOSE.fullmatch(t.text) if t.is_word else None
-            if m_vit and out and out[-1].low == "vitamin":
-                # "vitamin d1000 units" -> "vitamin D 1000 units": Whisper glues the letter to
-                # the dose; "vitamin B12", "vitamin D3" are names and stay whole
-                out.append(merge([t], f"{m_vit.group(1).upper()} {m_vit.group(2)}", "number",
-                                 keep_case=True, protected=True))
+            glued = self._unglued(t, out[-1] if out else None) if t.is_word else None
+            if glued:
+                out.append(merge([t], glued, "number", keep_case=True, protected=True))
                 i += 1
                 continue
             if t.is_word and re.fullmatch(r"(?:[A-Z]\.){2,}", t.text):
@@ -641,6 +632,16 @@ class LetterSequences(Transform):
             i += 1
         state.toks = out
         return state
+
+    @staticmethod
+    def _unglued(t: Tok, prev: Tok | None) -> str | None:
+        """Letters and a number Whisper wrote as one word, apart: "MRN5520914" -> "MRN
+        5520914"; "vitamin d1000" -> "vitamin D 1000" (after "vitamin" only: "vitamin B12",
+        "vitamin D3" are names and stay whole)."""
+        m = re.fullmatch(r"([A-Z]{2,4})(\d{4,})", t.text)
+        if m is None and prev is not None and prev.low == "vitamin":
+            m = _VITAMIN_DOSE.fullmatch(t.text)
+        return f"{m.group(1).upper()} {m.group(2)}" if m else None
 
     @staticmethod
     def _letter(text: str) -> bool:
