@@ -24,6 +24,25 @@ def _python(code: str) -> str:
     return out.stdout
 
 
+def _prefect_sqlite(db: object, patch: str | None, body: str) -> str:
+    """Run ``body`` (the inside of ``async def main()``, with ``cfg``, Prefect's server SQLite
+    configuration on ``db``, and its ``engine``) in a fresh interpreter, after
+    ``prefect_env.<patch>()`` when ``patch`` is given (its result printed first)."""
+    indented = textwrap.indent(textwrap.dedent(body), " " * 4)
+    return _python(
+        "import asyncio, sqlite3\n"
+        "import sqlalchemy as sa\n"
+        "from pipeline import prefect_env\n"
+        + (f"print(prefect_env.{patch}())\n" if patch else "")
+        + "from prefect.server.database.configurations import AioSqliteConfiguration\n"
+        "async def main():\n"
+        f"    cfg = AioSqliteConfiguration(connection_url='sqlite+aiosqlite:///{db}')\n"
+        "    engine = await cfg.engine()\n"
+        + indented
+        + "    await engine.dispose()\n"
+        "asyncio.run(main())\n")
+
+
 def test_env_keeps_prefect_local_offline_and_slows_housekeeping(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Telemetry off, SQLite under the data dir, unused services off, loops slowed."""
@@ -164,33 +183,20 @@ def test_sqlite_transactions_take_the_write_lock_up_front(patched: bool, tmp_pat
     start (BEGIN IMMEDIATE), so a second writer waits instead of failing later with
     "database is locked"; without it, a transaction that has only read holds no lock."""
     db = tmp_path / "prefect.db"
-    out = _python(f"""
-        import asyncio, sqlite3
-        import sqlalchemy as sa
-        from pipeline import prefect_env
-        if {patched}:
-            print(prefect_env.immediate_sqlite_writes())
-        from prefect.server.database.configurations import AioSqliteConfiguration
-
-        async def main():
-            cfg = AioSqliteConfiguration(connection_url="sqlite+aiosqlite:///{db}")
-            engine = await cfg.engine()
-            async with engine.begin() as conn:
-                await conn.execute(sa.text("create table t (x int)"))
-            session = await cfg.session(engine)
-            async with cfg.begin_transaction(session):
-                await session.execute(sa.text("select count(*) from t"))
-                other = sqlite3.connect("{db}", timeout=0)
-                try:
-                    other.execute("BEGIN IMMEDIATE")
-                    print("second writer got the lock")
-                    other.execute("ROLLBACK")
-                except sqlite3.OperationalError as exc:
-                    print("second writer:", exc)
-                other.close()
-            await engine.dispose()
-
-        asyncio.run(main())
+    out = _prefect_sqlite(db, "immediate_sqlite_writes" if patched else None, f"""
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("create table t (x int)"))
+        session = await cfg.session(engine)
+        async with cfg.begin_transaction(session):
+            await session.execute(sa.text("select count(*) from t"))
+            other = sqlite3.connect("{db}", timeout=0)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                print("second writer got the lock")
+                other.execute("ROLLBACK")
+            except sqlite3.OperationalError as exc:
+                print("second writer:", exc)
+            other.close()
     """)
     if patched:
         assert out.splitlines() == ["True", "second writer: database is locked"]
@@ -235,24 +241,11 @@ def test_sqlite_page_cache_is_bounded_per_connection(patched: bool, tmp_path) ->
     ``SQLITE_CACHE_KIB`` (Prefect's own setting, 20,000 pages, is up to 80 MB a connection
     and grew the server's memory with every flow run); Prefect's other pragmas stay."""
     db = tmp_path / "prefect.db"
-    out = _python(f"""
-        import asyncio
-        import sqlalchemy as sa
-        from pipeline import prefect_env
-        if {patched}:
-            print(prefect_env.bounded_sqlite_cache())
-        from prefect.server.database.configurations import AioSqliteConfiguration
-
-        async def main():
-            cfg = AioSqliteConfiguration(connection_url="sqlite+aiosqlite:///{db}")
-            engine = await cfg.engine()
-            async with engine.connect() as conn:
-                for pragma in ("cache_size", "journal_mode", "busy_timeout"):
-                    value = (await conn.execute(sa.text(f"PRAGMA {{pragma}}"))).scalar()
-                    print(pragma, value)
-            await engine.dispose()
-
-        asyncio.run(main())
+    out = _prefect_sqlite(db, "bounded_sqlite_cache" if patched else None, """
+        async with engine.connect() as conn:
+            for pragma in ("cache_size", "journal_mode", "busy_timeout"):
+                value = (await conn.execute(sa.text(f"PRAGMA {pragma}"))).scalar()
+                print(pragma, value)
     """)
     lines = out.splitlines()
     if patched:
