@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import pipeline  # noqa: F401  (offline environment first)
 from pipeline import commands
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 __all__ = ["main", "build_parser"]
 

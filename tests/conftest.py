@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import pipeline  # noqa: F401  (offline env first)
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.core.settings import PROJECT_ROOT, Settings
 
 
 @pytest.fixture

@@ -11,15 +11,15 @@ import av
 import numpy as np
 import pytest
 
-from pipeline import audio
-from pipeline.errors import (
+from pipeline.core.errors import (
     AudioDecodeError,
     AudioError,
     AudioTooLongError,
     EmptyAudioError,
     UnsupportedFormatError,
 )
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
+from pipeline.ingest import audio
 
 sys.path.insert(0, str(Path(__file__).parent / "data" / "speech"))
 import speechgen as gen

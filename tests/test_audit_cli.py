@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import delete, select, update
 
-from pipeline import audit, cli
-from pipeline.db.core import AuditEvent
-from pipeline.settings import Settings, get_settings
-from pipeline.store import open_store
+from pipeline import cli
+from pipeline.core import audit
+from pipeline.core.db.core import AuditEvent
+from pipeline.core.settings import Settings, get_settings
+from pipeline.core.store import open_store
 
 
 @pytest.fixture

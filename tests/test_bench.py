@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pipeline.bench import BenchResult, RunFigures, _child
 from pipeline.commands.bench import report
-from pipeline.pdf import find_soffice
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
+from pipeline.devtools.bench import BenchResult, RunFigures, _child
+from pipeline.documents.pdf import find_soffice
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_pipeline_figures_name_the_repairs_of_a_looping_dictation(settings: Sett
     """On the shipped lap-chole dictation tiny.en loops for 30 s: the pipeline's figures say
     that it decoded the loop again (the reason its time is above raw on that file); a clean
     clip reports no repairs."""
-    from pipeline.settings import PROJECT_ROOT
+    from pipeline.core.settings import PROJECT_ROOT
 
     path = PROJECT_ROOT / "samples" / "synthetic_medical" / "op_lap_chole.ogg"
     figures = RunFigures(**_child("pipeline", settings.model_dump(), str(path), None))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import PROJECT_ROOT
+from pipeline.core.settings import PROJECT_ROOT
 
 sys.path.insert(0, str(Path(__file__).parent / "data" / "speech"))
 import speechgen as gen

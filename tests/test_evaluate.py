@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.errors import ConfigError
-from pipeline.evaluate import (
+from pipeline.core.errors import ConfigError
+from pipeline.core.records import Document, HeaderField, Instruction, Section
+from pipeline.devtools.evaluate import (
     FileResult,
     TextScore,
     Totals,
@@ -27,8 +28,7 @@ from pipeline.evaluate import (
     validate_manifest,
     word_counts,
 )
-from pipeline.records import Document, HeaderField, Instruction, Section
-from pipeline.samplegen import read_manifest, write_manifest
+from pipeline.devtools.samplegen import read_manifest, write_manifest
 
 # (text as written or spoken, normalised form)
 NORMALISATION_CASES = [
@@ -241,7 +241,7 @@ def test_dictation_evaluate_end_to_end(
         assert (out / name).stat().st_size > 0
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((out / "results.json").read_text())
-    assert data["model"] == "tiny.en" and data["medical_vocabulary"] == "pipeline.vocab"
+    assert data["model"] == "tiny.en" and data["medical_vocabulary"] == "pipeline.language.vocab"
     assert len(data["files"]) == 6
     lines = printed.splitlines()
     for f in data["files"]:

@@ -12,16 +12,16 @@ from pathlib import Path
 import docx
 import pytest
 
-from pipeline.fhir import (
+from pipeline.core.records import AudioInfo, Dictation, DictationMeta, Note
+from pipeline.documents.fhir import (
     DOCX_MIME,
     MRN_SYSTEM,
     build_document_reference,
     validate_document_reference,
 )
-from pipeline.records import AudioInfo, Dictation, DictationMeta, Note
-from pipeline.render import render_outputs
-from pipeline.sections import structure
-from pipeline.templates import DOCUMENT_TYPES, get_template
+from pipeline.documents.render import render_outputs
+from pipeline.documents.sections import structure
+from pipeline.documents.templates import DOCUMENT_TYPES, get_template
 
 CREATED = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pipeline import inbox, prefect_env
-from pipeline.db.core import DictationRow, DraftRow
-from pipeline.settings import Settings
-from pipeline.store import open_store
+from pipeline.core.db.core import DictationRow, DraftRow
+from pipeline.core.settings import Settings
+from pipeline.core.store import open_store
+from pipeline.ingest import inbox
+from pipeline.service import prefect_env
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def flow_settings(settings: Settings, prefect_api: str) -> Iterator[Settings]:
     """Test settings used by flows run in this process."""
-    from pipeline import flows
+    from pipeline.service import flows
 
     inbox.ensure_layout(settings)
     flows.use_settings(settings)
@@ -85,9 +86,9 @@ def test_process_dictation_flow_end_to_end(flow_settings: Settings, speech: Path
         LogFilterFlowRunId,
     )
 
-    from pipeline.flows import process_dictation
+    from pipeline.service.flows import process_dictation
 
-    pytest.importorskip("pipeline.render", reason="the documents area's render module")
+    pytest.importorskip("pipeline.documents.render", reason="the documents area's render module")
     did = _take(flow_settings, speech, "20261120_MRN4242_consult_note.wav")
     state = process_dictation(did, return_state=True)
     assert state.is_completed(), state
@@ -115,7 +116,7 @@ def test_process_dictation_flow_end_to_end(flow_settings: Settings, speech: Path
 
 def test_non_audio_is_quarantined_by_validate(flow_settings: Settings, tmp_path: Path) -> None:
     """A text file named .wav: the flow completes, the file is quarantined with the reason."""
-    from pipeline.flows import process_dictation
+    from pipeline.service.flows import process_dictation
 
     fake = tmp_path / "fake.wav"
     fake.write_bytes(b"this is a text file, not a recording\n" * 50)
@@ -133,9 +134,9 @@ def test_unwritable_output_folder_is_reported_and_file_kept(
 ) -> None:
     """Drafts cannot be written: the run fails with a clear reason, the audio is kept in
     quarantine (retryable), and the next dictation works once the folder is fixed."""
-    from pipeline.flows import process_dictation
+    from pipeline.service.flows import process_dictation
 
-    pytest.importorskip("pipeline.render", reason="the documents area's render module")
+    pytest.importorskip("pipeline.documents.render", reason="the documents area's render module")
     drafts = flow_settings.drafts_dir
     shutil.rmtree(drafts, ignore_errors=True)
     drafts.write_text("not a folder")  # root ignores permission bits: use a file instead
@@ -160,7 +161,7 @@ def test_warm_worker_runs_deployment_stat_first(flow_settings: Settings, speech:
                                                 prefect_api: str, tmp_path: Path) -> None:
     """Runs queued before the worker starts: with one slot, the STAT one is transcribed
     first; all complete once through the deployment and the warm worker process."""
-    pytest.importorskip("pipeline.render", reason="the documents area's render module")
+    pytest.importorskip("pipeline.documents.render", reason="the documents area's render module")
     ids = prefect_env.ensure_deployments(prefect_api, flow_settings)
     dep = ids[prefect_env.PROCESS_DEPLOYMENT]
     order = []
@@ -191,9 +192,9 @@ def test_warm_worker_runs_deployment_stat_first(flow_settings: Settings, speech:
 
 
 def test_nightly_evaluation_flow_on_one_sample(flow_settings: Settings, prefect_api: str) -> None:
-    """The nightly flow runs pipeline.evaluate on a sample set and returns figures only."""
-    pytest.importorskip("pipeline.evaluate", reason="the samples area's evaluate module")
-    from pipeline.flows import nightly_evaluation
+    """The nightly flow runs pipeline.devtools.evaluate on a sample set and returns figures only."""
+    pytest.importorskip("pipeline.devtools.evaluate", reason="the samples area's evaluate module")
+    from pipeline.service.flows import nightly_evaluation
 
     if not (flow_settings.samples_dir / "synthetic_medical" / "manifest.csv").exists():
         pytest.skip("samples/synthetic_medical/manifest.csv not present")

@@ -6,15 +6,15 @@ from datetime import date
 
 import pytest
 
-from pipeline.header import (
+from pipeline.core.records import DictationMeta, Note
+from pipeline.documents.header import (
     HEADER_MISMATCH,
     extract_dictated,
     merge_header,
     parse_date,
     physician_display_name,
 )
-from pipeline.records import DictationMeta, Note
-from pipeline.sections import structure
+from pipeline.documents.sections import structure
 
 
 @pytest.mark.parametrize(

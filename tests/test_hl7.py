@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 import hl7
 import pytest
 
-from pipeline.hl7 import build_mdm_t02, escape, split_name
+from pipeline.documents.hl7 import build_mdm_t02, escape, split_name
 
 CREATED = datetime(2026, 11, 26, 10, 0, 5, tzinfo=UTC)
 

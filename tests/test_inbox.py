@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from pipeline import inbox
-from pipeline.db.core import AuditEvent, DictationRow
-from pipeline.db.inbox import InboxIntake
-from pipeline.settings import Settings
-from pipeline.store import open_store
+from pipeline.core.db.core import AuditEvent, DictationRow
+from pipeline.core.db.inbox import InboxIntake
+from pipeline.core.settings import Settings
+from pipeline.core.store import open_store
+from pipeline.ingest import inbox
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_temporary_names_are_ignored(name: str, ignored: bool) -> None:
 
 def test_layout_and_physician_rows(settings: Settings) -> None:
     """Each configured physician gets an inbox folder and a Physician row."""
-    from pipeline.db.core import Physician
+    from pipeline.core.db.core import Physician
 
     inbox.ensure_layout(settings)
     for pid in settings.physicians:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.instructions import find_instructions, parse_sentence, split_sentences
-from pipeline.records import DictationMeta, Note
-from pipeline.sections import structure
+from pipeline.core.records import DictationMeta, Note
+from pipeline.documents.sections import structure
+from pipeline.language.instructions import find_instructions, parse_sentence, split_sentences
 
 CASES = [
     ("Please copy Dr. Patel at Riverside Cardiology.", "copy",

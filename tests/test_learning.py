@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline import learning
-from pipeline.settings import Settings
-from pipeline.store import open_store
+from pipeline.core.settings import Settings
+from pipeline.core.store import open_store
+from pipeline.review import learning
 from pipeline.web.seed import add_draft
 
 

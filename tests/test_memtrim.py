@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from pipeline import memtrim
-from pipeline.settings import PROJECT_ROOT
+from pipeline.core import memtrim
+from pipeline.core.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.skipif(not memtrim.available(), reason="needs glibc malloc_trim")
 
@@ -28,7 +28,7 @@ def test_freed_thread_arena_memory_returns_to_the_system(trimmed: bool) -> None:
     thread's arena until ``trim``; after it the resident size falls by most of them."""
     out = _python(f"""
         import threading, psutil, numpy as np
-        from pipeline import memtrim
+        from pipeline.core import memtrim
         keep = []
         def work():
             blocks = [np.ones(8000) for _ in range(4000)]

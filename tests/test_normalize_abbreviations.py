@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.normalize import normalize_text
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
+from pipeline.language.normalize import normalize_text
 
 DO_NOT_USE = [
     ("metoprolol 50 mg QD", "Metoprolol 50 mg daily"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.normalize import normalize_text
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
+from pipeline.language.normalize import normalize_text
 
 COMMANDS = [
     ("the wound was closed period", "The wound was closed."),

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import normalize, process
-from pipeline.records import DictationMeta
-from pipeline.settings import Settings
+from pipeline.core.records import DictationMeta
+from pipeline.core.settings import Settings
+from pipeline.language import normalize
+from pipeline.service import process
 
 pytestmark = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng renders the test dictation"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.normalize import normalize_text
-from pipeline.normalize.numbers import parse_cardinal
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
+from pipeline.language.normalize import normalize_text
+from pipeline.language.normalize.numbers import parse_cardinal
 
 NUMBERS = [
     # doses and units

@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from pipeline import normalize
-from pipeline.normalize import Compose, normalize_text, prompt_terms
-from pipeline.normalize.prompt import MAX_PROMPT_CHARS, MAX_PROMPT_TERMS
-from pipeline.records import Note, Segment, Transcript, Word
-from pipeline.settings import PROJECT_ROOT, Settings
-from pipeline.vocab import add_physician_terms
+from pipeline.core.records import Note, Segment, Transcript, Word
+from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.language import normalize
+from pipeline.language.normalize import Compose, normalize_text, prompt_terms
+from pipeline.language.normalize.prompt import MAX_PROMPT_CHARS, MAX_PROMPT_TERMS
+from pipeline.language.vocab import add_physician_terms
 
 DOCUMENT_TYPES = ["operative_report", "consult_letter", "progress_note", "discharge_summary",
                   "radiology_report", "referral_letter"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.normalize import normalize, normalize_text
-from pipeline.normalize.soundalike import Candidate, _candidate, window_score
-from pipeline.records import Segment, Transcript, Word
-from pipeline.settings import Settings
+from pipeline.core.records import Segment, Transcript, Word
+from pipeline.core.settings import Settings
+from pipeline.language.normalize import normalize, normalize_text
+from pipeline.language.normalize.soundalike import Candidate, _candidate, window_score
 
 
 def _transcript(words: list[tuple[str, float]]) -> Transcript:
@@ -147,8 +147,8 @@ def test_two_medical_words_that_are_one_compound_are_joined(settings: Settings) 
 
 
 def test_a_specialty_the_text_names_joins_the_context(settings: Settings) -> None:
-    from pipeline.normalize.soundalike import context_candidates
-    from pipeline.vocab import get_index
+    from pipeline.language.normalize.soundalike import context_candidates
+    from pipeline.language.vocab import get_index
 
     index = get_index(settings)
     plain = {c.display for c in context_candidates(index, "referral_letter", [])}
@@ -161,8 +161,8 @@ def test_mined_specialty_terms_repair_a_non_english_word_only() -> None:
     """Terms mined from real reports of the specialty the text names (urology) repair words
     that are not English at all ("sistoskopy", "sisto scopy" -> cystoscopy; without them the
     second became "sisto syncope"); ordinary words around them are left alone."""
-    from pipeline.normalize import normalize_text
-    from pipeline.settings import Settings
+    from pipeline.core.settings import Settings
+    from pipeline.language.normalize import normalize_text
 
     settings = Settings()
     for text in ("Referred to urology period we performed a sisto scopy period",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.normalize import normalize, normalize_text
-from pipeline.normalize.terms import best_candidate, describe_pipeline
-from pipeline.records import Segment, Transcript, Word
-from pipeline.settings import Settings
-from pipeline.vocab import get_index
+from pipeline.core.records import Segment, Transcript, Word
+from pipeline.core.settings import Settings
+from pipeline.language.normalize import normalize, normalize_text
+from pipeline.language.normalize.terms import best_candidate, describe_pipeline
+from pipeline.language.vocab import get_index
 
 REPAIRS = [
     ("acute cholisestitis", "operative_report", "Acute cholecystitis"),
@@ -104,7 +104,7 @@ def test_unsure_number_goes_to_review(settings: Settings) -> None:
 
 
 def test_physician_custom_word_is_a_correction_target(settings: Settings) -> None:
-    from pipeline.vocab import add_physician_terms
+    from pipeline.language.vocab import add_physician_terms
 
     add_physician_terms(settings, "dr-smith", ["Zylastrin"])
     note = normalize_text("start zilastrin today", settings, physician_id="dr-smith")
@@ -165,8 +165,8 @@ def test_a_compound_word_is_not_cut_down_to_the_term_it_holds() -> None:
     """ "hyperenhancement" is not a vocabulary word but holds "enhancement": it is a
     compound, not a mishearing, and is left alone (it became "enhancement", dropping the
     finding)."""
-    from pipeline.normalize import normalize_text
-    from pipeline.settings import Settings
+    from pipeline.core.settings import Settings
+    from pipeline.language.normalize import normalize_text
 
     note = normalize_text("wall thickening and hyperenhancement period", Settings(),
                           document_type="radiology_report")

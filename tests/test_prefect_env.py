@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 
-from pipeline import prefect_env
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.service import prefect_env
 
 
 def _python(code: str) -> str:
@@ -32,7 +32,7 @@ def _prefect_sqlite(db: object, patch: str | None, body: str) -> str:
     return _python(
         "import asyncio, sqlite3\n"
         "import sqlalchemy as sa\n"
-        "from pipeline import prefect_env\n"
+        "from pipeline.service import prefect_env\n"
         + (f"print(prefect_env.{patch}())\n" if patch else "")
         + "from prefect.server.database.configurations import AioSqliteConfiguration\n"
         "async def main():\n"
@@ -71,9 +71,9 @@ def test_env_lets_an_administrator_override_a_loop(
 
 
 def test_server_command_runs_serve_with_or_without_tuning() -> None:
-    """The local server is ``python -m pipeline.prefect_env serve``; untuned passes zeros."""
+    """The local server is ``python -m pipeline.service.prefect_env serve``; untuned: zeros."""
     cmd = prefect_env.server_command("127.0.0.1", 4321)
-    assert cmd[:4] == [sys.executable, "-m", "pipeline.prefect_env", "serve"]
+    assert cmd[:4] == [sys.executable, "-m", "pipeline.service.prefect_env", "serve"]
     assert cmd[cmd.index("--port") + 1] == "4321"
     plain = prefect_env.server_command("127.0.0.1", 4321, tuned=False)
     assert plain[plain.index("--tick") + 1] == "0"
@@ -83,7 +83,7 @@ def test_server_command_runs_serve_with_or_without_tuning() -> None:
 def test_tune_docket_sets_worker_and_heartbeat_defaults() -> None:
     """Workers built the way Prefect builds them (``Worker(docket)``) check every 2 s."""
     out = _python("""
-        from pipeline import prefect_env
+        from pipeline.service import prefect_env
         changed = prefect_env.tune_docket(2.0, 10.0)
         from docket import Docket, Worker
         d = Docket(name="t", url="memory://")
@@ -102,7 +102,7 @@ def test_tune_docket_sets_worker_and_heartbeat_defaults() -> None:
 def test_tune_docket_zero_keeps_docket_defaults() -> None:
     """0 means docket's own defaults (0.25 s poll, 2 s heartbeat)."""
     out = _python("""
-        from pipeline import prefect_env
+        from pipeline.service import prefect_env
         print(len(prefect_env.tune_docket(0, 0)))
         from docket import Docket, Worker
         d = Docket(name="t", url="memory://")
@@ -116,7 +116,7 @@ def test_tuned_pubsub_still_delivers_a_message_at_once() -> None:
     """Slower empty polls, but a published message is returned as soon as it arrives."""
     out = _python("""
         import asyncio, time
-        from pipeline import prefect_env
+        from pipeline.service import prefect_env
         print(prefect_env.tune_pubsub(1.0))
         from burner_redis import BurnerRedis
 
@@ -205,12 +205,12 @@ def test_sqlite_transactions_take_the_write_lock_up_front(patched: bool, tmp_pat
 
 
 def test_flow_exit_does_not_wait_for_the_heartbeat_thread() -> None:
-    """``quick_flow_exit`` (applied when ``pipeline.flows`` is imported): leaving a flow run's
-    heartbeat context does not join its thread, which then ends on its own, with no further
+    """``quick_flow_exit`` (applied when ``pipeline.service.flows`` is imported): leaving a flow
+    run's heartbeat context does not join its thread, which then ends on its own, with no further
     heartbeat. Without it the exit waits for the thread's one-second sleep."""
     out = _python("""
         import threading, time
-        import pipeline.flows  # applies the tuning
+        import pipeline.service.flows  # applies the tuning
         from prefect import flow_engine
 
         class Engine:

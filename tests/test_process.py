@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.db.core import DraftRow
-from pipeline.errors import PdfConversionError
-from pipeline.pdf import find_soffice
-from pipeline.process import pdf_stage, process_file
-from pipeline.records import DictationMeta
-from pipeline.settings import Settings
-from pipeline.store import open_store
+from pipeline.core.db.core import DraftRow
+from pipeline.core.errors import PdfConversionError
+from pipeline.core.records import DictationMeta
+from pipeline.core.settings import Settings
+from pipeline.core.store import open_store
+from pipeline.documents.pdf import find_soffice
+from pipeline.service.process import pdf_stage, process_file
 
 NEEDS_SOFFICE = pytest.mark.skipif(find_soffice() is None,
                                    reason="LibreOffice (soffice) is not installed")

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select
 from test_flows import _row, _take, flow_settings, prefect_api  # noqa: F401 (fixtures)
 
-from pipeline.db.core import DraftRow
-from pipeline.pdf import find_soffice
-from pipeline.settings import Settings
-from pipeline.store import open_store
+from pipeline.core.db.core import DraftRow
+from pipeline.core.settings import Settings
+from pipeline.core.store import open_store
+from pipeline.documents.pdf import find_soffice
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def _draft(settings: Settings, dictation_id: str) -> DraftRow:
 @pytest.mark.skipif(find_soffice() is None, reason="LibreOffice (soffice) is not installed")
 def test_flow_records_the_pdf_after_the_queue(flow_settings: Settings,  # noqa: F811
                                               speech: Path) -> None:
-    from pipeline.flows import process_dictation
+    from pipeline.service.flows import process_dictation
 
     flow_settings.pdf = "auto"
     did = _take(flow_settings, speech, "with_pdf.wav")
@@ -44,7 +44,7 @@ def test_flow_failing_pdf_keeps_the_draft_queued(flow_settings: Settings,  # noq
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """pdf=always and a LibreOffice that always fails: the flow still completes, the draft
     is queued with its .docx, text, FHIR and HL7, the audio archived, nothing quarantined."""
-    from pipeline.flows import process_dictation
+    from pipeline.service.flows import process_dictation
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

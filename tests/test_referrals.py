@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline import audit, referrals, route
-from pipeline.db.core import DictationRow, DraftRow
-from pipeline.errors import ConflictError
-from pipeline.store import open_store
+from pipeline.core import audit
+from pipeline.core.db.core import DictationRow, DraftRow
+from pipeline.core.errors import ConflictError
+from pipeline.core.store import open_store
+from pipeline.secretary import referrals, route
 
 NOW = datetime(2027, 4, 5, 14, 0, tzinfo=UTC)
 

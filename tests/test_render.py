@@ -15,10 +15,8 @@ import docx
 import hl7
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.fhir import validate_document_reference
-from pipeline.pdf import SOFFICE_MISSING, find_soffice
-from pipeline.records import (
+from pipeline.core.errors import PipelineError
+from pipeline.core.records import (
     AudioInfo,
     Dictation,
     DictationMeta,
@@ -28,9 +26,11 @@ from pipeline.records import (
     Note,
     Section,
 )
-from pipeline.render import render_outputs
-from pipeline.sections import structure
-from pipeline.templates import DOCUMENT_TYPES, get_template
+from pipeline.documents.fhir import validate_document_reference
+from pipeline.documents.pdf import SOFFICE_MISSING, find_soffice
+from pipeline.documents.render import render_outputs
+from pipeline.documents.sections import structure
+from pipeline.documents.templates import DOCUMENT_TYPES, get_template
 
 LONG = ("Very long dictated paragraph with R&D <b>tags</b>. " * 400)[:20_000]
 HOSTILE = [
@@ -211,7 +211,7 @@ def test_letters_use_dictated_addressee_and_cc(settings, tmp_path) -> None:
 def test_render_command_writes_a_draft(tmp_path, monkeypatch, capsys) -> None:
     """`dictation render TEXT --json` structures a text and writes every output."""
     from pipeline.cli import main
-    from pipeline.settings import get_settings
+    from pipeline.core.settings import get_settings
 
     monkeypatch.setenv("DICTATION_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("DICTATION_PDF", "never")
@@ -272,7 +272,7 @@ def test_hanging_libreoffice_is_killed_after_the_timeout(
     """The wrapper and its child are both killed; the call returns after the timeout."""
     import time
 
-    from pipeline.pdf import PdfConversionError, convert_to_pdf
+    from pipeline.documents.pdf import PdfConversionError, convert_to_pdf
 
     bin_dir = fake_soffice(tmp_path / "bin", "sleep 30 & wait")
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
@@ -286,7 +286,7 @@ def test_hanging_libreoffice_is_killed_after_the_timeout(
 
 def test_profile_slots_are_exclusive_and_reused(tmp_path) -> None:
     """Two conversions at once never share a LibreOffice profile; a freed slot is reused."""
-    from pipeline.pdf import _profile_slot
+    from pipeline.documents.pdf import _profile_slot
 
     with _profile_slot(tmp_path) as first, _profile_slot(tmp_path) as second:
         assert first != second
@@ -300,7 +300,7 @@ def test_libreoffice_runs_nicer_than_the_pipeline(
     """The PDF is made after the draft is queued: LibreOffice yields the CPU to transcription."""
     import os
 
-    from pipeline.pdf import NICENESS, PdfConversionError, convert_to_pdf
+    from pipeline.documents.pdf import NICENESS, PdfConversionError, convert_to_pdf
 
     bin_dir = fake_soffice(tmp_path / "bin", f"nice > {tmp_path}/niceness; exit 3")
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")

@@ -21,11 +21,12 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import select
 
-from pipeline import audit, route
-from pipeline.db.core import AuditEvent, DictationRow, DraftRow
-from pipeline.db.schedule import Delivery
-from pipeline.errors import ConflictError, PermissionDeniedError
-from pipeline.store import open_store
+from pipeline.core import audit
+from pipeline.core.db.core import AuditEvent, DictationRow, DraftRow
+from pipeline.core.db.schedule import Delivery
+from pipeline.core.errors import ConflictError, PermissionDeniedError
+from pipeline.core.store import open_store
+from pipeline.secretary import route
 
 NOW = datetime(2027, 4, 5, 14, 0, tzinfo=UTC)
 
@@ -312,7 +313,7 @@ def test_plain_smtp_refused_to_remote_server(settings, store, tmp_path):
 
 def test_service_delivers_signed_documents_on_its_own(settings, store, tmp_path):
     """The running service sends due deliveries without anyone pressing "send"."""
-    from pipeline.service import Service
+    from pipeline.service.supervisor import Service
 
     settings.route_interval_s = 0.2
     with store.session() as s:

@@ -12,9 +12,9 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.evaluate import normalise, validate_manifest
-from pipeline.samplegen import parse_script, read_manifest, render_audio, script_text
-from pipeline.sidecar import parse_sidecar
+from pipeline.devtools.evaluate import normalise, validate_manifest
+from pipeline.devtools.samplegen import parse_script, read_manifest, render_audio, script_text
+from pipeline.ingest.sidecar import parse_sidecar
 
 DOC_TYPES = {"operative_report", "consult_letter", "progress_note", "discharge_summary",
              "radiology_report", "referral_letter"}

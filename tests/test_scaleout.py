@@ -19,10 +19,10 @@ import pytest
 from pgserver import free_port, postgres_server
 from sqlalchemy import func, select
 
-from pipeline import prefect_env
-from pipeline.db.core import DictationRow, DraftRow
-from pipeline.settings import PROJECT_ROOT, Settings
-from pipeline.store import open_store
+from pipeline.core.db.core import DictationRow, DraftRow
+from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.core.store import open_store
+from pipeline.service import prefect_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -12,12 +12,13 @@ import pytest
 from icalendar import Calendar
 from sqlalchemy import func, select
 
-from pipeline import audit, schedule
-from pipeline.db.core import Physician
-from pipeline.db.schedule import Appointment, SlotClaim
-from pipeline.errors import ConflictError
-from pipeline.schedule.calendars import ScheduleOptions
-from pipeline.store import open_store
+from pipeline.core import audit
+from pipeline.core.db.core import Physician
+from pipeline.core.db.schedule import Appointment, SlotClaim
+from pipeline.core.errors import ConflictError
+from pipeline.core.store import open_store
+from pipeline.secretary import schedule
+from pipeline.secretary.schedule.calendars import ScheduleOptions
 
 PARIS = ZoneInfo("Europe/Paris")
 OPTS = ScheduleOptions(default_timezone="Europe/Paris")
@@ -226,10 +227,10 @@ _CHILD = r"""
 import sys, time
 from datetime import datetime
 from pathlib import Path
-from pipeline import schedule
-from pipeline.errors import ConflictError
-from pipeline.schedule.calendars import ScheduleOptions
-from pipeline.store import Store
+from pipeline.secretary import schedule
+from pipeline.core.errors import ConflictError
+from pipeline.secretary.schedule.calendars import ScheduleOptions
+from pipeline.core.store import Store
 
 url, start, name, folder = sys.argv[1:5]
 folder = Path(folder)

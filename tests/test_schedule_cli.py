@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.cli import main
-from pipeline.settings import get_settings
+from pipeline.core.settings import get_settings
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pipeline import schedule
-from pipeline.db.core import Physician
-from pipeline.errors import ConflictError
-from pipeline.schedule.calendars import ScheduleOptions
-from pipeline.store import open_store
+from pipeline.core.db.core import Physician
+from pipeline.core.errors import ConflictError
+from pipeline.core.store import open_store
+from pipeline.secretary import schedule
+from pipeline.secretary.schedule.calendars import ScheduleOptions
 
 NY = ZoneInfo("America/New_York")
 OPTS = ScheduleOptions(default_timezone="America/New_York")

@@ -1,6 +1,7 @@
-"""End to end: a dictated text with instructions -> pipeline.sections.structure -> draft ->
-signed by the physician (pipeline.signing calls tasks_from_draft) -> tasks, referral and
-route -> the signed document e-mailed to a real SMTP server on loopback -> draft delivered."""
+"""End to end: a dictated text with instructions -> pipeline.documents.sections.structure ->
+draft -> signed by the physician (pipeline.review.signing calls tasks_from_draft) -> tasks,
+referral and route -> the signed document e-mailed to a real SMTP server on loopback -> draft
+delivered."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
-from pipeline import route, sections, signing, tasks
-from pipeline.db.core import DraftRow
-from pipeline.db.schedule import Delivery, Referral, Task
-from pipeline.records import DictationMeta, Note, to_jsonable
-from pipeline.schedule import add_availability
-from pipeline.store import open_store
-from pipeline.users import create_user
+from pipeline.core.db.core import DraftRow
+from pipeline.core.db.schedule import Delivery, Referral, Task
+from pipeline.core.records import DictationMeta, Note, to_jsonable
+from pipeline.core.store import open_store
+from pipeline.documents import sections
+from pipeline.review import signing
+from pipeline.review.users import create_user
+from pipeline.secretary import route, tasks
+from pipeline.secretary.schedule import add_availability
 from pipeline.web.seed import add_draft
 
 PASSWORD = "correct-horse-9"
@@ -113,8 +116,8 @@ def test_sample_audio_dictation_produces_expected_tasks(settings, samples_dir):
     (tiny.en, normalize, structure, render, enqueue) -> tasks matching its .tasks.json."""
     import json
 
-    from pipeline.process import process_file
-    from pipeline.sidecar import parse_sidecar
+    from pipeline.ingest.sidecar import parse_sidecar
+    from pipeline.service.process import process_file
 
     base = samples_dir / "synthetic_medical" / "instructions_short"
     expected = json.loads(base.with_suffix(".tasks.json").read_text())

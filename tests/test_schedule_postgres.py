@@ -15,13 +15,14 @@ import pytest
 from pgserver import postgres_server
 from sqlalchemy import func, select
 
-from pipeline import audit, route, schedule, tasks
-from pipeline.db.core import DictationRow, DraftRow
-from pipeline.db.schedule import Appointment
-from pipeline.errors import ConflictError
-from pipeline.schedule.calendars import ScheduleOptions
-from pipeline.settings import Settings
-from pipeline.store import open_store
+from pipeline.core import audit
+from pipeline.core.db.core import DictationRow, DraftRow
+from pipeline.core.db.schedule import Appointment
+from pipeline.core.errors import ConflictError
+from pipeline.core.settings import Settings
+from pipeline.core.store import open_store
+from pipeline.secretary import route, schedule, tasks
+from pipeline.secretary.schedule.calendars import ScheduleOptions
 
 pytestmark = [pytest.mark.slow]
 

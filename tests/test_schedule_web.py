@@ -13,14 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from pipeline import referrals, route, schedule, tasks
-from pipeline.db.core import AuditEvent, DictationRow, DraftRow, Physician
-from pipeline.db.schedule import Appointment
-from pipeline.records import Instruction, to_jsonable
-from pipeline.schedule.calendars import ScheduleOptions
-from pipeline.settings import Settings
-from pipeline.store import open_store
-from pipeline.users import create_user
+from pipeline.core.db.core import AuditEvent, DictationRow, DraftRow, Physician
+from pipeline.core.db.schedule import Appointment
+from pipeline.core.records import Instruction, to_jsonable
+from pipeline.core.settings import Settings
+from pipeline.core.store import open_store
+from pipeline.review.users import create_user
+from pipeline.secretary import referrals, route, schedule, tasks
+from pipeline.secretary.schedule.calendars import ScheduleOptions
 from pipeline.web.app import create_app
 
 PASSWORD = "correct-horse-9"

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.records import DictationMeta, Note
-from pipeline.sections import (
+from pipeline.core.records import DictationMeta, Note
+from pipeline.documents.sections import (
     detect_document_type,
     detect_headings,
     lexicon_for,
     structure,
 )
-from pipeline.templates import DOCUMENT_TYPES, get_template, list_templates
+from pipeline.documents.templates import DOCUMENT_TYPES, get_template, list_templates
 
 DATA = Path(__file__).parent / "data" / "documents"
 EXPECTED = json.loads((DATA / "sections.json").read_text(encoding="utf-8"))
@@ -204,7 +204,7 @@ def test_sections_eval_command(tmp_path, monkeypatch, capsys) -> None:
     """`dictation sections-eval` scores heading detection in three text forms."""
     from pipeline.cli import main
     from pipeline.commands.sections import evaluate
-    from pipeline.settings import get_settings
+    from pipeline.core.settings import get_settings
 
     monkeypatch.setenv("DICTATION_DATA_DIR", str(tmp_path / "var"))
     get_settings.cache_clear()
@@ -246,8 +246,8 @@ def _sample_refs(samples_dir: Path) -> list[Path]:
 def test_spoken_samples_structure_like_their_expected_text(settings, samples_dir) -> None:
     """Integration with the normalizer: each sample's spoken script, normalized, gives the same
     sections as the sample's expected document text (and the same document type)."""
-    from pipeline import normalize
-    from pipeline.sidecar import parse_sidecar
+    from pipeline.ingest.sidecar import parse_sidecar
+    from pipeline.language import normalize
 
     refs = _sample_refs(samples_dir)
     if not refs:
@@ -267,8 +267,8 @@ def test_spoken_samples_structure_like_their_expected_text(settings, samples_dir
 
 def test_sample_instructions_match_the_samples_task_lists(settings, samples_dir) -> None:
     """The instruction kinds lifted from each spoken sample equal its *.tasks.json."""
-    from pipeline import normalize
-    from pipeline.sidecar import parse_sidecar
+    from pipeline.ingest.sidecar import parse_sidecar
+    from pipeline.language import normalize
 
     task_files = sorted((samples_dir / "synthetic_medical").glob("*.tasks.json"))
     if not task_files:

@@ -22,11 +22,11 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
-from pipeline import prefect_env
-from pipeline.db.core import DictationRow, DraftRow
-from pipeline.flows import draft_id_for
-from pipeline.settings import PROJECT_ROOT, Settings
-from pipeline.store import open_store
+from pipeline.core.db.core import DictationRow, DraftRow
+from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.core.store import open_store
+from pipeline.service import prefect_env
+from pipeline.service.flows import draft_id_for
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import SidecarError
-from pipeline.sidecar import parse_sidecar, read_sidecar
+from pipeline.core.errors import SidecarError
+from pipeline.ingest.sidecar import parse_sidecar, read_sidecar
 
 
 def test_full_sidecar_parses_into_meta() -> None:

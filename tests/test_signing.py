@@ -10,14 +10,14 @@ import pytest
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DatabaseError
 
-from pipeline import signing
-from pipeline.db.core import AuditEvent, DraftRow
-from pipeline.db.review import Addendum, DraftAccuracy, Signature
-from pipeline.errors import ConflictError, PermissionDeniedError
-from pipeline.settings import Settings
-from pipeline.store import open_store
-from pipeline.users import create_user
-from pipeline.web import drafts as wf
+from pipeline.core.db.core import AuditEvent, DraftRow
+from pipeline.core.db.review import Addendum, DraftAccuracy, Signature
+from pipeline.core.errors import ConflictError, PermissionDeniedError
+from pipeline.core.settings import Settings
+from pipeline.core.store import open_store
+from pipeline.review import signing
+from pipeline.review import versions as wf
+from pipeline.review.users import create_user
 from pipeline.web.seed import add_draft
 
 PASSWORD = "correct-horse-9"
@@ -80,7 +80,7 @@ def test_sign_stores_signature_accuracy_and_outputs(world) -> None:  # type: ign
         acc = s.get(DraftAccuracy, draft.id)
         # "three" -> "3": one substitution against the signed text.
         assert acc.substitutions == 1 and acc.wer == pytest.approx(1 / acc.reference_words)
-    if importlib.util.find_spec("pipeline.render") is not None:
+    if importlib.util.find_spec("pipeline.documents.render") is not None:
         assert result.problems == [], result.problems
         assert Path(result.outputs["docx"]).is_file()
         signed_txt = Path(result.outputs["txt"]).read_text()

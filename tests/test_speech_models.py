@@ -10,9 +10,9 @@ from pathlib import Path
 import ctranslate2
 import pytest
 
-from pipeline import speech_models
-from pipeline.errors import ConfigError, ModelNotFoundError
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.core.errors import ConfigError, ModelNotFoundError
+from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.speech import models as speech_models
 
 REGISTRY = PROJECT_ROOT / "models" / "registry.toml"
 
@@ -147,8 +147,9 @@ def test_joined_base_model_transcribes_in_english(settings: Settings, tmp_path: 
     sys.path.insert(0, str(Path(__file__).parent / "data" / "speech"))
     import speechgen as gen
 
-    from pipeline import audio, transcribe
-    from pipeline.records import Dictation
+    from pipeline.core.records import Dictation
+    from pipeline.ingest import audio
+    from pipeline.speech import transcribe
 
     clip = gen.speak(tmp_path / "clip.wav")
     settings.model = "base"
@@ -216,7 +217,7 @@ def test_bench_long_audio_has_the_asked_length(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent / "data" / "speech"))
     import speechgen as gen
 
-    from pipeline.bench import make_long_audio
+    from pipeline.devtools.bench import make_long_audio
 
     clip = gen.speak(tmp_path / "c.wav", "Follow up in two weeks.")
     out = make_long_audio(clip, 0.5, tmp_path / "long.wav")

@@ -7,10 +7,10 @@ import threading
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 
-from pipeline import audit
-from pipeline.db.core import AuditEvent, Physician
-from pipeline.settings import Settings
-from pipeline.store import alembic_config, open_store
+from pipeline.core import audit
+from pipeline.core.db.core import AuditEvent, Physician
+from pipeline.core.settings import Settings
+from pipeline.core.store import alembic_config, open_store
 
 
 def test_migrations_create_core_tables_and_physicians(settings: Settings) -> None:
@@ -82,7 +82,7 @@ def test_processes_starting_together_migrate_once(tmp_path) -> None:  # type: ig
     import sys
 
     code = (
-        "from pipeline.settings import Settings; from pipeline.store import open_store; "
+        "from pipeline.core.settings import Settings; from pipeline.core.store import open_store; "
         f"open_store(Settings(data_dir={str(tmp_path)!r}, physicians=['dr-x']))"
     )
     procs = [

@@ -1,4 +1,4 @@
-"""Tasks from dictations, end to end: dictated text -> pipeline.sections.structure ->
+"""Tasks from dictations, end to end: dictated text -> pipeline.documents.sections.structure ->
 draft row -> tasks_from_draft -> scheduling task with bookable proposals, order task with a
 pre-authorization step, referral in the tracker, route for the signed document."""
 
@@ -10,14 +10,16 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from pipeline import audit, referrals, route, sections, tasks
-from pipeline.db.core import DictationRow, DraftRow
-from pipeline.db.schedule import Delivery, Referral, ReferralDocument, Task
-from pipeline.errors import ConflictError
-from pipeline.records import DictationMeta, Note, to_jsonable
-from pipeline.schedule import add_availability, add_time_off
-from pipeline.schedule.calendars import ScheduleOptions
-from pipeline.store import open_store
+from pipeline.core import audit
+from pipeline.core.db.core import DictationRow, DraftRow
+from pipeline.core.db.schedule import Delivery, Referral, ReferralDocument, Task
+from pipeline.core.errors import ConflictError
+from pipeline.core.records import DictationMeta, Note, to_jsonable
+from pipeline.core.store import open_store
+from pipeline.documents import sections
+from pipeline.secretary import referrals, route, tasks
+from pipeline.secretary.schedule import add_availability, add_time_off
+from pipeline.secretary.schedule.calendars import ScheduleOptions
 
 # Written for this project (synthetic; no real patient).
 DICTATION = (

@@ -8,10 +8,10 @@ from pathlib import Path
 import docx
 import pytest
 
-from pipeline.errors import TemplateFieldError, TemplateNotFoundError
-from pipeline.records import AudioInfo, Dictation, DictationMeta, Note
-from pipeline.sections import structure
-from pipeline.templates import DOCUMENT_TYPES, get_template, list_templates, load_spec
+from pipeline.core.errors import TemplateFieldError, TemplateNotFoundError
+from pipeline.core.records import AudioInfo, Dictation, DictationMeta, Note
+from pipeline.documents.sections import structure
+from pipeline.documents.templates import DOCUMENT_TYPES, get_template, list_templates, load_spec
 
 LOINC = {
     "operative_report": "11504-8",
@@ -80,7 +80,7 @@ def _user_template(folder: Path, key: str, settings, body_tag: str = "") -> None
 
 def test_practice_template_dropped_into_folder_is_used(settings, tmp_path) -> None:
     """A practice adds <key>.docx + <key>.toml to user_templates_dir; no restart needed."""
-    from pipeline.render import render_outputs
+    from pipeline.documents.render import render_outputs
 
     assert "sleep_study" not in list_templates(settings)
     _user_template(settings.user_templates_dir, "sleep_study", settings)
@@ -106,7 +106,7 @@ def test_user_template_overrides_builtin(settings) -> None:
 
 def test_template_asking_for_unknown_field_is_an_error(settings, tmp_path) -> None:
     """StrictUndefined: a tag the document does not provide raises TemplateFieldError."""
-    from pipeline.render import render_outputs
+    from pipeline.documents.render import render_outputs
 
     _user_template(settings.user_templates_dir, "sleep_study", settings,
                    body_tag="Insurance: {{ insurance_number }}")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import audio, transcribe
-from pipeline.records import Dictation, Segment, Word
-from pipeline.settings import Settings
-from pipeline.transcribe import TranscribeOptions
+from pipeline.core.records import Dictation, Segment, Word
+from pipeline.core.settings import Settings
+from pipeline.ingest import audio
+from pipeline.speech import transcribe
+from pipeline.speech.transcribe import TranscribeOptions
 
 sys.path.insert(0, str(Path(__file__).parent / "data" / "speech"))
 import speechgen as gen
@@ -64,7 +65,7 @@ def test_same_audio_gives_same_transcript_every_run(clip: Path, settings: Settin
 def test_unprompted_transcript_equals_raw_faster_whisper(clip: Path, settings: Settings) -> None:
     """Our decoding, VAD and chunking hand the model exactly what faster-whisper would: with
     the same options and no prompt, the words and times are the same as a raw call's."""
-    from pipeline import speech_models
+    from pipeline.speech import models as speech_models
 
     options = TranscribeOptions()
     ours = _run(clip, settings, options)
@@ -165,7 +166,7 @@ def test_regression_loop_is_repaired_greedily_from_the_shipped_sample(settings: 
     """Raw tiny.en loops "colon-sympathetic" over 12-42 s of the shipped lap-chole
     dictation (30 s of diagnoses, procedure and anesthesia lost). The stretch is decoded
     again greedily with a repetition penalty and the dictated words come back."""
-    from pipeline.settings import PROJECT_ROOT
+    from pipeline.core.settings import PROJECT_ROOT
 
     path = PROJECT_ROOT / "samples" / "synthetic_medical" / "op_lap_chole.ogg"
     options = TranscribeOptions()
@@ -186,7 +187,7 @@ def test_regression_unprompted_loop_drops_no_speech(settings: Settings) -> None:
     """Without any prompt, tiny.en heard "comma" as "Commodary" over and over in the shipped
     COPD dictation and then skipped ten seconds of speech (a history sentence with its dates
     and drugs); the skipped stretch is decoded again on its own, as for a prompted decode."""
-    from pipeline.settings import PROJECT_ROOT
+    from pipeline.core.settings import PROJECT_ROOT
 
     path = PROJECT_ROOT / "samples" / "synthetic_heldout" / "progress_copd_pulmonology.ogg"
     t = _run(path, settings, TranscribeOptions())
@@ -392,7 +393,7 @@ def test_loop_is_judged_on_the_segment_own_text() -> None:
 def test_prompt_that_derails_whisper_loses_no_speech(settings: Settings) -> None:
     """The operative-report term prompt made tiny.en skip 70 of 108 s of this sample and loop
     over the rest; the transcript must still cover the speech, once, without loops."""
-    from pipeline import normalize
+    from pipeline.language import normalize
 
     sample = Path(__file__).parents[1] / "samples" / "synthetic_medical" / "op_lap_chole.ogg"
     prompt = normalize.prompt_terms(settings, document_type="operative_report")

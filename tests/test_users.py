@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import select
 
 from pipeline import cli
-from pipeline.db.review import User
-from pipeline.errors import ConfigError, ConflictError, NotFoundError
-from pipeline.settings import Settings, get_settings
-from pipeline.store import open_store
-from pipeline.users import authenticate, create_user, hash_password, verify_password
+from pipeline.core.db.review import User
+from pipeline.core.errors import ConfigError, ConflictError, NotFoundError
+from pipeline.core.settings import Settings, get_settings
+from pipeline.core.store import open_store
+from pipeline.review.users import authenticate, create_user, hash_password, verify_password
 
 PASSWORD = "correct-horse-9"
 

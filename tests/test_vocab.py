@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import vocab
-from pipeline.errors import ConfigError
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.core.errors import ConfigError
+from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.language import vocab
 
 VOCAB = PROJECT_ROOT / "vocab"
 

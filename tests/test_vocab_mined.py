@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import vocab, vocab_build
-from pipeline.errors import ConfigError
-from pipeline.settings import PROJECT_ROOT
-from pipeline.vocab import VocabIndex
+from pipeline.core.errors import ConfigError
+from pipeline.core.settings import PROJECT_ROOT
+from pipeline.devtools import vocab_build
+from pipeline.language import vocab
+from pipeline.language.vocab import VocabIndex
 
 VOCAB = PROJECT_ROOT / "vocab"
 GROUPS = {"radiology": ("Radiology",), "general_surgery": ("Surgery", "Bariatrics")}

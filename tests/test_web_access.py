@@ -17,11 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from pipeline.db.core import AuditEvent, DraftRow
-from pipeline.db.review import DraftVersion, WebSession
-from pipeline.settings import Settings
-from pipeline.store import open_store
-from pipeline.users import create_user
+from pipeline.core.db.core import AuditEvent, DraftRow
+from pipeline.core.db.review import DraftVersion, WebSession
+from pipeline.core.settings import Settings
+from pipeline.core.store import open_store
+from pipeline.review.users import create_user
 from pipeline.web.app import create_app
 from pipeline.web.seed import add_draft, synthetic_transcript
 
@@ -423,7 +423,7 @@ def test_export_of_outputs_is_access_checked_and_audited(env, tmp_path: Path) ->
 
 
 def test_accuracy_page_draws_the_trend(env) -> None:  # type: ignore[no-untyped-def]
-    from pipeline import learning
+    from pipeline.review import learning
 
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     with open_store(env["settings"]).session() as s:
@@ -459,7 +459,7 @@ def test_physician_sends_a_draft_back(env) -> None:  # type: ignore[no-untyped-d
 
 
 def test_worklist_pages_keep_stat_first_then_oldest(env) -> None:  # type: ignore[no-untyped-def]
-    from pipeline.users import UserInfo
+    from pipeline.review.users import UserInfo
     from pipeline.web.routes.worklist import worklist_rows
     from pipeline.web.seed import bulk_drafts
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pipeline.db.core import DraftRow
-from pipeline.db.review import DraftAccuracy, DraftVersion, Signature
-from pipeline.settings import PROJECT_ROOT, Settings
-from pipeline.store import open_store
-from pipeline.users import create_user
+from pipeline.core.db.core import DraftRow
+from pipeline.core.db.review import DraftAccuracy, DraftVersion, Signature
+from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.core.store import open_store
+from pipeline.review.users import create_user
 from pipeline.web.seed import add_draft
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -47,7 +47,7 @@ def _free_port() -> int:
 
 def _real_transcript(wav: Path, settings: Settings) -> tuple[str, list[dict], float]:  # type: ignore[type-arg]
     """Transcribe ``wav`` with the real tiny.en model (word timestamps on)."""
-    from pipeline import speech_models
+    from pipeline.speech import models as speech_models
 
     model = speech_models.load(settings)
     segs, info = model.transcribe(str(wav), language="en", beam_size=1, word_timestamps=True,
@@ -259,7 +259,7 @@ def test_secretary_corrects_and_physician_signs(server, browser) -> None:  # typ
         assert s.scalars(select(Signature).where(Signature.draft_id == draft_id)).one()
         assert s.get(DraftAccuracy, draft_id).wer > 0
         outputs = dict(draft.outputs)
-    if importlib.util.find_spec("pipeline.render") is not None:
+    if importlib.util.find_spec("pipeline.documents.render") is not None:
         # Final outputs were rendered again from the signed text.
         signed_txt = Path(outputs["txt"])
         assert signed_txt.parent.name == "signed" and "Corrected" in signed_txt.read_text()

@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from pipeline.db.core import DraftRow
-from pipeline.records import DictationMeta
-from pipeline.settings import Settings
-from pipeline.store import open_store
-from pipeline.users import create_user
+from pipeline.core.db.core import DraftRow
+from pipeline.core.records import DictationMeta
+from pipeline.core.settings import Settings
+from pipeline.core.store import open_store
+from pipeline.review.users import create_user
 from pipeline.web.app import create_app
 
 PASSWORD = "correct-horse-9"
@@ -41,7 +41,7 @@ def _login(app, username: str) -> TestClient:  # type: ignore[no-untyped-def]
 
 
 def test_pipeline_draft_in_the_workbench(settings: Settings, tmp_path: Path) -> None:
-    process = pytest.importorskip("pipeline.process")
+    process = pytest.importorskip("pipeline.service.process")
     wav = tmp_path / "note.wav"
     subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), SPOKEN], check=True,
                    capture_output=True)

@@ -1,4 +1,4 @@
-"""The warm worker's transcription slots (``pipeline.flows._Slots``): never more
+"""The warm worker's transcription slots (``pipeline.service.flows._Slots``): never more
 transcriptions than slots, STAT before routine, routine in arrival order, and a routine run
 does not take a slot while a claimed STAT run is still on its way to one."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from pipeline.flows import _Slots
+from pipeline.service.flows import _Slots
 
 
 def _wait_until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -90,7 +90,7 @@ def test_a_run_from_the_stat_queue_goes_first_even_if_its_sidecar_says_routine(
         monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Priority follows the queue the run was claimed from; the routine run that was waiting
     for it is woken when it arrives (no deadlock)."""
-    from pipeline import flows
+    from pipeline.service import flows
 
     ids = threading.local()
     monkeypatch.setattr(flows, "_current_flow_run_id", lambda: getattr(ids, "run", None))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline import audit
-from pipeline.settings import get_settings
-from pipeline.store import open_store
+from pipeline.core import audit
+from pipeline.core.settings import get_settings
+from pipeline.core.store import open_store
 
 __all__ = ["register"]
 

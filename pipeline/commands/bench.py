@@ -12,8 +12,8 @@ from rich.table import Table
 
 from pipeline.commands.transcribe import settings_from_args
 
-if TYPE_CHECKING:  # pipeline.bench imports numpy: only when the command runs
-    from pipeline.bench import BenchResult
+if TYPE_CHECKING:  # pipeline.devtools.bench imports numpy: only when the command runs
+    from pipeline.devtools.bench import BenchResult
 
 __all__ = ["register", "run", "report"]
 
@@ -54,7 +54,7 @@ def _row(table: Table, name: str, values: list[Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print a table (or JSON)."""
-    from pipeline.bench import run_bench
+    from pipeline.devtools.bench import run_bench
 
     settings = settings_from_args(args)
     if args.beam_size:

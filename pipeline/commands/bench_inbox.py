@@ -74,7 +74,7 @@ def _sources(settings: Any) -> list[Path]:
     files = [p for p in sorted(folder.glob("*")) if p.suffix.lower() in (".ogg", ".flac", ".wav",
                                                                         ".mp3", ".m4a")]
     if not files:
-        from pipeline.errors import ConfigError
+        from pipeline.core.errors import ConfigError
 
         raise ConfigError(f"No sample audio in {folder}; expected the synthetic_medical set.")
     return files
@@ -169,11 +169,11 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the figures side by side."""
     from sqlalchemy import select
 
-    from pipeline import prefect_env
-    from pipeline.db.core import DictationRow
-    from pipeline.process import load_dictation, transcribe_stage
-    from pipeline.settings import Settings, get_settings
-    from pipeline.store import open_store
+    from pipeline.core.db.core import DictationRow
+    from pipeline.core.settings import Settings, get_settings
+    from pipeline.core.store import open_store
+    from pipeline.service import prefect_env
+    from pipeline.service.process import load_dictation, transcribe_stage
 
     base = get_settings()
     scratch = Path(tempfile.mkdtemp(prefix="bench-inbox-"))

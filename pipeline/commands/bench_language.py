@@ -14,8 +14,8 @@ import statistics
 import time
 from pathlib import Path
 
-from pipeline.records import Segment, Transcript, Word
-from pipeline.settings import get_settings
+from pipeline.core.records import Segment, Transcript, Word
+from pipeline.core.settings import get_settings
 
 __all__ = ["register", "build_transcript"]
 
@@ -63,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Measure and print the figures."""
-    from pipeline import normalize, vocab
-    from pipeline.normalize import terms
+    from pipeline.language import normalize, vocab
+    from pipeline.language.normalize import terms
 
     settings = get_settings()
     vocab_dir = Path(settings.vocab_dir).resolve()

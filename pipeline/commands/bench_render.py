@@ -33,13 +33,13 @@ def _texts(samples: Path, fallback: Path) -> list[tuple[str, Path, Path | None]]
 
 
 def _handler(args: argparse.Namespace) -> int:
-    from pipeline.errors import ConfigError
-    from pipeline.pdf import convert_to_pdf, find_soffice
-    from pipeline.records import AudioInfo, Dictation, DictationMeta, Note
-    from pipeline.render import render_outputs
-    from pipeline.sections import structure
-    from pipeline.settings import PROJECT_ROOT, get_settings
-    from pipeline.sidecar import parse_sidecar
+    from pipeline.core.errors import ConfigError
+    from pipeline.core.records import AudioInfo, Dictation, DictationMeta, Note
+    from pipeline.core.settings import PROJECT_ROOT, get_settings
+    from pipeline.documents.pdf import convert_to_pdf, find_soffice
+    from pipeline.documents.render import render_outputs
+    from pipeline.documents.sections import structure
+    from pipeline.ingest.sidecar import parse_sidecar
 
     settings = get_settings().model_copy(update={"pdf": "never"})
     texts = _texts(settings.samples_dir / "synthetic_medical",

@@ -28,16 +28,16 @@ def seed(settings: Any, physicians: int, days: int, start: date, rnd: random.Ran
     appointments (about 75% of working time booked). Returns row counts."""
     from sqlalchemy import insert
 
-    from pipeline.db.core import Physician
-    from pipeline.db.schedule import (
+    from pipeline.core.db.core import Physician
+    from pipeline.core.db.schedule import (
         Appointment,
         AvailabilityRule,
         CalendarBlock,
         Resource,
         SlotClaim,
     )
-    from pipeline.schedule.timeutil import grid_units, local_to_utc, zone
-    from pipeline.store import open_store
+    from pipeline.core.store import open_store
+    from pipeline.secretary.schedule.timeutil import grid_units, local_to_utc, zone
 
     tz = zone(TZ)
     store = open_store(settings)
@@ -149,11 +149,11 @@ def _time(fn: Callable[[], Any], repeat: int) -> list[float]:
 def run_bench(settings: Any, physicians: int, days: int, repeat: int, seed_value: int,
               http: bool = True) -> list[tuple[str, list[float], float]]:
     """Seed and measure; returns (name, timings in ms, target ms) rows."""
-    from pipeline import schedule
-    from pipeline.schedule.calendars import ScheduleOptions
-    from pipeline.schedule.timeutil import local_to_utc, zone
-    from pipeline.store import open_store
-    from pipeline.web.schedule_routes import week_context
+    from pipeline.core.store import open_store
+    from pipeline.secretary import schedule
+    from pipeline.secretary.schedule.calendars import ScheduleOptions
+    from pipeline.secretary.schedule.timeutil import local_to_utc, zone
+    from pipeline.web.routes.schedule import week_context
     from pipeline.web.templating import env
 
     rnd = random.Random(seed_value)
@@ -225,8 +225,8 @@ def _http_rows(settings: Any, pids: list[str], start: date, days: int, rnd: rand
 
     from fastapi.testclient import TestClient
 
-    from pipeline.store import open_store
-    from pipeline.users import create_user
+    from pipeline.core.store import open_store
+    from pipeline.review.users import create_user
     from pipeline.web.app import create_app
 
     app = create_app(settings)
@@ -261,7 +261,7 @@ def _p95(values: list[float]) -> float:
 def _handler(args: argparse.Namespace) -> int:
     import os
 
-    from pipeline.settings import Settings
+    from pipeline.core.settings import Settings
 
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-schedule-") as tmp:

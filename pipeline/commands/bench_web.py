@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.settings import get_settings
+from pipeline.core.settings import get_settings
 
 __all__ = ["register"]
 
@@ -31,8 +31,8 @@ def _ms(response) -> float:  # type: ignore[no-untyped-def]
 def _run(args: argparse.Namespace) -> int:
     from fastapi.testclient import TestClient
 
-    from pipeline.store import open_store
-    from pipeline.users import create_user
+    from pipeline.core.store import open_store
+    from pipeline.review.users import create_user
     from pipeline.web.app import create_app
     from pipeline.web.seed import add_draft, bulk_drafts, synthetic_transcript
 

@@ -14,8 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.errors import ConfigError
-from pipeline.settings import Settings, get_settings
+from pipeline.core.errors import ConfigError
+from pipeline.core.settings import Settings, get_settings
 
 __all__ = ["register", "run", "print_report"]
 
@@ -57,7 +57,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def print_report(report: Any, console: Console) -> None:
     """Print a report's per-file and overall table (the figures results.json holds)."""
-    from pipeline.evaluate import METRIC_LABELS, fmt, rounded_metrics
+    from pipeline.devtools.evaluate import METRIC_LABELS, fmt, rounded_metrics
 
     table = Table(
         title=f"{report.set_name} - model {report.model} - medical vocabulary "
@@ -89,12 +89,12 @@ def print_report(report: Any, console: Console) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate each manifest; print the tables; exit 1 if any file failed."""
-    from pipeline.evaluate import CONFIGS, default_out_dir, run_evaluation
+    from pipeline.devtools.evaluate import CONFIGS, default_out_dir, run_evaluation
 
     settings = _settings(args)
     console = Console(width=200, highlight=False)
     if args.rescore:
-        from pipeline.evaluate import rescore
+        from pipeline.devtools.evaluate import rescore
 
         for results_json in args.rescore:
             out_dir = args.out / results_json.parent.name if args.out else None

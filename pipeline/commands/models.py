@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.commands.transcribe import settings_from_args
-from pipeline.speech_models import choose_device, describe_models
+from pipeline.speech.models import choose_device, describe_models
 
 __all__ = ["register", "run"]
 

@@ -17,13 +17,13 @@ __all__ = ["register"]
 
 
 def _handler(args: argparse.Namespace) -> int:
-    from pipeline.errors import ConfigError
-    from pipeline.process import new_id
-    from pipeline.records import AudioInfo, Dictation, DictationMeta, Note
-    from pipeline.render import render_outputs
-    from pipeline.sections import structure
-    from pipeline.settings import get_settings
-    from pipeline.sidecar import parse_sidecar
+    from pipeline.core.errors import ConfigError
+    from pipeline.core.records import AudioInfo, Dictation, DictationMeta, Note
+    from pipeline.core.settings import get_settings
+    from pipeline.documents.render import render_outputs
+    from pipeline.documents.sections import structure
+    from pipeline.ingest.sidecar import parse_sidecar
+    from pipeline.service.process import new_id
 
     settings = get_settings()
     path = Path(args.textfile)

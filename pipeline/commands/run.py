@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     """Start the service and block until stopped."""
     from pipeline.commands.transcribe import settings_from_args
-    from pipeline.service import Service, ServiceOptions
+    from pipeline.service.supervisor import Service, ServiceOptions
 
     settings = settings_from_args(args)
     service = Service(settings, ServiceOptions(

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.settings import get_settings
+from pipeline.core.settings import get_settings
 
 __all__ = ["register", "run"]
 
@@ -35,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Check or build; print a table of the samples concerned."""
-    from pipeline.evaluate import validate_manifest
-    from pipeline.samplegen import build_set
+    from pipeline.devtools.evaluate import validate_manifest
+    from pipeline.devtools.samplegen import build_set
 
     settings = get_settings()
     sets = [args.set_dir] if args.set_dir else sorted(

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from pipeline import route, schedule, tasks
-from pipeline.db.core import DraftRow, Physician
-from pipeline.db.schedule import AvailabilityRule, Recipient, Resource
-from pipeline.errors import ConflictError, NotFoundError
-from pipeline.schedule.calendars import WEEKDAYS, ScheduleOptions, physician_zone
-from pipeline.schedule.timeutil import local_day_bounds, local_to_utc, zone
-from pipeline.settings import get_settings
-from pipeline.store import open_store
+from pipeline.core.db.core import DraftRow, Physician
+from pipeline.core.db.schedule import AvailabilityRule, Recipient, Resource
+from pipeline.core.errors import ConflictError, NotFoundError
+from pipeline.core.settings import get_settings
+from pipeline.core.store import open_store
+from pipeline.secretary import route, schedule, tasks
+from pipeline.secretary.schedule.calendars import WEEKDAYS, ScheduleOptions, physician_zone
+from pipeline.secretary.schedule.timeutil import local_day_bounds, local_to_utc, zone
 
 __all__ = ["register"]
 

@@ -124,9 +124,9 @@ def _body(text: str, mode: str) -> str:
 
 def evaluate(path: Path, limit: int | None = None) -> dict[str, dict[str, Score]]:
     """Scores per group and mode for the MTSamples file at ``path``."""
-    from pipeline.sections import detect_document_type, detect_headings, lexicon_for
-    from pipeline.settings import get_settings
-    from pipeline.templates import list_templates
+    from pipeline.core.settings import get_settings
+    from pipeline.documents.sections import detect_document_type, detect_headings, lexicon_for
+    from pipeline.documents.templates import list_templates
 
     templates = list_templates(get_settings())
     rows = _read(path)
@@ -179,7 +179,7 @@ def evaluate(path: Path, limit: int | None = None) -> dict[str, dict[str, Score]
 
 
 def _handler(args: argparse.Namespace) -> int:
-    from pipeline.errors import ConfigError
+    from pipeline.core.errors import ConfigError
 
     path = Path(args.path)
     if not path.is_file():

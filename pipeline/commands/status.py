@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
 
 __all__ = ["register", "run", "StatusView", "LABELS"]
 
@@ -39,7 +39,7 @@ def _table(settings: Settings, limit: int, extra: str = "") -> Any:
     from rich.console import Group
     from rich.table import Table
 
-    from pipeline import inbox
+    from pipeline.ingest import inbox
 
     counts = inbox.status_counts(settings)
     summary = Table(title=f"Dictation inbox {extra}".strip(), show_header=True)
@@ -66,7 +66,7 @@ class StatusView:
 
     def line(self) -> str:
         """One line of counts."""
-        from pipeline import inbox
+        from pipeline.ingest import inbox
 
         counts = inbox.status_counts(self.settings)
         return " | ".join(f"{LABELS[k]} {counts.get(k, 0)}" for k in LABELS)
@@ -78,7 +78,7 @@ class StatusView:
         nothing (rich's auto-refresh would re-render every second)."""
         import sys
 
-        from pipeline import inbox
+        from pipeline.ingest import inbox
 
         out = out or sys.stdout
         last: list[tuple[tuple[str, int], ...] | None] = [None]
@@ -119,8 +119,8 @@ class StatusView:
 
 def run(args: argparse.Namespace) -> int:
     """Print counts and recent items (no patient data: ids, statuses, codes)."""
-    from pipeline import inbox
     from pipeline.commands.transcribe import settings_from_args
+    from pipeline.ingest import inbox
 
     settings = settings_from_args(args)
     if args.json:

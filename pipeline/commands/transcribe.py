@@ -28,8 +28,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.settings import Settings, get_settings
+from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.core.settings import Settings, get_settings
 
 __all__ = ["register", "run", "settings_from_args", "result_json", "error_json"]
 
@@ -132,8 +132,8 @@ def _progress(console: Console, enabled: bool) -> Iterator[Progress]:
 
 def run(args: argparse.Namespace) -> int:
     """Process each file; print a line or a JSON object per file; 1 if any failed."""
-    from pipeline.process import new_id, process_file
-    from pipeline.sidecar import read_sidecar
+    from pipeline.ingest.sidecar import read_sidecar
+    from pipeline.service.process import new_id, process_file
 
     settings = settings_from_args(args)
     out = Console(highlight=False, soft_wrap=True)

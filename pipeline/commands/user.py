@@ -6,11 +6,11 @@ import argparse
 import getpass
 import sys
 
-from pipeline import audit
-from pipeline.errors import ConfigError
-from pipeline.settings import get_settings
-from pipeline.store import open_store
-from pipeline.users import ROLES, create_user, set_password
+from pipeline.core import audit
+from pipeline.core.errors import ConfigError
+from pipeline.core.settings import get_settings
+from pipeline.core.store import open_store
+from pipeline.review.users import ROLES, create_user, set_password
 
 __all__ = ["register"]
 

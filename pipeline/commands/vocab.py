@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.settings import Settings, get_settings
+from pipeline.core.settings import Settings, get_settings
 
 __all__ = ["register"]
 
@@ -67,7 +67,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from pipeline import vocab_build
+    from pipeline.devtools import vocab_build
 
     out = args.out or get_settings().vocab_dir
     manifest = vocab_build.build(Path(out))
@@ -80,7 +80,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _mine(args: argparse.Namespace) -> int:
-    from pipeline import vocab, vocab_build
+    from pipeline.devtools import vocab_build
+    from pipeline.language import vocab
 
     out = Path(args.out or get_settings().vocab_dir)
     index = vocab.load_index(out)
@@ -100,7 +101,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from pipeline import vocab
+    from pipeline.language import vocab
 
     n = vocab.add_physician_terms(_settings(args), args.physician, args.terms)
     print(f"{n} new term(s) for {args.physician}")
@@ -108,7 +109,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _terms(args: argparse.Namespace) -> int:
-    from pipeline import vocab
+    from pipeline.language import vocab
 
     for t in vocab.physician_terms(_settings(args), args.physician):
         print(t)
@@ -116,8 +117,8 @@ def _terms(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from pipeline import vocab
-    from pipeline.normalize.terms import best_candidate
+    from pipeline.language import vocab
+    from pipeline.language.normalize.terms import best_candidate
 
     index = vocab.get_index(get_settings())
     rows = []

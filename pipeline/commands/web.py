@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.settings import get_settings
+from pipeline.core.settings import get_settings
 
 __all__ = ["register"]
 
@@ -12,8 +12,8 @@ __all__ = ["register"]
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pipeline.store import open_store
-    from pipeline.users import user_count
+    from pipeline.core.store import open_store
+    from pipeline.review.users import user_count
     from pipeline.web.app import create_app
 
     settings = get_settings()

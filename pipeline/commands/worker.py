@@ -38,7 +38,8 @@ def _warm_up(settings: Any) -> None:
 
     log = logging.getLogger(__name__)
     try:
-        from pipeline import normalize, speech_models
+        from pipeline.language import normalize
+        from pipeline.speech import models as speech_models
 
         speech_models.load(settings)
         normalize.warm_up(settings)
@@ -48,16 +49,16 @@ def _warm_up(settings: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT (or idle with ``--exit-when-idle``)."""
-    from pipeline import prefect_env
     from pipeline.commands.transcribe import settings_from_args
+    from pipeline.service import prefect_env
 
     settings = settings_from_args(args)
     api_url = prefect_env.api_url_for(settings)
     os.environ.update(prefect_env.prefect_env(settings, api_url))  # before importing prefect
     prefect_env.wait_healthy(api_url, timeout=60)
 
-    from pipeline.flows import WarmWorker, use_settings
-    from pipeline.store import open_store
+    from pipeline.core.store import open_store
+    from pipeline.service.flows import WarmWorker, use_settings
 
     use_settings(settings)
     open_store(settings)  # migrate once, before the first run

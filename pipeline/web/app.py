@@ -2,7 +2,7 @@
 
 Pages are rendered on the server (Jinja2, autoescape on) with a little progressive
 JavaScript (vendored htmx and ``static/workbench.js``); nothing is loaded from a CDN.
-Other areas plug in routers: ``pipeline.web.schedule_routes.router`` is included when
+Other areas plug in routers: ``pipeline.web.routes.schedule.router`` is included when
 that module exists.
 """
 
@@ -20,9 +20,9 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline.errors import ConflictError, NotFoundError, PermissionDeniedError, PipelineError
-from pipeline.settings import Settings, get_settings
-from pipeline.store import open_store
+from pipeline.core.errors import ConflictError, NotFoundError, PermissionDeniedError, PipelineError
+from pipeline.core.settings import Settings, get_settings
+from pipeline.core.store import open_store
 from pipeline.web.auth import LoginRequired, anon_cookie_middleware
 from pipeline.web.templating import TEMPLATES_DIR, render
 
@@ -45,7 +45,7 @@ _ROUTERS = (
     "pipeline.web.routes.sign",
     "pipeline.web.routes.accuracy",
     "pipeline.web.routes.admin",
-    "pipeline.web.schedule_routes",
+    "pipeline.web.routes.schedule",
 )
 
 

@@ -31,11 +31,11 @@ from typing import Any
 from fastapi import Depends, HTTPException, Request, Response
 from sqlalchemy import delete
 
-from pipeline import audit
-from pipeline.db.review import WebSession
-from pipeline.settings import Settings
-from pipeline.store import open_store
-from pipeline.users import UserInfo, load_user
+from pipeline.core import audit
+from pipeline.core.db.review import WebSession
+from pipeline.core.settings import Settings
+from pipeline.core.store import open_store
+from pipeline.review.users import UserInfo, load_user
 
 __all__ = [
     "SESSION_COOKIE",

@@ -1,6 +1,6 @@
 """Put drafts into a database without running the whole pipeline (benchmarks, demos, tests).
 
-``add_draft`` stores one dictation + transcript + draft the way ``pipeline.review.enqueue``
+``add_draft`` stores one dictation + transcript + draft the way ``pipeline.review.queue.enqueue``
 does; ``synthetic_transcript`` makes word-timed segments for a dictation of any length
 (benchmark data, never patient data); ``bulk_drafts`` inserts many rows fast.
 """
@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from pipeline import audit
-from pipeline.db.core import DictationRow, DraftRow, TranscriptRow
+from pipeline.core import audit
+from pipeline.core.db.core import DictationRow, DraftRow, TranscriptRow
 
 __all__ = ["add_draft", "synthetic_transcript", "bulk_drafts"]
 

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 
-from pipeline import audit, learning
-from pipeline.db.core import Physician
-from pipeline.store import open_store
-from pipeline.users import UserInfo
+from pipeline.core import audit
+from pipeline.core.db.core import Physician
+from pipeline.core.store import open_store
+from pipeline.review import learning
+from pipeline.review.users import UserInfo
 from pipeline.web.auth import current_user, get_settings_dep
 from pipeline.web.templating import render
 
@@ -63,7 +64,7 @@ def accuracy(request: Request, physician: str = "",
             audit.record(s, actor=user.username, action="accuracy_view",
                          object_type="physician", object_id=physician[:64], outcome="denied")
             s.commit()
-            from pipeline.errors import PermissionDeniedError
+            from pipeline.core.errors import PermissionDeniedError
 
             raise PermissionDeniedError("You are not assigned to this physician.")
         physician = physician or (physicians[0] if physicians else "")

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import func, select
 
-from pipeline import audit
-from pipeline.db.core import AuditEvent, Physician
-from pipeline.db.review import User, UserPhysician
-from pipeline.errors import PipelineError
-from pipeline.store import open_store
-from pipeline.users import ROLES, UserInfo, create_user
+from pipeline.core import audit
+from pipeline.core.db.core import AuditEvent, Physician
+from pipeline.core.db.review import User, UserPhysician
+from pipeline.core.errors import PipelineError
+from pipeline.core.store import open_store
+from pipeline.review.users import ROLES, UserInfo, create_user
 from pipeline.web.auth import csrf_protect, get_settings_dep, require_roles
 from pipeline.web.templating import render
 

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
-from pipeline import audit
-from pipeline.db.review import User
-from pipeline.errors import PipelineError
-from pipeline.store import open_store
-from pipeline.users import authenticate, create_user, user_count
+from pipeline.core import audit
+from pipeline.core.db.review import User
+from pipeline.core.errors import PipelineError
+from pipeline.core.store import open_store
+from pipeline.review.users import authenticate, create_user, user_count
 from pipeline.web.auth import (
     csrf_protect,
     end_session,

@@ -10,14 +10,14 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy import select
 
-from pipeline import audit
-from pipeline.db.core import DictationRow, DraftRow, TranscriptRow
-from pipeline.db.review import DraftVersion, Signature
-from pipeline.errors import NotFoundError
-from pipeline.signing import signed_text_with_addenda
-from pipeline.store import open_store
-from pipeline.users import UserInfo
-from pipeline.web import drafts as wf
+from pipeline.core import audit
+from pipeline.core.db.core import DictationRow, DraftRow, TranscriptRow
+from pipeline.core.db.review import DraftVersion, Signature
+from pipeline.core.errors import NotFoundError
+from pipeline.core.store import open_store
+from pipeline.review import versions as wf
+from pipeline.review.signing import signed_text_with_addenda
+from pipeline.review.users import UserInfo
 from pipeline.web.auth import csrf_protect, current_user, get_settings_dep
 from pipeline.web.templating import STATUS_LABELS, render
 from pipeline.web.wordmap import LOW_CONFIDENCE, map_words, word_diff, words_html

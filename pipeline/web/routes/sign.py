@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from pipeline import signing
-from pipeline.store import open_store
-from pipeline.users import UserInfo
-from pipeline.web import drafts as wf
+from pipeline.core.store import open_store
+from pipeline.review import signing
+from pipeline.review import versions as wf
+from pipeline.review.users import UserInfo
 from pipeline.web.auth import csrf_protect, get_settings_dep, require_roles
 
 __all__ = ["router"]

@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy import func, select, union
 
-from pipeline import audit
-from pipeline.db.core import DictationRow, DraftRow, Physician
-from pipeline.db.review import DraftClaim
-from pipeline.store import open_store
-from pipeline.users import UserInfo
+from pipeline.core import audit
+from pipeline.core.db.core import DictationRow, DraftRow, Physician
+from pipeline.core.db.review import DraftClaim
+from pipeline.core.store import open_store
+from pipeline.review.users import UserInfo
 from pipeline.web.auth import aware, current_user, get_settings_dep
 from pipeline.web.templating import STATUS_LABELS, render
 

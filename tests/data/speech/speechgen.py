@@ -129,7 +129,7 @@ def concat_wav(path: Path, parts: list[Path], gap_s: float = 1.0) -> Path:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from pipeline.audio import decode
+    from pipeline.ingest.audio import decode
 
     gap = np.zeros(int(gap_s * 16000), dtype=np.float32)
     chunks: list[np.ndarray] = []

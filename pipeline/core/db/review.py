@@ -1,0 +1,160 @@
+"""Workbench tables: users, assignments, web sessions, draft versions, claims, signatures,
+addenda and correction statistics.
+
+Foreign keys point at core tables by name only (no ORM relationships across areas).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from pipeline.core.db.base import Base, utcnow
+
+__all__ = [
+    "User",
+    "UserPhysician",
+    "WebSession",
+    "DraftVersion",
+    "DraftClaim",
+    "Signature",
+    "Addendum",
+    "DraftAccuracy",
+    "CorrectionStat",
+    "ROLES",
+]
+
+ROLES = ("secretary", "physician", "admin")
+
+
+class User(Base):
+    """A person who logs in to the workbench."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(20))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class UserPhysician(Base):
+    """A secretary's assignment to a physician, or a physician user's own physician id."""
+
+    __tablename__ = "user_physicians"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    physician_id: Mapped[str] = mapped_column(ForeignKey("physicians.id"), primary_key=True)
+
+
+class WebSession(Base):
+    """A server-side login session; the cookie holds the token, the table its SHA-256."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256(token)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    client: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+
+class DraftVersion(Base):
+    """Every saved text of a draft; version 1 is the pipeline's text."""
+
+    __tablename__ = "draft_versions"
+    __table_args__ = (UniqueConstraint("draft_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    draft_id: Mapped[str] = mapped_column(ForeignKey("drafts.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DraftClaim(Base):
+    """Who is editing a draft right now (a lock that expires)."""
+
+    __tablename__ = "draft_claims"
+
+    draft_id: Mapped[str] = mapped_column(ForeignKey("drafts.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    username: Mapped[str] = mapped_column(String(100))
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Signature(Base):
+    """A physician's signature over a document text (or an addendum); append-only."""
+
+    __tablename__ = "signatures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    draft_id: Mapped[str] = mapped_column(ForeignKey("drafts.id"), index=True)
+    addendum_id: Mapped[int | None] = mapped_column(ForeignKey("addenda.id"), nullable=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    username: Mapped[str] = mapped_column(String(100))
+    physician_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    text_sha256: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Addendum(Base):
+    """A later change to a signed document, with its own signature."""
+
+    __tablename__ = "addenda"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    draft_id: Mapped[str] = mapped_column(ForeignKey("drafts.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DraftAccuracy(Base):
+    """Word error rate of the pipeline's draft against the signed text."""
+
+    __tablename__ = "draft_accuracy"
+
+    draft_id: Mapped[str] = mapped_column(ForeignKey("drafts.id"), primary_key=True)
+    physician_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    wer: Mapped[float] = mapped_column(Float)
+    reference_words: Mapped[int] = mapped_column(Integer, default=0)
+    substitutions: Mapped[int] = mapped_column(Integer, default=0)
+    deletions: Mapped[int] = mapped_column(Integer, default=0)
+    insertions: Mapped[int] = mapped_column(Integer, default=0)
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CorrectionStat(Base):
+    """One word-level correction a reviewer made (draft word(s) -> signed word(s))."""
+
+    __tablename__ = "correction_stats"
+    __table_args__ = (
+        Index("ix_correction_stats_phys_pair", "physician_id", "original", "replacement"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    draft_id: Mapped[str] = mapped_column(ForeignKey("drafts.id"), index=True)
+    physician_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    original: Mapped[str] = mapped_column(String(200))
+    replacement: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,181 @@
+"""The one settings class. Loaded once (``get_settings()``) and passed down to stages.
+
+Every field can be set from the environment with the ``DICTATION_`` prefix, e.g.
+``DICTATION_DATA_DIR=/srv/dictation`` or ``DICTATION_MODEL=tiny.en``, or from a ``.env``
+file in the working directory. Stages never read the environment themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings", "PROJECT_ROOT"]
+
+#: The folder holding ``pipeline/``, ``models/``, ``vocab/``, ``templates/``, ``samples/``.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    """All configuration of the dictation system."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DICTATION_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(Path("./var"), description="Data directory: inbox, drafts, database.")
+    models_dir: Path = PROJECT_ROOT / "models"
+    vocab_dir: Path = PROJECT_ROOT / "vocab"
+    templates_dir: Path = PROJECT_ROOT / "templates"
+    samples_dir: Path = PROJECT_ROOT / "samples"
+    custom_templates_dir: Path | None = Field(
+        None, description="Extra .docx templates a practice drops in (default: <data>/templates)."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default SQLite file <data_dir>/dictation.db."
+    )
+
+    # --- speech model ------------------------------------------------------------------
+    model: str = Field(
+        "base",
+        description="Registry name (tiny.en, base) or a path to a CTranslate2 Whisper folder.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = Field("auto", description="auto: float16 on CUDA, int8 on CPU.")
+    cpu_threads: int = Field(0, ge=0, description="0 lets CTranslate2 choose.")
+    beam_size: int = Field(5, ge=1, le=10)
+    vad: bool = True
+    language: str = "en"
+    chunk_seconds: float = Field(
+        120.0, gt=30, description="Long files are decoded and transcribed in chunks this long."
+    )
+    max_audio_seconds: float = Field(
+        4 * 3600.0, gt=0, description="Files longer than this are refused (quarantined)."
+    )
+    max_file_bytes: int = Field(2 * 1024**3, gt=0)
+
+    # --- medical language ----------------------------------------------------------------
+    biased_decoding: bool = True
+    latin_abbreviations: bool = Field(
+        False, description='Write "b.i.d." style Latin abbreviations instead of "twice daily".'
+    )
+    expand_standard_abbreviations: bool = False
+    numbers_style: Literal["numerals", "words_under_ten"] = "numerals"
+
+    # --- people and practice -------------------------------------------------------------
+    physicians: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["dr-default"],
+        description="Physician ids (comma separated in the environment); an inbox folder each.",
+    )
+    practice_name: str = "General Practice"
+    practice_address: str = Field("", description="Letterhead line under the practice name.")
+    practice_phone: str = ""
+    physician_names: dict[str, str] = Field(
+        default_factory=dict,
+        description='Printable names, e.g. {"dr-smith": "Jane Smith, MD"} (JSON in the env).',
+    )
+    timezone: str = "UTC"
+
+    # --- inbox service -------------------------------------------------------------------
+    watcher: Literal["auto", "inotify", "polling"] = "auto"
+    stable_seconds: float = Field(2.0, ge=0)
+    sidecar_grace_seconds: float = Field(5.0, ge=0)
+    poll_interval_seconds: float = Field(1.0, gt=0)
+    workers: int = Field(1, ge=1, description="Concurrent transcriptions on this machine.")
+
+    # --- servers -------------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+    prefect_port: int = 4200
+    session_idle_minutes: int = 30
+    secret_key: str | None = Field(None, description="Cookie signing key; generated if unset.")
+
+    # --- outputs -------------------------------------------------------------------------
+    pdf: Literal["auto", "always", "never"] = "auto"
+    pdf_timeout_seconds: float = Field(90.0, gt=0)
+
+    # --- routing signed documents (pipeline.secretary.route) ----------------------------------
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "documents@localhost"
+    smtp_timeout_s: float = 20.0
+    smtp_verify_tls: bool = True
+    smtp_cafile: str | None = None
+    route_print_dir: Path | None = Field(None, description="Default <data_dir>/route/print.")
+    route_hl7_dir: Path | None = Field(None, description="Default <data_dir>/route/hl7.")
+    route_fhir_dir: Path | None = Field(None, description="Default <data_dir>/route/fhir.")
+    route_max_attempts: int = Field(5, ge=1)
+    route_backoff_base_s: float = Field(60.0, ge=0)
+    route_backoff_max_s: float = Field(3600.0, ge=0)
+    route_interval_s: float = Field(60.0, gt=0, description="How often the service delivers.")
+
+    @field_validator("physicians", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)  # a JSON list is accepted too
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    # --- derived paths -------------------------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.data_path / "inbox"
+
+    @property
+    def processing_dir(self) -> Path:
+        return self.data_path / "processing"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.data_path / "archive"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_path / "quarantine"
+
+    @property
+    def drafts_dir(self) -> Path:
+        return self.data_path / "drafts"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_path / "cache"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.data_path / "prefect"
+
+    @property
+    def physician_vocab_dir(self) -> Path:
+        return self.data_path / "vocab" / "physicians"
+
+    @property
+    def user_templates_dir(self) -> Path:
+        return self.custom_templates_dir or (self.data_path / "templates")
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_path / 'dictation.db'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings (read once from the environment)."""
+    return Settings()

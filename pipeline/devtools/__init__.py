@@ -1,0 +1,3 @@
+"""Developer tools, not stages: benchmarks, evaluation on the sample sets, sample
+generation and the vocabulary build.
+"""

@@ -1,0 +1,2 @@
+"""Stage 1, intake: the watched inbox, sidecar JSON and audio probing/decoding.
+"""

@@ -1,0 +1,100 @@
+"""Sidecar JSON: the optional ``<name>.json`` beside a dictation's audio.
+
+    {"patient_name": "Jane Doe", "date_of_birth": "1961-04-02", "mrn": "A12345",
+     "encounter_id": "E-778", "date_of_service": "2026-11-20",
+     "document_type": "operative_report", "priority": "stat",
+     "referring_physician": "Dr. Anna Patel", "note": "left knee",
+     "physician_id": "dr-smith"}
+
+Every key is optional; unknown keys are an error (a typo must not silently drop data).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.core.errors import SidecarError
+from pipeline.core.records import DictationMeta
+
+__all__ = ["SidecarModel", "parse_sidecar", "read_sidecar", "sidecar_path", "MAX_SIDECAR_BYTES"]
+
+MAX_SIDECAR_BYTES = 64 * 1024
+
+
+class SidecarModel(BaseModel):
+    """Validated sidecar content."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    patient_name: str | None = Field(None, max_length=200)
+    date_of_birth: date | None = None
+    mrn: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9\-_.]+$")
+    encounter_id: str | None = Field(None, max_length=64)
+    date_of_service: date | None = None
+    document_type: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9_]+$")
+    priority: Literal["stat", "routine"] = "routine"
+    referring_physician: str | None = Field(None, max_length=200)
+    note: str | None = Field(None, max_length=2000)
+    physician_id: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9\-_.]+$")
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower().strip() if isinstance(value, str) else value
+
+    @field_validator("document_type", mode="before")
+    @classmethod
+    def _doc_type(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().lower().replace(" ", "_").replace("-", "_")
+        return value
+
+
+def sidecar_path(audio_path: Path) -> Path:
+    """Where the sidecar of ``audio_path`` would be: same folder, same stem, ``.json``."""
+    return audio_path.with_suffix(".json")
+
+
+def parse_sidecar(raw: bytes | str, *, name: str = "sidecar") -> DictationMeta:
+    """Validate sidecar JSON and return it as ``DictationMeta``; ``SidecarError`` if malformed.
+
+    The message names the file and the offending field, never a field's value (it may be PHI).
+    """
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_SIDECAR_BYTES:
+            raise SidecarError(
+                f"Sidecar {name} is {len(raw)} bytes; at most {MAX_SIDECAR_BYTES} are accepted."
+            )
+        try:
+            raw = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise SidecarError(f"Sidecar {name} is not UTF-8 text.") from exc
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SidecarError(
+            f"Sidecar {name} is not valid JSON (line {exc.lineno}, column {exc.colno})."
+        ) from exc
+    if not isinstance(data, dict):
+        raise SidecarError(f"Sidecar {name} must be a JSON object, got {type(data).__name__}.")
+    try:
+        model = SidecarModel.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        kind = "is not a known field" if err["type"] == "extra_forbidden" else err["msg"].lower()
+        raise SidecarError(f"Sidecar {name}: field '{field}' {kind}.") from exc
+    return DictationMeta(source="sidecar", **model.model_dump())
+
+
+def read_sidecar(audio_path: Path) -> DictationMeta | None:
+    """Read the sidecar beside ``audio_path``; ``None`` if there is none."""
+    path = sidecar_path(audio_path)
+    if not path.is_file():
+        return None
+    return parse_sidecar(path.read_bytes(), name=path.name)

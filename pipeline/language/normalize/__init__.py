@@ -1,0 +1,169 @@
+"""Medical-language normalisation: what a medical transcriptionist would type.
+
+``normalize(transcript, settings)`` turns Whisper's words into a ``Note``: spoken commands
+applied, numbers, doses and vitals written in medical style, misheard medical terms repaired,
+Do-Not-Use abbreviations expanded, every change listed as a ``Correction`` and anything
+uncertain (laterality, numbers, drug names) put in ``Note.review_items``.
+
+The work is a chain of small transforms (``Compose``), each with one job; ``DICTATION`` is
+the full chain, ``TEXT_ONLY`` the same without the parts that need audio (used on plain text).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pipeline.core.records import Note, Transcript
+from pipeline.core.settings import Settings
+from pipeline.language.normalize.abbreviations import (
+    AbbreviationPolicy,
+    Casing,
+    SafetyReview,
+    SigStyle,
+    Titles,
+)
+from pipeline.language.normalize.commands import DropAutoPunctuation, NumberedLists, SpokenCommands
+from pipeline.language.normalize.compose import Compose, Transform
+from pipeline.language.normalize.numbers import LetterSequences, SpokenNumbers, ZeroSafety
+from pipeline.language.normalize.prompt import PromptTerms, prompt_terms
+from pipeline.language.normalize.soundalike import SoundAlikeRepair
+from pipeline.language.normalize.terms import TermCorrection
+from pipeline.language.normalize.tokens import TextState, from_text, from_transcript, render
+from pipeline.language.vocab import get_index, physician_terms
+
+__all__ = [
+    "normalize",
+    "normalize_text",
+    "prompt_terms",
+    "PromptTerms",
+    "Compose",
+    "Transform",
+    "DICTATION",
+    "TEXT_ONLY",
+    "COMMANDS_ONLY",
+    "MAX_INPUT_CHARS",
+    "warm_up",
+]
+
+log = logging.getLogger(__name__)
+
+#: Longer input is processed in full by the cheap steps only (a hostile or runaway transcript
+#: must not stall the pipeline); it is flagged.
+MAX_INPUT_CHARS = 200_000
+
+#: The full chain for a Whisper transcript.
+DICTATION = Compose(
+    [
+        SpokenCommands(),
+        DropAutoPunctuation(),
+        NumberedLists(),
+        LetterSequences(),
+        SpokenNumbers(),
+        ZeroSafety(),
+        SoundAlikeRepair(),
+        TermCorrection(),
+        SigStyle(),
+        AbbreviationPolicy(),
+        Titles(),
+        SafetyReview(),
+        Casing(),
+    ]
+)
+#: The same for plain text (no word probabilities, so no audio-based review).
+TEXT_ONLY = Compose(
+    [
+        SpokenCommands(),
+        DropAutoPunctuation(),
+        NumberedLists(),
+        LetterSequences(),
+        SpokenNumbers(),
+        ZeroSafety(),
+        SoundAlikeRepair(),
+        TermCorrection(),
+        SigStyle(),
+        AbbreviationPolicy(),
+        Titles(),
+        Casing(),
+    ]
+)
+#: Commands and casing only (what a formatting-only evaluation would apply).
+COMMANDS_ONLY = Compose([SpokenCommands(), DropAutoPunctuation(), Casing()])
+
+
+def warm_up(settings: Settings) -> float:
+    """Load the vocabulary and build the spaCy pipeline now (about 0.5-1.5 s, once per process)
+    so that the first dictation does not pay for it; returns the seconds spent."""
+    t0 = time.perf_counter()
+    from pipeline.language.normalize.terms import get_nlp
+
+    get_index(settings)
+    get_nlp(str(settings.vocab_dir.resolve()))
+    normalize_text("warm up period", settings)
+    return time.perf_counter() - t0
+
+
+def _run(
+    state: TextState, chain: Compose, transcript_flags: list[str] | None = None
+) -> Note:
+    t0 = time.perf_counter()
+    state = chain(state)
+    text, corrections = render(state.toks)
+    flags = list(dict.fromkeys((transcript_flags or []) + state.flags))
+    if state.review_items and "needs_review" not in flags:
+        flags.append("needs_review")
+    log.info(
+        "normalized tokens=%d corrections=%d review_items=%d in %.1f ms",
+        len(state.toks), len(corrections), len(state.review_items),
+        (time.perf_counter() - t0) * 1000,
+    )
+    return Note(text=text, corrections=corrections, flags=flags, review_items=state.review_items)
+
+
+def normalize(
+    transcript: Transcript,
+    settings: Settings,
+    *,
+    document_type: str | None = None,
+    physician_id: str | None = None,
+    chain: Compose | None = None,
+) -> Note:
+    """Whisper's transcript -> the note a medical transcriptionist would type."""
+    toks = from_transcript(transcript)
+    state = TextState(
+        toks=toks,
+        settings=settings,
+        index=get_index(settings),
+        document_type=document_type,
+        physician_id=physician_id,
+        physician_terms=physician_terms(settings, physician_id),
+    )
+    if sum(len(t.text) + 1 for t in toks) > MAX_INPUT_CHARS:
+        state.flags.append("text_too_long")
+        chain = chain or COMMANDS_ONLY
+    return _run(state, chain or DICTATION, list(transcript.flags))
+
+
+def normalize_text(
+    text: str,
+    settings: Settings,
+    *,
+    document_type: str | None = None,
+    physician_id: str | None = None,
+    chain: Compose | None = None,
+) -> Note:
+    """Plain text (e.g. a raw transcript string) -> normalised ``Note`` (text-only path)."""
+    text = text or ""
+    toks = from_text(text)
+    state = TextState(
+        toks=toks,
+        settings=settings,
+        index=get_index(settings),
+        document_type=document_type,
+        physician_id=physician_id,
+        physician_terms=physician_terms(settings, physician_id),
+    )
+    if len(text) > MAX_INPUT_CHARS:
+        state.flags.append("text_too_long")
+        chain = chain or COMMANDS_ONLY
+    return _run(state, chain or TEXT_ONLY)

@@ -1,0 +1,228 @@
+"""Draft work in the workbench: access checks, claim locks, versions, send for signature.
+
+Every function takes an open session and the acting ``UserInfo``; the caller commits.
+Access decisions and edits are written to the audit log here, so no route can forget them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pipeline.core import audit
+from pipeline.core.db.core import DraftRow
+from pipeline.core.db.review import DraftClaim, DraftVersion
+from pipeline.core.errors import ConflictError, NotFoundError, PermissionDeniedError
+from pipeline.review.users import UserInfo
+from pipeline.web.auth import aware
+
+__all__ = [
+    "CLAIM_MINUTES",
+    "EDITABLE",
+    "ClaimState",
+    "load_draft",
+    "claim",
+    "claim_state",
+    "release",
+    "ensure_initial_version",
+    "latest_version",
+    "save_text",
+    "send_for_signature",
+    "return_to_review",
+    "may_edit",
+]
+
+log = logging.getLogger(__name__)
+
+#: A claim lasts this long after the holder's last save or page load.
+CLAIM_MINUTES = 15
+#: Statuses in which each role may change the text. Administrators only read drafts (an
+#: audit look must not lock a draft away from the secretaries); physicians edit what waits
+#: for their signature.
+EDITABLE = {
+    "secretary": ("queued_for_review", "in_review"),
+    "physician": ("awaiting_signature",),
+}
+
+
+@dataclass
+class ClaimState:
+    """Who holds the edit lock on a draft (``mine`` when it is the asking user)."""
+
+    holder: str | None
+    mine: bool
+    expires_at: datetime | None = None
+
+
+def load_draft(session: Session, user: UserInfo, draft_id: str, action: str = "view") -> DraftRow:
+    """The draft, when ``user`` may see it; a refused attempt is audited and raises."""
+    row = session.get(DraftRow, draft_id)
+    if row is None:
+        raise NotFoundError(f"Draft {draft_id!r} does not exist.")
+    if not user.may_see_physician(row.physician_id):
+        audit.record(session, actor=user.username, action=action, object_type="draft",
+                     object_id=row.id, patient_ref=row.mrn, outcome="denied")
+        session.commit()  # keep the record of the refused attempt
+        raise PermissionDeniedError(
+            "This draft belongs to a physician you are not assigned to."
+        )
+    return row
+
+
+def may_edit(user: UserInfo, draft: DraftRow) -> bool:
+    """Whether ``user``'s role may change the text of ``draft`` in its current status."""
+    return draft.status in EDITABLE.get(user.role, ())
+
+
+def claim_state(session: Session, user: UserInfo, draft_id: str) -> ClaimState:
+    """The current (unexpired) claim on ``draft_id``."""
+    row = session.get(DraftClaim, draft_id)
+    if row is None or aware(row.expires_at) <= datetime.now(UTC):
+        return ClaimState(None, False)
+    return ClaimState(row.username, row.user_id == user.id, aware(row.expires_at))
+
+
+def claim(session: Session, user: UserInfo, draft: DraftRow) -> ClaimState:
+    """Take or renew the edit lock on ``draft``; returns the other holder when it is taken."""
+    now = datetime.now(UTC)
+    expires = now + timedelta(minutes=CLAIM_MINUTES)
+    row = session.get(DraftClaim, draft.id)
+    if row is not None and row.user_id != user.id and aware(row.expires_at) > now:
+        return ClaimState(row.username, False, aware(row.expires_at))
+    if row is None:
+        try:
+            with session.begin_nested():
+                session.add(DraftClaim(draft_id=draft.id, user_id=user.id,
+                                       username=user.username, claimed_at=now,
+                                       expires_at=expires))
+        except IntegrityError:  # someone claimed it between our read and write
+            other = session.get(DraftClaim, draft.id)
+            return ClaimState(other.username if other else "someone", False)
+        audit.record(session, actor=user.username, action="claim", object_type="draft",
+                     object_id=draft.id, patient_ref=draft.mrn)
+    else:
+        taken_over = row.user_id != user.id
+        row.user_id, row.username, row.expires_at = user.id, user.username, expires
+        if taken_over:
+            row.claimed_at = now
+            audit.record(session, actor=user.username, action="claim", object_type="draft",
+                         object_id=draft.id, patient_ref=draft.mrn,
+                         detail={"expired_claim_taken_over": True})
+    if draft.status == "queued_for_review" and user.role == "secretary":
+        draft.status = "in_review"
+    session.flush()
+    return ClaimState(user.username, True, expires)
+
+
+def release(session: Session, user: UserInfo, draft: DraftRow) -> None:
+    """Give up ``user``'s claim on ``draft`` (no-op when they hold none)."""
+    row = session.get(DraftClaim, draft.id)
+    if row is not None and (row.user_id == user.id or user.role == "admin"):
+        session.delete(row)
+        audit.record(session, actor=user.username, action="release", object_type="draft",
+                     object_id=draft.id, patient_ref=draft.mrn)
+        session.flush()
+
+
+def latest_version(session: Session, draft_id: str) -> int:
+    """Number of the newest saved version (0 when none is stored yet)."""
+    value = session.scalar(
+        select(func.max(DraftVersion.version)).where(DraftVersion.draft_id == draft_id)
+    )
+    return int(value or 0)
+
+
+def ensure_initial_version(session: Session, draft: DraftRow) -> None:
+    """Store the pipeline's text as version 1 if no version exists yet."""
+    if latest_version(session, draft.id) == 0:
+        try:
+            with session.begin_nested():
+                session.add(DraftVersion(draft_id=draft.id, version=1, text=draft.text,
+                                         author="system:pipeline", created_at=draft.created_at))
+        except IntegrityError:
+            pass  # another request stored it first
+
+
+def _clean(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u00a0", " ")
+    return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n") + "\n"
+
+
+def save_text(
+    session: Session, user: UserInfo, draft: DraftRow, text: str, base_version: int | None
+) -> int:
+    """Save ``text`` as a new version; returns the version number now current.
+
+    Refuses when the draft is signed, the role may not edit in this status, another user
+    holds the claim, or ``base_version`` is older than the newest version (a lost update).
+    """
+    if draft.status in ("signed", "delivered"):
+        raise ConflictError("This draft is signed and cannot change; write an addendum instead.")
+    if not may_edit(user, draft):
+        raise PermissionDeniedError(
+            f"A {user.role} may not edit a draft that is {draft.status.replace('_', ' ')}."
+        )
+    state = claim(session, user, draft)
+    if not state.mine:
+        raise ConflictError(f"This draft is claimed by {state.holder}; it cannot be saved.")
+    ensure_initial_version(session, draft)
+    current = latest_version(session, draft.id)
+    if base_version is not None and base_version != current:
+        raise ConflictError(
+            f"The draft changed since you opened it (version {base_version}, now {current}); "
+            "reload it and apply your change again."
+        )
+    text = _clean(text)
+    if text == _clean(draft.text):
+        return current
+    version = current + 1
+    session.add(DraftVersion(draft_id=draft.id, version=version, text=text,
+                             author=user.username, created_at=datetime.now(UTC)))
+    draft.text = text
+    session.flush()
+    audit.record(session, actor=user.username, action="edit", object_type="draft",
+                 object_id=draft.id, patient_ref=draft.mrn,
+                 detail={"version": version, "chars": len(text)})
+    log.info("draft=%s saved version=%d by user=%s", draft.id, version, user.id)
+    return version
+
+
+def send_for_signature(session: Session, user: UserInfo, draft: DraftRow) -> None:
+    """Move the draft to ``awaiting_signature`` and release the claim."""
+    if draft.status not in ("queued_for_review", "in_review"):
+        raise ConflictError(
+            f"Only a draft in review can be sent for signature; this one is "
+            f"{draft.status.replace('_', ' ')}."
+        )
+    if user.role != "secretary":
+        raise PermissionDeniedError("Only a secretary sends drafts for signature.")
+    state = claim_state(session, user, draft.id)
+    if state.holder and not state.mine:
+        raise ConflictError(f"This draft is claimed by {state.holder}.")
+    ensure_initial_version(session, draft)
+    draft.status = "awaiting_signature"
+    release(session, user, draft)
+    audit.record(session, actor=user.username, action="send_for_signature",
+                 object_type="draft", object_id=draft.id, patient_ref=draft.mrn)
+    session.flush()
+
+
+def return_to_review(session: Session, user: UserInfo, draft: DraftRow) -> None:
+    """The physician sends a draft awaiting signature back to the secretaries."""
+    if user.role != "physician" or draft.physician_id not in user.physician_ids:
+        raise PermissionDeniedError("Only the draft's own physician can send it back.")
+    if draft.status != "awaiting_signature":
+        raise ConflictError(
+            f"Only a draft awaiting signature can be sent back; this one is "
+            f"{draft.status.replace('_', ' ')}."
+        )
+    draft.status = "in_review"
+    release(session, user, draft)
+    audit.record(session, actor=user.username, action="return_to_review",
+                 object_type="draft", object_id=draft.id, patient_ref=draft.mrn)
+    session.flush()

@@ -1,0 +1,3 @@
+"""The service: the inbox supervisor, Prefect flows and the plain-function path from
+audio to draft that they call.
+"""

