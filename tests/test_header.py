@@ -41,6 +41,27 @@ def test_extract_dictated(spoken: str, expected: dict[str, str]) -> None:
     assert extract_dictated(spoken).values == expected
 
 
+@pytest.mark.parametrize(
+    ("spoken", "expected"),
+    [
+        ("patient John Smith comma date of birth March fourth nineteen sixty two comma MRN one "
+         "two three four five period",
+         {"patient_name": "John Smith", "date_of_birth": "March 4, 1962", "mrn": "12345"}),
+        ("date of birth January twenty first nineteen seventy period",
+         {"date_of_birth": "January 21, 1970"}),
+        ("date of service November seventeenth twenty twenty six period",
+         {"date_of_service": "November 17, 2026"}),
+    ],
+)
+def test_extract_dictated_after_spoken_numbers(spoken: str, expected: dict[str, str],
+                                               settings) -> None:
+    """Header dates and record numbers said in words reach the header through the number
+    normaliser (the header reads digits; the spoken-number table is in one place)."""
+    from pipeline.language.normalize import normalize_text
+
+    assert extract_dictated(normalize_text(spoken, settings).text).values == expected
+
+
 def test_parse_date_forms() -> None:
     assert parse_date("March 4th, 1962") == date(1962, 3, 4)
     assert parse_date("4 March 1962") == date(1962, 3, 4)

@@ -39,6 +39,15 @@ CASES = [
      {"interval_days": 90, "count": 3, "unit": "month", "in_body": True}, False),
     ("I will refer her to rheumatology.", "refer",
      {"specialty": "rheumatology", "in_body": True}, False),
+    # issue #14: every spoken count, from the one table in pipeline.language.spoken_numbers
+    ("Schedule follow-up in seventeen days.", "schedule",
+     {"interval_days": 17, "count": 17, "unit": "day"}, True),
+    ("Follow up in twenty-one days.", "schedule",
+     {"interval_days": 21, "count": 21, "unit": "day"}, True),
+    ("Please book a return visit in two and a half weeks.", "schedule",
+     {"interval_days": 18, "count": 2.5, "unit": "week"}, True),
+    ("We will see him back in two to three weeks.", "schedule",
+     {"interval_days": 21, "count": 3, "unit": "week", "in_body": True}, False),
 ]
 
 

@@ -151,3 +151,44 @@ def test_warm_up_loads_everything_once(settings: Settings) -> None:
     t0 = time.perf_counter()
     normalize_text("twenty five milligrams period", settings)
     assert time.perf_counter() - t0 < 5  # nothing heavy left to load (generous bound)
+
+
+def test_language_options_default_to_the_measured_values() -> None:
+    """Issue #14: the thresholds are fields of frozen options objects whose defaults are the
+    values the README measured; every field documents itself."""
+    import dataclasses
+
+    from pipeline.language.normalize import LanguageOptions
+
+    opts = LanguageOptions()
+    assert (opts.soundalike.dose_min, opts.soundalike.context_min, opts.soundalike.wide_min,
+            opts.terms.unsure_prob, opts.prompt.max_terms, opts.max_input_chars) == (
+        70.0, 70.0, 84.0, 0.45, MAX_PROMPT_TERMS, normalize.MAX_INPUT_CHARS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.soundalike.dose_min = 1.0  # type: ignore[misc]
+    import inspect
+
+    for group in [opts, *(getattr(opts, f.name) for f in dataclasses.fields(opts)
+                          if dataclasses.is_dataclass(getattr(opts, f.name)))]:
+        source = inspect.getsource(type(group))
+        for field in dataclasses.fields(group):
+            if dataclasses.is_dataclass(getattr(group, field.name)):
+                continue  # a group, checked field by field
+            # a docstring right after the field, naming where its value came from
+            doc = source.split(f"    {field.name}: ", 1)[1].split('"""', 2)[1]
+            assert any(k in doc for k in ("Measured", "Source", "Hand-set", "hand-set",
+                                          "README")), (type(group).__name__, field.name)
+
+
+def test_options_reach_the_review_and_prompt_steps(settings: Settings) -> None:
+    from pipeline.language.normalize import LanguageOptions, PromptOptions, ReviewOptions
+
+    words = [Word(" the", 0.0, 0.2, 0.99), Word(" left", 0.2, 0.4, 0.3),
+             Word(" knee", 0.4, 0.6, 0.99)]
+    tr = Transcript("d1", "tiny.en", "en", 1.0, [Segment(0, 0.0, 0.6, "the left knee", words)])
+    assert [r["kind"] for r in normalize.normalize(tr, settings).review_items] == ["laterality"]
+    never = LanguageOptions(review=ReviewOptions(unsure_prob=0.0))
+    assert normalize.normalize(tr, settings, options=never).review_items == []
+    short = prompt_terms(settings, document_type="operative_report",
+                         options=PromptOptions(max_terms=5))
+    assert len(short.terms) == 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pipeline.core.records import Segment, Transcript, Word
@@ -193,3 +195,37 @@ def test_window_score_allows_a_dropped_first_vowel_only_at_the_same_length() -> 
     ibu = _candidate("ibuprofen")
     assert 85 <= window_score("buprofen", ibu) < 100
     assert window_score("drainable", _candidate("adrenal")) == 0.0
+
+
+# --- options and the guards' log (issue #14) ----------------------------------------------
+
+
+def test_thresholds_come_from_the_options_passed_down(settings: Settings) -> None:
+    """``normalize(..., options=...)`` reaches the sound-alike repair: a dose threshold above
+    every score turns the repair off; the defaults keep it."""
+    from pipeline.language.normalize import LanguageOptions, SoundalikeOptions
+
+    words = _spoken("continue roast uvastatin 10 milligrams daily.", {"roast", "uvastatin"})
+    default = normalize(words, settings, document_type="progress_note")
+    assert default.text == "Continue rosuvastatin 10 mg daily."
+    strict = LanguageOptions(soundalike=SoundalikeOptions(dose_min=101.0, context_min=101.0,
+                                                          wide_min=101.0, mined_min=101.0))
+    note = normalize(words, settings, document_type="progress_note", options=strict)
+    assert note.text.startswith("Continue roast ")  # the two-word window was not repaired
+
+
+def test_guard_decisions_are_logged_with_numbers_not_words(settings: Settings,
+                                                           caplog: pytest.LogCaptureFixture
+                                                           ) -> None:
+    """Each repair and each vetoed match is logged at DEBUG with token positions and scores;
+    no word of the transcript appears in the log."""
+    text = "continue roast uvastatin 10 milligrams daily. medication overuse may recur."
+    with caplog.at_level("DEBUG", logger="pipeline.language.normalize"):
+        normalize(_spoken(text, {"roast", "uvastatin", "overuse", "may"}), settings,
+                  document_type="progress_note")
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("soundalike repair tokens=1-3 words=2 score=") for m in lines)
+    words = {w.strip(".,").lower() for w in text.split()} | {"rosuvastatin"}
+    logged = " ".join(lines).lower()
+    leaked = {w for w in words if len(w) > 3 and re.search(rf"\b{w}\b", logged)}
+    assert leaked == set()

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 
 from pipeline.core.records import Instruction
+from pipeline.language.spoken_numbers import count_pattern, parse_count
 
 __all__ = ["Found", "find_instructions", "split_sentences", "parse_sentence", "interval_days",
            "parse_office_sentence", "OFFICE_PASSAGE", "expand"]
@@ -32,19 +33,12 @@ OFFICE_PASSAGE = re.compile(
     r"(?:the\s+)?(?:office|secretary|secretaries|transcriptionist|staff|front\s+desk)"
     r"[ \t]*(?::|colon|,|-)?(?P<body>.*?)(?=\n[ \t]*\n|\Z)", re.S)
 
-_NUMBERS = {
-    "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
-    "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
-    "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16, "eighteen": 18,
-    "twenty": 20, "thirty": 30, "a couple of": 2, "a couple": 2, "couple of": 2,
-    "a few": 3, "few": 3, "several": 3,
-}
+#: A count before a unit: "6", "seventeen", "twenty-one", "two and a half", "a couple of",
+#: or a range of two numbers ("4 to 6", "two to three": the upper end is booked).
+_COUNT = count_pattern(vague=False)
+_NUM = rf"(?P<n>{_COUNT}(?:\s*(?:-|to)\s*{_COUNT})?|{count_pattern()})"
+_RANGE = re.compile(rf"^{_COUNT}\s*(?:-|to)\s*(?P<upper>{_COUNT})$", re.I)
 _UNIT_DAYS = {"day": 1, "week": 7, "month": 30, "year": 365}
-_NUM = (
-    r"(?P<n>\d{1,3}(?:\s*(?:-|to)\s*\d{1,3})?|a\s+couple(?:\s+of)?|a\s+few|several|an?|"
-    + "|".join(sorted((k for k in _NUMBERS if " " not in k), key=len, reverse=True))
-    + r")"
-)
 _UNIT = r"(?P<unit>days?|weeks?|months?|years?|wks?|mos?)"
 _DOCTOR = r"(?:[Dd]r\.?|[Dd]octor)\s+[A-Z][\w'’\-]+(?:\s+[A-Z][\w'’\-]+)?"
 
@@ -161,14 +155,26 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def interval_days(count: str, unit: str) -> tuple[int, int, str]:
-    """(days, count, unit) from spoken "two" "weeks"; a range "4 to 6" takes its upper end."""
+def interval_days(count: str, unit: str) -> tuple[int, int | float, str]:
+    """(days, count, unit) from a spoken count and unit; a range takes its upper end, half a
+    day rounds up.
+
+    >>> interval_days("seventeen", "days")
+    (17, 17, 'day')
+    >>> interval_days("4 to 6", "weeks")
+    (42, 6, 'week')
+    >>> interval_days("two and a half", "weeks")
+    (18, 2.5, 'week')
+    """
     count = re.sub(r"\s+", " ", count.lower().strip())
-    numbers = re.findall(r"\d+", count)
-    n = int(numbers[-1]) if numbers else _NUMBERS.get(count, 1)
+    n = parse_count(count)
+    if n is None:
+        said_range = _RANGE.match(count)
+        n = parse_count(said_range.group("upper")) if said_range else None
+    n = 1 if n is None else n
     unit = unit.lower().rstrip("s")
     unit = {"wk": "week", "mo": "month"}.get(unit, unit)
-    return n * _UNIT_DAYS[unit], n, unit
+    return int(n * _UNIT_DAYS[unit] + 0.5), n, unit
 
 
 def _clean_target(text: str) -> str:

@@ -25,6 +25,7 @@ from pipeline.core.db.schedule import (
     Task,
 )
 from pipeline.core.errors import ConflictError, NotFoundError
+from pipeline.secretary import task_states
 from pipeline.secretary.schedule.timeutil import as_utc, to_utc
 
 __all__ = [
@@ -157,11 +158,10 @@ def advance(session: Session, referral_id: int, to_status: str, *, actor: str,
 
 
 def _finish_tasks(session: Session, referral_id: int, status: str, actor: str) -> None:
-    from pipeline.secretary import tasks
 
     for task in session.scalars(select(Task).where(Task.referral_id == referral_id)):
-        if task.status not in tasks.FINAL:
-            tasks.set_task_status(session, task.id, status, actor=actor,
+        if task.status not in task_states.FINAL:
+            task_states.set_task_status(session, task.id, status, actor=actor,
                                   note=f"referral {referral_id}")
 
 

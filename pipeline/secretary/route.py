@@ -47,6 +47,7 @@ from pipeline.core.db.schedule import Delivery, DeliveryAttempt, Recipient, Task
 from pipeline.core.errors import ConflictError, DeliveryError, NotFoundError, PermissionDeniedError
 from pipeline.core.settings import Settings
 from pipeline.core.store import open_store
+from pipeline.secretary import task_states
 from pipeline.secretary.schedule.timeutil import as_utc
 
 __all__ = [
@@ -542,10 +543,9 @@ def deliver_due(settings: Settings, options: RouteOptions | None = None, *,
                 audit.record(s, actor=actor, action="document_delivered", object_type="draft",
                              object_id=job.draft_id, patient_ref=job.mrn, detail=detail)
                 for task in s.scalars(select(Task).where(Task.delivery_id == delivery.id)):
-                    from pipeline.secretary import tasks
 
-                    if task.status not in tasks.FINAL:
-                        tasks.set_task_status(s, task.id, "done", actor=actor,
+                    if task.status not in task_states.FINAL:
+                        task_states.set_task_status(s, task.id, "done", actor=actor,
                                               note=f"delivery {delivery.id}")
                 s.flush()
                 _finish_draft(s, job.draft_id, actor)

@@ -32,8 +32,14 @@ from pipeline.core import audit
 from pipeline.core.db.core import DraftRow
 from pipeline.core.db.schedule import Appointment, Task, TaskHistory
 from pipeline.core.errors import ConflictError, NotFoundError
+from pipeline.language.instructions import interval_days
+from pipeline.language.spoken_numbers import count_pattern
+from pipeline.secretary import referrals, route
 from pipeline.secretary.schedule.calendars import ScheduleOptions, physician_zone
 from pipeline.secretary.schedule.timeutil import as_utc, local_to_utc
+from pipeline.secretary.task_states import FINAL, FIRST, FLOWS, set_task_status
+from pipeline.secretary.task_states import add_history as _history
+from pipeline.secretary.task_states import get_task as _get
 
 __all__ = [
     "FLOWS",
@@ -51,25 +57,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_GENERIC = {"open": ("in_progress", "done", "cancelled"),
-            "in_progress": ("open", "done", "cancelled"), "done": (), "cancelled": ()}
-FLOWS: dict[str, dict[str, tuple[str, ...]]] = {
-    "schedule": _GENERIC,
-    "refer": _GENERIC,
-    "copy": _GENERIC,
-    "other": _GENERIC,
-    "order": {
-        "preauth_needed": ("preauth_requested", "ordered", "cancelled"),  # ordered: none needed
-        "preauth_requested": ("preauthorized", "preauth_denied", "cancelled"),
-        "preauthorized": ("ordered", "cancelled"),
-        "preauth_denied": ("preauth_requested", "cancelled"),
-        "ordered": ("done", "cancelled"),
-        "done": (),
-        "cancelled": (),
-    },
-}
-FIRST = {"order": "preauth_needed"}
-FINAL = ("done", "cancelled")
 
 
 @dataclass
@@ -91,25 +78,20 @@ def instruction_key(kind: str, text: str) -> str:
     return hashlib.sha1(f"{kind}|{norm}".encode()).hexdigest()[:20]
 
 
-def _history(session: Session, task: Task, from_status: str | None, to_status: str,
-             actor: str, note: str = "") -> None:
-    session.add(TaskHistory(task_id=task.id, from_status=from_status, to_status=to_status,
-                            actor=actor, note=note[:500]))
-
-
-_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "eight": 8,
-          "ten": 10, "twelve": 12, "a": 1, "an": 1}
+#: A count and a unit said anywhere in the instruction ("... in seventeen days").
+_SAID_INTERVAL = re.compile(
+    rf"\b(?P<n>{count_pattern()})\s+(?P<unit>day|week|month|year)s?\b", re.I
+)
 
 
 def _interval_days(params: dict[str, Any], text: str) -> int | None:
     value = params.get("interval_days")
     if isinstance(value, (int, float)) and value > 0:
         return int(value)
-    m = re.search(r"\b(\d+|" + "|".join(_WORDS) + r")\s+(day|week|month|year)s?\b", text, re.I)
+    m = _SAID_INTERVAL.search(text)
     if not m:
         return None
-    n = int(m.group(1)) if m.group(1).isdigit() else _WORDS[m.group(1).lower()]
-    return n * {"day": 1, "week": 7, "month": 30, "year": 365}[m.group(2).lower()]
+    return interval_days(m.group("n"), m.group("unit"))[0]
 
 
 def _title(kind: str, params: dict[str, Any], text: str, interval: int | None) -> str:
@@ -219,7 +201,6 @@ def _make_task(session: Session, draft: DraftRow, kind: str, text: str,
         target = now.date() + timedelta(days=interval)
         task.due_date = min(task.due_date or target, target)
     elif kind == "refer":
-        from pipeline.secretary import referrals
 
         specialty = str(params.get("specialty") or params.get("recipient") or "unspecified")
         ref = referrals.create_referral(session, specialty, draft_id=draft.id,
@@ -227,7 +208,6 @@ def _make_task(session: Session, draft: DraftRow, kind: str, text: str,
                                         reason=text, actor=actor, now=now)
         task.referral_id = ref.id
     elif kind == "copy":
-        from pipeline.secretary import route
 
         name = str(params.get("recipient") or "")
         rec = route.find_recipient(session, name, params.get("organization")) if name else None
@@ -242,30 +222,6 @@ def _make_task(session: Session, draft: DraftRow, kind: str, text: str,
                  detail={"draft_id": draft.id, "kind": kind})
     session.flush()
     log.info("task=%s kind=%s created for draft=%s", task.id, kind, draft.id)
-    return task
-
-
-def _get(session: Session, task_id: int) -> Task:
-    task = session.get(Task, task_id)
-    if task is None:
-        raise NotFoundError(f"task {task_id} arrived; expected a known task")
-    return task
-
-
-def set_task_status(session: Session, task_id: int, to_status: str, *, actor: str,
-                    note: str = "") -> Task:
-    """Move a task along its kind's flow; ``ConflictError`` for a move the flow forbids."""
-    task = _get(session, task_id)
-    allowed = FLOWS[task.kind].get(task.status, ())
-    if to_status not in allowed:
-        raise ConflictError(f"task {task.id} ({task.kind}) cannot go from {task.status} to "
-                            f"{to_status}; allowed: {', '.join(allowed) or 'nothing'}")
-    from_status = task.status
-    task.status = to_status
-    _history(session, task, from_status, to_status, actor, note)
-    audit.record(session, actor=actor, action="task_status", object_type="task",
-                 object_id=str(task.id), detail={"from": from_status, "to": to_status})
-    session.flush()
     return task
 
 

@@ -26,6 +26,15 @@ from pipeline.language.normalize.abbreviations import (
 from pipeline.language.normalize.commands import DropAutoPunctuation, NumberedLists, SpokenCommands
 from pipeline.language.normalize.compose import Compose, Transform
 from pipeline.language.normalize.numbers import LetterSequences, SpokenNumbers, ZeroSafety
+from pipeline.language.normalize.options import (
+    CommandOptions,
+    LanguageOptions,
+    NumberOptions,
+    PromptOptions,
+    ReviewOptions,
+    SoundalikeOptions,
+    TermOptions,
+)
 from pipeline.language.normalize.prompt import PromptTerms, prompt_terms
 from pipeline.language.normalize.soundalike import SoundAlikeRepair
 from pipeline.language.normalize.terms import TermCorrection
@@ -44,13 +53,23 @@ __all__ = [
     "COMMANDS_ONLY",
     "MAX_INPUT_CHARS",
     "warm_up",
+    "LanguageOptions",
+    "SoundalikeOptions",
+    "TermOptions",
+    "NumberOptions",
+    "CommandOptions",
+    "PromptOptions",
+    "ReviewOptions",
 ]
 
 log = logging.getLogger(__name__)
 
+_DEFAULT_OPTIONS = LanguageOptions()
+
 #: Longer input is processed in full by the cheap steps only (a hostile or runaway transcript
-#: must not stall the pipeline); it is flagged.
-MAX_INPUT_CHARS = 200_000
+#: must not stall the pipeline); it is flagged. The default of
+#: ``LanguageOptions.max_input_chars``.
+MAX_INPUT_CHARS = LanguageOptions().max_input_chars
 
 #: The full chain for a Whisper transcript.
 DICTATION = Compose(
@@ -127,8 +146,13 @@ def normalize(
     document_type: str | None = None,
     physician_id: str | None = None,
     chain: Compose | None = None,
+    options: LanguageOptions | None = None,
 ) -> Note:
-    """Whisper's transcript -> the note a medical transcriptionist would type."""
+    """Whisper's transcript -> the note a medical transcriptionist would type.
+
+    ``options`` tunes the thresholds of every transform (default: the measured values).
+    """
+    options = options or _DEFAULT_OPTIONS
     toks = from_transcript(transcript)
     state = TextState(
         toks=toks,
@@ -137,8 +161,9 @@ def normalize(
         document_type=document_type,
         physician_id=physician_id,
         physician_terms=physician_terms(settings, physician_id),
+        options=options,
     )
-    if sum(len(t.text) + 1 for t in toks) > MAX_INPUT_CHARS:
+    if sum(len(t.text) + 1 for t in toks) > options.max_input_chars:
         state.flags.append("text_too_long")
         chain = chain or COMMANDS_ONLY
     return _run(state, chain or DICTATION, list(transcript.flags))
@@ -151,8 +176,10 @@ def normalize_text(
     document_type: str | None = None,
     physician_id: str | None = None,
     chain: Compose | None = None,
+    options: LanguageOptions | None = None,
 ) -> Note:
     """Plain text (e.g. a raw transcript string) -> normalised ``Note`` (text-only path)."""
+    options = options or _DEFAULT_OPTIONS
     text = text or ""
     toks = from_text(text)
     state = TextState(
@@ -162,8 +189,9 @@ def normalize_text(
         document_type=document_type,
         physician_id=physician_id,
         physician_terms=physician_terms(settings, physician_id),
+        options=options,
     )
-    if len(text) > MAX_INPUT_CHARS:
+    if len(text) > options.max_input_chars:
         state.flags.append("text_too_long")
         chain = chain or COMMANDS_ONLY
     return _run(state, chain or TEXT_ONLY)

@@ -169,12 +169,15 @@ class SafetyReview(Transform):
     audio time, so the secretary listens to that spot.
     """
 
-    def __init__(self, min_prob: float = 0.5) -> None:
+    def __init__(self, min_prob: float | None = None) -> None:
+        #: None: ``state.options.review.unsure_prob`` (``ReviewOptions``)
         self.min_prob = min_prob
 
     def process(self, state: TextState) -> TextState:
+        min_prob = self.min_prob if self.min_prob is not None else (
+            state.options.review.unsure_prob)
         for t in state.toks:
-            if not t.is_word or t.prob >= self.min_prob:
+            if not t.is_word or t.prob >= min_prob:
                 continue
             low = t.text.lower()
             if re.search(r"\b(left|right|bilateral)\b", low):
@@ -218,7 +221,7 @@ class Titles(Transform):
                 and nxt.is_word
                 and nxt.text[:1].isupper()
                 and nxt.text[1:].islower()
-                and state.index.zipf(nxt.text) < 5.0
+                and state.index.zipf(nxt.text) < state.options.review.title_name_zipf
             ):
                 toks[i] = merge([t], "Dr.", "abbreviation", keep_case=True)
         return state
@@ -234,6 +237,7 @@ class Casing(Transform):
 
     def process(self, state: TextState) -> TextState:
         index = state.index
+        common = state.options.review.casing_zipf
         start = True
         prev: Tok | None = None
         for t in state.toks:
@@ -250,7 +254,7 @@ class Casing(Transform):
                 continue
             if not t.keep_case:
                 display = index.display(t.text) if t.text.isalpha() else None
-                if display and index.zipf(t.text) >= 3.0 and t.change != "term":
+                if display and index.zipf(t.text) >= common and t.change != "term":
                     display = None  # "men" is a word, not "MEN" (multiple endocrine neoplasia)
                 if display and display != display.lower() and t.text == t.text.lower():
                     t.text = display
@@ -260,7 +264,7 @@ class Casing(Transform):
                     and t.text[:1].isupper()
                     and t.text[1:].islower()
                     and t.text != "I"
-                    and index.zipf(t.text) >= 3.0
+                    and index.zipf(t.text) >= common
                     and not (display and display != display.lower())
                     and not (prev is not None and prev.text.lower() in _TITLE_WORDS)
                 ):

@@ -16,6 +16,7 @@ from pipeline.language.normalize.tokens import (
     is_sentence_end,
     merge,
 )
+from pipeline.language.spoken_numbers import ONES, is_number_word
 from pipeline.language.vocab import phonetic_key
 
 __all__ = [
@@ -325,10 +326,12 @@ class SpokenCommands(Transform):
     def _correction(  # type: ignore[no-untyped-def]
         state: TextState, out: list[Tok], toks, words_idx, k: int, i: int
     ) -> int | None:
-        """Replace the last words before "correction" with the words after it."""
+        """Replace the last words before "correction" with the words after it (reach:
+        ``state.options.commands``)."""
+        opts = state.options.commands
         new_words: list[Tok] = []
         j = k + 1
-        while j < len(words_idx) and len(new_words) < 6:
+        while j < len(words_idx) and len(new_words) < opts.correction_max_words:
             t = toks[words_idx[j]]
             w = _norm(t)
             if any(w == c[0] for c in PUNCTUATION_COMMANDS if len(c) == 1) or w in (
@@ -343,7 +346,7 @@ class SpokenCommands(Transform):
             j += 1
         if not new_words:
             return None
-        prev_words = [t for t in out[-8:] if t.is_word]
+        prev_words = [t for t in out[-opts.correction_lookback:] if t.is_word]
         if not prev_words:
             return None
         last_old = _norm(prev_words[-1])
@@ -355,7 +358,7 @@ class SpokenCommands(Transform):
         old: list[Tok] = []
         if cut is None and _is_number_word(new_words[0]) and not _is_number_word(prev_words[-1]):
             # "twenty milligrams correction thirty": the number is replaced, not the unit
-            back = [t for t in out[-4:] if t.is_word]
+            back = [t for t in out[-opts.number_lookback:] if t.is_word]
             target = next((t for t in reversed(back) if _is_number_word(t)), None)
             if target is not None:
                 pos = len(out) - 1 - out[::-1].index(target)
@@ -386,16 +389,13 @@ class SpokenCommands(Transform):
         return words_idx[k + m] + 1
 
 
-_NUMBER_WORDS = {
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-    "nineteen", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    "hundred", "thousand", "point", "half",
-}
+#: Words that make a dictated "correction" a change of number ("... correction thirty").
+_NUMBER_EXTRAS = {"point", "half"}
 
 
 def _is_number_word(t: Tok) -> bool:
-    return _norm(t) in _NUMBER_WORDS
+    w = _norm(t)
+    return w in _NUMBER_EXTRAS or is_number_word(w)
 
 
 class NumberedLists(Transform):
@@ -446,10 +446,9 @@ class NumberedLists(Transform):
         return state
 
 
-_LIST_NUMBERS = {
-    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-    "nine": 9, "ten": 10, "1": 1, "2": 2, "3": 3, "4": 4, "5": 5, "6": 6, "7": 7, "8": 8,
-    "9": 9, "10": 10,
+#: List item numbers: one to ten, said or written.
+_LIST_NUMBERS = {w: v for w, v in ONES.items() if 1 <= v <= 10} | {
+    str(v): v for v in range(1, 11)
 }
 
 

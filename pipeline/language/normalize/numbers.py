@@ -9,11 +9,14 @@ becomes "0.5 mg"), never a trailing zero after a dose ("5.0 mg" becomes "5 mg", 
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
 from pipeline.language.normalize.compose import Transform
+from pipeline.language.normalize.options import NumberOptions
 from pipeline.language.normalize.tokens import TextState, Tok, merge
+from pipeline.language.spoken_numbers import DIGIT_WORDS, ONES, ORDINALS, TENS, parse_cardinal
 
 __all__ = [
     "SpokenNumbers",
@@ -25,22 +28,9 @@ __all__ = [
     "TENS",
 ]
 
-ONES = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
-    "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
-    "nineteen": 19,
-}
-TENS = {
-    "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
-    "eighty": 80, "ninety": 90,
-}
-ORDINALS = {
-    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
-    "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12, "thirteenth": 13,
-    "fourteenth": 14, "fifteenth": 15, "sixteenth": 16, "seventeenth": 17, "eighteenth": 18,
-    "nineteenth": 19, "twentieth": 20, "thirtieth": 30,
-}
+log = logging.getLogger(__name__)
+
+_DEFAULTS = NumberOptions()
 _ORD_UNITS = {k: v for k, v in ORDINALS.items() if v < 10}
 MONTHS = [
     "january", "february", "march", "april", "may", "june", "july", "august", "september",
@@ -55,7 +45,7 @@ _GLUED_UNITS = {"mm": "mm", "cm": "cm", "mg": "mg", "mcg": "mcg", "ml": "mL", "k
                 "g": "g", "meq": "mEq", "mmhg": "mmHg"}
 _GLUED_UNIT = re.compile(r"^(\d*\.?\d+)(mm|cm|mg|mcg|ml|mL|kg|g|mEq|meq|mmHg|mmhg)$")
 _HYPHEN_SIZE = re.compile(
-    r"^(one|two|three|four|five|six|seven|eight|nine|ten|\d{1,2})[-.](?:oh|o|zero|0)$"
+    rf"^({'|'.join(w for w, v in ONES.items() if 1 <= v <= 10)}|\d{{1,2}})[-.](?:oh|o|zero|0)$"
 )
 _LETTER_NUM = re.compile(r"^([CTLS])(\d{1,2})$")
 #: Words after which a small number is a measure, not a word ("day 2", "grade 3").
@@ -85,10 +75,7 @@ _PER = {
     "min": "/min", "day": "/day", "dose": "/dose", "liter": "/L", "deciliter": "/dL",
     "milliliter": "/mL", "meter": "/m2",
 }
-_SINGLE_DIGITS = {
-    "zero": "0", "oh": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-    "six": "6", "seven": "7", "eight": "8", "nine": "9",
-}
+_SINGLE_DIGITS = DIGIT_WORDS
 _DOSE_UNITS = {"mg", "mcg", "g", "mL", "L", "units", "international units", "mEq", "mmol"}
 
 
@@ -96,78 +83,13 @@ def _w(tok: Tok) -> str:
     return tok.text.lower().strip(",;:!?\"'")
 
 
-def parse_cardinal(words: list[str], i: int, colloquial: bool = False) -> tuple[int, int] | None:
-    """Parse spoken cardinal number words at ``words[i]``: (value, words consumed) or None.
-
-    "one hundred twenty five" -> 125, "two thousand twenty four" -> 2024. With
-    ``colloquial``, "one forty two" -> 142 and "one twenty" -> 120 (how vitals are said).
-    """
-    n = len(words)
-    total = 0
-    current = 0
-    j = i
-    last: str | None = None  # ones, teens, tens, hundred, thousand
-    starts = (None, "hundred", "thousand")
-    while j < n:
-        w = words[j]
-        parts = w.split("-")
-        if w in ONES:
-            v = ONES[w]
-            if v >= 10 and last not in starts:
-                break
-            if v < 10 and last not in (*starts, "tens"):
-                break
-            if v == 0 and last is not None:
-                break
-            current += v
-            last = "teens" if v >= 10 else "ones"
-        elif w in TENS:
-            if last not in starts:
-                break
-            current += TENS[w]
-            last = "tens"
-        elif len(parts) == 2 and parts[0] in TENS and parts[1] in ONES and ONES[parts[1]] < 10:
-            if last not in starts:
-                break
-            current += TENS[parts[0]] + ONES[parts[1]]
-            last = "ones"
-        elif w == "hundred" and last in ("ones", "teens") and current < 100:
-            current *= 100
-            last = "hundred"
-        elif w == "thousand" and last is not None and last != "thousand" and total == 0:
-            total = current * 1000
-            current = 0
-            last = "thousand"
-        elif (
-            w == "and"
-            and last == "hundred"
-            and j + 1 < n
-            and (words[j + 1] in ONES or words[j + 1] in TENS)
-        ):
-            j += 1
-            continue
-        else:
-            break
-        j += 1
-    if last is None:
-        return None
-    value = total + current
-    consumed = j - i
-    if (
-        colloquial
-        and consumed == 1
-        and 1 <= value <= 9
-        and j < n
-        and (words[j] in TENS or (words[j] in ONES and ONES[words[j]] >= 10))
-    ):
-        rest = parse_cardinal(words, j)
-        if rest and 10 <= rest[0] <= 99:
-            return value * 100 + rest[0], consumed + rest[1]
-    return value, consumed
-
-
 def format_decimal(int_part: str, frac: str) -> str:
-    """"0.5" style: always a leading zero, the fraction as spoken."""
+    """"0.5" style: always a leading zero, the fraction as spoken (Joint Commission "Do Not
+    Use": never a naked decimal point).
+
+    >>> format_decimal("", "5"), format_decimal("11", "25"), format_decimal("3", "")
+    ('0.5', '11.25', '3')
+    """
     return f"{int(int_part or 0)}.{frac}" if frac else str(int(int_part or 0))
 
 
@@ -185,11 +107,35 @@ class SpokenNumbers(Transform):
 
     Small numbers stay words in ordinary speech ("one of the") and, with
     ``numbers_style="words_under_ten"``, before time words ("two weeks"); with units, decimals,
-    vitals, sizes and dates they are always digits.
+    vitals, sizes and dates they are always digits (AHDI Book of Style). Ranges and windows
+    come from ``state.options.numbers`` (``NumberOptions``).
+
+    >>> SpokenNumbers().on_text("twenty five milligrams")
+    '25 mg'
+    >>> SpokenNumbers().on_text("blood pressure one forty two over eighty eight")
+    'blood pressure 142/88'
+    >>> SpokenNumbers().on_text("hemoglobin eleven point two")
+    'hemoglobin 11.2'
+    >>> SpokenNumbers().on_text("closed with four oh vicryl")
+    'closed with 4-0 vicryl'
+    >>> SpokenNumbers().on_text("L four L five disc")
+    'L4-L5 disc'
+    >>> SpokenNumbers().on_text("seen on January fifth twenty twenty four")
+    'seen on January 5, 2024'
+    >>> SpokenNumbers().on_text("at ten thirty a m")
+    'at 10:30 a.m.'
+    >>> SpokenNumbers().on_text("a sixty eight year old man")
+    'a 68-year-old man'
+    >>> SpokenNumbers().on_text("follow up in seventeen days")
+    'follow up in 17 days'
+    >>> SpokenNumbers().on_text("three of the nurses")  # a small count in prose stays a word
+    'three of the nurses'
     """
 
     def process(self, state: TextState) -> TextState:
         toks = state.toks
+        opts = state.options.numbers
+        sutures = range(1, opts.suture_size_max + 1)
         units = state.index.units
         unit_keys = sorted(units, key=lambda u: -len(u.split()))
         words_style = state.settings.numbers_style == "words_under_ten"
@@ -209,7 +155,7 @@ class SpokenNumbers(Transform):
                 len(lows[j]) == 1 and lows[j].isdigit()
             )):
                 j += 1
-            if j - i >= 3:
+            if j - i >= opts.digit_run_min:
                 digits = "".join(_SINGLE_DIGITS.get(lows[x], lows[x]) for x in range(i, j))
                 out.append(merge(toks[i:j], digits, "number", protected=True))
                 i = j
@@ -252,13 +198,14 @@ class SpokenNumbers(Transform):
                     i = end
                     continue
             # --- vertebral levels and letter + number: "L four L five" -> "L4-L5" ---------
-            got_lv = self._level(toks, lows, i)
+            got_lv = self._level(toks, lows, i, opts)
             if got_lv:
                 text, end = got_lv
                 out.append(merge(toks[i:end], text, "number", protected=True))
                 i = end
                 continue
-            prev_words = [w for w in (lows[j] for j in range(max(0, i - 4), i)) if w]
+            prev_words = [w for w in (lows[j] for j in range(max(0, i - opts.vital_window), i))
+                          if w]
             vital_ctx = bool(_VITAL_WORDS & set(prev_words))
             num = self._number(toks, lows, i, colloquial=vital_ctx or self._over_follows(lows, i))
             if num is None:
@@ -273,28 +220,35 @@ class SpokenNumbers(Transform):
             end = num.end
             # --- "A over B" (blood pressure) -----------------------------------------------
             if end < n and lows[end] == "over" and (
-                vital_ctx or _BP_WORDS & set(prev_words) or 50 <= num.value <= 260
+                vital_ctx or _BP_WORDS & set(prev_words)
+                or opts.bp_systolic_min <= num.value <= opts.bp_systolic_max
             ):
                 other = self._number(toks, lows, end + 1, colloquial=True)
-                if other is not None and 20 <= other.value <= 200 and not num.decimal:
+                diastolic = other is not None and (
+                    opts.bp_diastolic_min <= other.value <= opts.bp_diastolic_max)
+                # the values themselves are health data: only the decision is logged
+                log.debug("numbers bp token=%d vital_words=%s diastolic_in_range=%s "
+                          "decimal=%s", i, vital_ctx, diastolic, num.decimal)
+                if other is not None and diastolic and not num.decimal:
                     out.append(merge(toks[i : other.end], f"{num.text}/{other.text}", "number",
                                      protected=True))
                     i = other.end
                     continue
             # --- suture size misheard: "four on nylon", "three of silk" ------------------------
             if (
-                num.spoken and not num.decimal and num.value in range(1, 11) and end + 1 < n
+                num.spoken and not num.decimal and num.value in sutures and end + 1 < n
                 and lows[end] in ("of", "on", "owe")
                 and lows[end + 1].split("-")[0] in _SUTURE_MATERIALS
             ):
                 out.append(merge(toks[i : end + 1], f"{int(num.value)}-0", "number",
                                  protected=True))
                 state.review("suture_size", out[-1], "Suture size heard as words; check it.")
+                log.debug("numbers suture_size token=%d heard_as_words=True review=True", i)
                 i = end + 1
                 continue
             # --- suture size: "four oh vicryl" / "4-0" ------------------------------------
-            if num.spoken and end < n and lows[end] in ("oh", "o", "zero") and num.value in range(
-                1, 11
+            if num.spoken and end < n and lows[end] in ("oh", "o", "zero") and (
+                num.value in sutures
             ) and not num.decimal and not (end + 1 < n and self._is_num_word(lows[end + 1])):
                 nxt = lows[end + 1] if end + 1 < n else ""
                 if nxt and nxt not in {"clock", "o'clock"}:
@@ -351,7 +305,7 @@ class SpokenNumbers(Transform):
                 i = uend
                 continue
             # --- plain numbers -------------------------------------------------------------
-            small = num.value < 10 and not num.decimal
+            small = num.value < opts.small_number and not num.decimal
             next_w = lows[end] if end < n else ""
             prev_w = prev_words[-1] if prev_words else ""
             if num.spoken:
@@ -550,9 +504,11 @@ class SpokenNumbers(Transform):
             return f"{int(num.value):02d}:{int(got.value):02d}", got.end
         return None
 
-    def _level(self, toks: list[Tok], lows: list[str], i: int) -> tuple[str, int] | None:
+    def _level(
+        self, toks: list[Tok], lows: list[str], i: int, opts: NumberOptions = _DEFAULTS
+    ) -> tuple[str, int] | None:
         """Spinal levels: "L four L five" -> "L4-L5", "L five S one" -> "L5-S1", "T four"."""
-        first = self._one_level(toks, lows, i)
+        first = self._one_level(toks, lows, i, opts)
         if first is None:
             return None
         text, j = first
@@ -562,12 +518,14 @@ class SpokenNumbers(Transform):
             k += 1
         if k < n and toks[k].kind == "auto" and toks[k].text == ",":
             k += 1
-        second = self._one_level(toks, lows, k) if k < n else None
+        second = self._one_level(toks, lows, k, opts) if k < n else None
         if second is not None:
             return f"{text}-{second[0]}", second[1]
         return text, j
 
-    def _one_level(self, toks: list[Tok], lows: list[str], i: int) -> tuple[str, int] | None:
+    def _one_level(
+        self, toks: list[Tok], lows: list[str], i: int, opts: NumberOptions = _DEFAULTS
+    ) -> tuple[str, int] | None:
         t = toks[i]
         if not t.is_word:
             return None
@@ -577,9 +535,9 @@ class SpokenNumbers(Transform):
         if t.text not in ("C", "T", "L", "S") or i + 1 >= len(toks):
             return None
         nxt = lows[i + 1]
-        if nxt.isdigit() and 1 <= int(nxt) <= 12:
+        if nxt.isdigit() and 1 <= int(nxt) <= opts.level_max:
             return f"{t.text}{int(nxt)}", i + 2
-        if nxt in ONES and 1 <= ONES[nxt] <= 12:
+        if nxt in ONES and 1 <= ONES[nxt] <= opts.level_max:
             return f"{t.text}{ONES[nxt]}", i + 2
         return None
 
@@ -589,7 +547,13 @@ _VITAMIN_DOSE = re.compile(r"([ADEKadek])(\d{2,}(?:,\d{3})*)")
 
 
 class LetterSequences(Transform):
-    """Spelled letters to an acronym: "C B C" -> "CBC", "C.B.C." -> "CBC"."""
+    """Spelled letters to an acronym: "C B C" -> "CBC", "C.B.C." -> "CBC".
+
+    >>> LetterSequences().on_text("C B C and B M P")
+    'CBC and BMP'
+    >>> LetterSequences().on_text("MRN5520914")
+    'MRN 5520914'
+    """
 
     def process(self, state: TextState) -> TextState:
         toks = state.toks
@@ -649,7 +613,14 @@ class LetterSequences(Transform):
 
 
 class ZeroSafety(Transform):
-    """Fix number forms the safety lists forbid: ".5" -> "0.5"; "5.0 mg" -> "5 mg" (flagged)."""
+    """Fix number forms the safety lists forbid: ".5" -> "0.5"; "5.0 mg" -> "5 mg" (flagged).
+
+    Source: the Joint Commission "Do Not Use" list (trailing zero, lack of leading zero) and
+    ISMP's list of error-prone abbreviations and dose designations.
+
+    >>> ZeroSafety().on_text("give .5 mg now")
+    'give 0.5 mg now'
+    """
 
     _dose = re.compile(r"^(\d+)\.0+\s+(mg|mcg|g|mL|units|mEq|mmol)\b")
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.core.settings import Settings
+from pipeline.language.normalize.options import PromptOptions
 from pipeline.language.vocab import DOCUMENT_SPECIALTIES, get_index, physician_terms
 
 __all__ = ["PromptTerms", "prompt_terms", "MAX_PROMPT_TERMS", "MAX_PROMPT_CHARS"]
 
-MAX_PROMPT_TERMS = 24
-MAX_PROMPT_CHARS = 360
+#: Defaults of ``PromptOptions`` (where their values come from is documented there).
+MAX_PROMPT_TERMS = PromptOptions().max_terms
+MAX_PROMPT_CHARS = PromptOptions().max_chars
 _SEP = " comma "
 _END = " period."
 
@@ -39,7 +41,11 @@ class PromptTerms:
 
 
 def prompt_terms(
-    settings: Settings, *, document_type: str | None = None, physician_id: str | None = None
+    settings: Settings,
+    *,
+    document_type: str | None = None,
+    physician_id: str | None = None,
+    options: PromptOptions | None = None,
 ) -> PromptTerms:
     """A short list of terms for this document type and physician, as prompt text.
 
@@ -51,18 +57,20 @@ def prompt_terms(
     dictations with tiny.en against the plain list as ``initial_prompt``: WER 0.360 -> 0.294,
     key-term recall 0.447 -> 0.526, formatted TER 0.532 -> 0.415.
     ``initial_prompt`` is left empty (both would share the same prompt window).
+    ``options`` sets the caps (``PromptOptions``).
     """
+    opts = options or PromptOptions()
     index = get_index(settings)
     chosen: list[str] = []
     seen: set[str] = set()
 
     def take(term: str) -> None:
         key = term.lower()
-        if key not in seen and len(chosen) < MAX_PROMPT_TERMS:
+        if key not in seen and len(chosen) < opts.max_terms:
             seen.add(key)
             chosen.append(term)
 
-    for t in physician_terms(settings, physician_id)[:10]:
+    for t in physician_terms(settings, physician_id)[: opts.physician_terms]:
         take(t)
     if document_type not in DOCUMENT_SPECIALTIES and not chosen:
         # Nothing says what is being dictated: a prompt of guessed terms only adds risk
@@ -71,7 +79,7 @@ def prompt_terms(
     specialties = DOCUMENT_SPECIALTIES.get(document_type or "", _DEFAULT_SPECIALTIES)
     lists = [index.specialty.get(s, []) for s in specialties]
     # interleave: most of the first specialty, some of the others
-    quota = [MAX_PROMPT_TERMS] + [6] * (len(lists) - 1)
+    quota = [opts.max_terms] + [opts.other_specialty_quota] * (len(lists) - 1)
     for terms, q in zip(lists, quota, strict=False):
         for t in terms[:q]:
             take(t)
@@ -79,7 +87,7 @@ def prompt_terms(
     text = f"{title} new paragraph. "
     used: list[str] = []
     for t in chosen:
-        if len(text) + len(t) + len(_SEP) + len(_END) > MAX_PROMPT_CHARS:
+        if len(text) + len(t) + len(_SEP) + len(_END) > opts.max_chars:
             break
         used.append(t)
         text += ("" if len(used) == 1 else _SEP) + t

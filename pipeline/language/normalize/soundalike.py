@@ -23,6 +23,7 @@ repairs made from ordinary English words go to review.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +32,7 @@ from pathlib import Path
 from rapidfuzz import fuzz
 
 from pipeline.language.normalize.compose import Transform
+from pipeline.language.normalize.options import SoundalikeOptions
 from pipeline.language.normalize.tokens import TextState, Tok, merge
 from pipeline.language.vocab import DOCUMENT_SPECIALTIES, VocabIndex, phonetic_key, read_tsv
 
@@ -56,15 +58,10 @@ _WORD = re.compile(r"^[A-Za-z][A-Za-z'\-]*$")
 _NUMBER = re.compile(r"^\d+(?:[.,/]\d+)*$")
 _VOWELISH = set("AEIOU")
 
-# Thresholds (0-100): combined spelling + phonetic-key similarity.
-_DOSE_MIN = 70.0  # a drug right before a dose: position is strong evidence
-_CONTEXT_MIN = 70.0  # a specialty/physician term, window with an unknown word (+8 unsure only)
-_MINED_MIN = 80.0  # a mined specialty term, window with a word that is not English
-_WIDE_MIN = 84.0  # any specialty list or common drug, window with a word that is not English
-_JOIN_MIN = 88.0  # two words joined, matched against the whole vocabulary by key
-_UNSURE_PROB = 0.5
-_ENGLISH_ZIPF = 2.5
-_COMMON_ZIPF = 4.0  # "was", "general", "made": common words
+log = logging.getLogger(__name__)
+
+#: The thresholds (``SoundalikeOptions``) when a caller passes none.
+_DEFAULTS = SoundalikeOptions()
 
 
 @dataclass(frozen=True)
@@ -115,18 +112,37 @@ def _part_of(h: str, cand: Candidate) -> bool:
     return any(h == c + e or c == h + e for e in _ENDINGS[1:])
 
 
-def window_score(heard: str, cand: Candidate) -> float:
+def window_score(heard: str, cand: Candidate, options: SoundalikeOptions | None = None) -> float:
     """How well the joined words ``heard`` sound like ``cand`` (0-100); 0 when the first
-    sound or the length disagree."""
+    sound or the length disagree, or when the difference is a whole word or an ending.
+
+    The score is the mean of two rapidfuzz ratios, on the spelling and on the phonetic key
+    (``pipeline.language.vocab.phonetic_key``), in the spirit of the approximate matching of
+    Zobel & Dart, "Phonetic string matching: lessons from information retrieval" (SIGIR 1996).
+
+    >>> window_score("lidocane", _candidate("lidocaine")) > 80
+    True
+    >>> window_score("metro nida zole", _candidate("metronidazole"))  # the term in pieces
+    100.0
+    >>> window_score("nidocaine", _candidate("lidocaine"))  # the first sound must agree
+    0.0
+    >>> window_score("lidocaines", _candidate("lidocaine"))  # an ending, not a mishearing
+    0.0
+    >>> 85 <= window_score("buprofen", _candidate("ibuprofen")) < 100  # first vowel dropped
+    True
+    """
     h = _compact(heard)
-    return _score(h, phonetic_key(h) if h else "", cand)
+    return _score(h, phonetic_key(h) if h else "", cand, 0.0, options or _DEFAULTS)
 
 
-def _score(h: str, hk: str, cand: Candidate, cutoff: float = 0.0) -> float:
+def _score(
+    h: str, hk: str, cand: Candidate, cutoff: float = 0.0, opts: SoundalikeOptions = _DEFAULTS
+) -> float:
     """``window_score`` with the heard forms precomputed; below ``cutoff`` may return 0."""
     if not h or not cand.compact:
         return 0.0
-    if abs(len(h) - len(cand.compact)) > max(3, int(len(cand.compact) * 0.35)):
+    if abs(len(h) - len(cand.compact)) > max(opts.length_slack,
+                                             int(len(cand.compact) * opts.length_tolerance)):
         return 0.0
     if h == cand.compact:
         return 100.0  # the term split into pieces ("metro nida zole")
@@ -136,7 +152,9 @@ def _score(h: str, hk: str, cand: Candidate, cutoff: float = 0.0) -> float:
         rest = cand.compact[1:]
         if (cand.first == "V" and len(rest) >= 5 and h[:2] == rest[:2]
                 and abs(len(h) - len(rest)) <= 1):
-            return max(0.0, _score(h, hk, _without_first(cand.compact), cutoff + 5) - 5)
+            penalty = opts.vowel_drop_penalty
+            return max(0.0, _score(h, hk, _without_first(cand.compact), cutoff + penalty,
+                                   opts) - penalty)
         return 0.0
     # the mean of two ratios reaches the cutoff only if the spelling ratio reaches 2c - 100
     r1 = fuzz.ratio(h, cand.compact, score_cutoff=max(0.0, 2 * cutoff - 100))
@@ -243,11 +261,12 @@ def _buckets(cands: list[Candidate] | tuple[Candidate, ...]) -> Buckets:
     return out
 
 
-def _near(buckets: Buckets, n: int) -> list[Candidate]:
+def _near(buckets: Buckets, n: int, opts: SoundalikeOptions = _DEFAULTS) -> list[Candidate]:
     """Candidates whose length is close enough to ``n`` letters for ``_score``."""
     out: list[Candidate] = []
-    for lc in range(max(1, int(n / 1.35) - 1), int(n / 0.65) + 2):
-        if lc in buckets and abs(n - lc) <= max(3, int(lc * 0.35)):
+    tol, slack = opts.length_tolerance, opts.length_slack
+    for lc in range(max(1, int(n / (1 + tol)) - 1), int(n / (1 - tol)) + 2):
+        if lc in buckets and abs(n - lc) <= max(slack, int(lc * tol)):
             out += buckets[lc]
     return out
 
@@ -257,12 +276,27 @@ def _plain(t: Tok) -> bool:
 
 
 class SoundAlikeRepair(Transform):
-    """Repair one to three words that sound like a term the context allows."""
+    """Repair one to four words that sound like a term the context allows.
+
+    Thresholds come from ``state.options.soundalike`` (``SoundalikeOptions``); each repair
+    and each guard that vetoes a match is logged at DEBUG with token positions and scores.
+
+    >>> SoundAlikeRepair().on_text("roast uvastatin 10 mg daily",
+    ...                            document_type="progress_note")
+    'rosuvastatin 10 mg daily'
+    >>> SoundAlikeRepair().on_text("super patellar pouch", document_type="operative_report")
+    'suprapatellar pouch'
+    >>> SoundAlikeRepair().on_text("she spoke with a teacher", document_type="progress_note")
+    'she spoke with a teacher'
+    >>> SoundAlikeRepair().on_text("roast uvastatin 10 mg daily")  # no context: no repair
+    'roast uvastatin 10 mg daily'
+    """
 
     def process(self, state: TextState) -> TextState:
         toks = state.toks
         if not any(t.is_word for t in toks):
             return state
+        opts = state.options.soundalike
         index = state.index
         named = {SPECIALTY_CUES[t.low] for t in toks if t.low in SPECIALTY_CUES}
         ctx = context_candidates(index, state.document_type, state.physician_terms,
@@ -279,12 +313,14 @@ class SoundAlikeRepair(Transform):
         i = 0
         n = len(toks)
         while i < n:
-            best = self._best_at(toks, i, index, ctx_b, drugs_b, wide_b, mined_b)
+            best = self._best_at(toks, i, index, ctx_b, drugs_b, wide_b, mined_b, opts)
             if best is None:
                 out.append(toks[i])
                 i += 1
                 continue
             j, cand, score, review = best
+            log.debug("soundalike repair tokens=%d-%d words=%d score=%.1f from_english=%s",
+                      i, j, j - i, score, review)
             new = merge(toks[i:j], cand.display, "term", score=score / 100.0,
                         keep_case=cand.display != cand.display.lower())
             out.append(new)
@@ -308,6 +344,7 @@ class SoundAlikeRepair(Transform):
         drugs: Buckets,
         wide: Buckets,
         mined: Buckets | None = None,
+        opts: SoundalikeOptions = _DEFAULTS,
     ) -> tuple[int, Candidate, float, bool] | None:
         """The best repair of a window starting at token ``i``: (end, term, score, review)."""
         first = toks[i]
@@ -317,7 +354,7 @@ class SoundAlikeRepair(Transform):
         best: tuple[int, Candidate, float, bool] | None = None
         words: list[Tok] = []
         j = i
-        while j < len(toks) and len(words) < 4:
+        while j < len(toks) and len(words) < opts.max_window:
             t = toks[j]
             if not _plain(t):
                 break
@@ -325,11 +362,17 @@ class SoundAlikeRepair(Transform):
                 break
             words.append(t)
             j += 1
-            found = self._score_window(toks, i, j, words, index, ctx, drugs, wide, mined)
-            if found is not None and len(words) > 1 and not _edges_agree(words, found[0]):
-                found = None  # "medication overuse may" is not "... overuse headache"
-            if found is not None and len(words) > 1 and _swallows(words, found[0], index):
-                found = None  # "trucker was" is not "trocars": Whisper was sure of "was"
+            found = self._score_window(toks, i, j, words, index, ctx, drugs, wide, mined, opts)
+            if found is not None and len(words) > 1 and not _edges_agree(words, found[0], opts):
+                # "medication overuse may" is not "... overuse headache"
+                log.debug("soundalike veto=edges tokens=%d-%d score=%.1f edge_min=%.0f",
+                          i, j, found[1], opts.edge_min)
+                found = None
+            if found is not None and len(words) > 1 and _swallows(words, found[0], index, opts):
+                # "trucker was" is not "trocars": Whisper was sure of "was"
+                log.debug("soundalike veto=swallow tokens=%d-%d score=%.1f prob>=%.2f "
+                          "zipf>=%.1f", i, j, found[1], opts.doubt_prob, opts.common_zipf)
+                found = None
             if found is not None and (best is None or found[1] > best[2]):
                 best = (j, found[0], found[1], found[2])
         return best
@@ -345,62 +388,73 @@ class SoundAlikeRepair(Transform):
         drugs: Buckets,
         wide: Buckets,
         mined: Buckets | None = None,
+        opts: SoundalikeOptions = _DEFAULTS,
     ) -> tuple[Candidate, float, bool] | None:
+        """The best term for the window ``toks[i:j]`` (its words ``words``): (term, score,
+        review) or None. The tiers, each with its own threshold, are tried in order."""
         lows = [w.low for w in words]
         heard = "".join(lows)
-        if len(heard) < 5:
+        if len(heard) < opts.min_letters:
             return None
         if len(words) == 1 and index.is_medical(lows[0]):
             return None  # already a medical word
         if all(index.is_medical(w) for w in lows if w not in _INNER_OK):
             # two medical words that are one compound split apart ("patella femoral")
-            return _joined(index, words) if len(words) == 2 else None
-        unknown = any(index.zipf(w) < _ENGLISH_ZIPF and not index.is_medical(w)
+            return _joined(index, words, opts) if len(words) == 2 else None
+        unknown = any(index.zipf(w) < opts.english_zipf and not index.is_medical(w)
                       for w in lows if w not in _INNER_OK)
-        unsure = any(w.prob < _UNSURE_PROB for w in words)
+        unsure = any(w.prob < opts.unsure_prob for w in words)
         hk = phonetic_key(heard)
-        doubt = unknown or min(w.prob for w in words) < 0.6
+        doubt = unknown or min(w.prob for w in words) < opts.doubt_prob
+        n_heard = len(heard)
         best: tuple[Candidate, float, bool] | None = None
         # 1. a common drug right before a dose or after a strength in percent
         if drugs and doubt and (_dose_after(toks, j) or _percent_before(toks, i)):
-            for cand in _near(drugs, len(heard)):
+            need = opts.dose_min
+            for cand in _near(drugs, n_heard, opts):
                 if cand.compact == heard and len(words) == 1:
                     return None
-                s = _score(heard, hk, cand, _DOSE_MIN)
-                if s >= _DOSE_MIN and (best is None or s > best[1]):
+                s = _score(heard, hk, cand, need, opts)
+                if s >= need and (best is None or s > best[1]):
                     best = (cand, s, not unknown)
         # 2. a specialty or physician term, with evidence of a mishearing (a lone English
         # word is never enough: "roads" is not "radius")
         if unknown or (unsure and len(words) > 1):
-            for cand in _near(ctx, len(heard)):
+            need = opts.context_min if unknown else opts.context_min + opts.unsure_extra
+            for cand in _near(ctx, n_heard, opts):
                 if cand.compact == heard and len(words) == 1:
                     return None
-                need = _CONTEXT_MIN if unknown else _CONTEXT_MIN + 8
-                s = _score(heard, hk, cand, need)
+                s = _score(heard, hk, cand, need, opts)
                 if s >= need and (best is None or s > best[1]):
                     best = (cand, s, not unknown)
         # 2b. a term mined from real reports of this specialty, when a word is not English
         # at all and no curated term fits (stricter: these lists are long)
         if best is None and unknown and mined:
-            for cand in _near(mined, len(heard)):
-                s = _score(heard, hk, cand, _MINED_MIN)
-                if s >= _MINED_MIN and (best is None or s > best[1]):
+            need = opts.mined_min
+            for cand in _near(mined, n_heard, opts):
+                s = _score(heard, hk, cand, need, opts)
+                if s >= need and (best is None or s > best[1]):
                     best = (cand, s, True)
         # 3. any curated term, when a word of the window is not English at all
         if unknown and wide:
-            for cand in _near(wide, len(heard)):
-                s = _score(heard, hk, cand, _WIDE_MIN)
-                if s >= _WIDE_MIN and (best is None or s > best[1]):
+            need = opts.wide_min
+            for cand in _near(wide, n_heard, opts):
+                s = _score(heard, hk, cand, need, opts)
+                if s >= need and (best is None or s > best[1]):
                     best = (cand, s, False)
         if best is not None and lows[0] == "a" and (
                 len(words) == 1 or not best[0].compact.startswith("a")):
-            return None  # the article is only part of a term that starts with its sound
+            # the article is only part of a term that starts with its sound
+            log.debug("soundalike veto=article tokens=%d-%d score=%.1f", i, j, best[1])
+            return None
         # 4. two words that are one medical word split apart ("super patellar")
-        if best is None and len(words) == 2 and (unknown or unsure or len(heard) >= 10):
-            best = _joined(index, words)
+        if best is None and len(words) == 2 and (unknown or unsure or n_heard >= 10):
+            best = _joined(index, words, opts)
         if best is not None and len(words) > 1 and index.spelled_by_chance(lows,
                                                                            best[0].compact):
-            return None  # "or if" is not ORIF
+            # "or if" is not ORIF
+            log.debug("soundalike veto=chance_spelling tokens=%d-%d score=%.1f", i, j, best[1])
+            return None
         return best
 
 
@@ -411,7 +465,9 @@ _DOSE = re.compile(
 _STRENGTH = re.compile(r"^\d+(?:\.\d+)?\s*(?:%|percent)$")
 
 
-def _joined(index: VocabIndex, words: list[Tok]) -> tuple[Candidate, float, bool] | None:
+def _joined(
+    index: VocabIndex, words: list[Tok], opts: SoundalikeOptions = _DEFAULTS
+) -> tuple[Candidate, float, bool] | None:
     """Two words that are one medical word with the same phonetic key, spelled almost the
     same ("super patellar" -> suprapatellar, "patella femoral" -> patellofemoral)."""
     heard = "".join(w.low for w in words)
@@ -420,32 +476,43 @@ def _joined(index: VocabIndex, words: list[Tok]) -> tuple[Candidate, float, bool
     key = phonetic_key(heard)
     best: tuple[Candidate, float, bool] | None = None
     for w in index.phonetic.get(key, ()):
-        if not index.is_medical(w) or index.zipf(w) >= _ENGLISH_ZIPF or not w.isalpha():
+        if not index.is_medical(w) or index.zipf(w) >= opts.english_zipf or not w.isalpha():
             continue  # "blood-pressure" is a spelling of the same two words
         s = fuzz.ratio(heard, w)
-        if s >= _JOIN_MIN and (best is None or s > best[1]):
+        if s >= opts.join_min and (best is None or s > best[1]):
             best = (Candidate(index.display(w) or w, w, key, 1), s, False)
     return best
 
 
-def _swallows(words: list[Tok], cand: Candidate, index: VocabIndex) -> bool:
+def _swallows(
+    words: list[Tok], cand: Candidate, index: VocabIndex, opts: SoundalikeOptions = _DEFAULTS
+) -> bool:
     """The window begins or ends with a common English word Whisper was sure of that is not
     a word of the term: that word is what was said, not part of a misheard term."""
     for tok in (words[0], words[-1]):
-        if (tok.prob >= 0.6 and index.zipf(tok.low) >= _COMMON_ZIPF
-                and fuzz.partial_ratio(_compact(tok.text), cand.compact) < 80):
+        if (tok.prob >= opts.doubt_prob and index.zipf(tok.low) >= opts.common_zipf
+                and fuzz.partial_ratio(_compact(tok.text), cand.compact)
+                < opts.swallow_partial_max):
             return True
     return False
 
 
-def _edges_agree(words: list[Tok], cand: Candidate) -> bool:
+def _edges_agree(
+    words: list[Tok], cand: Candidate, opts: SoundalikeOptions = _DEFAULTS
+) -> bool:
     """The first and last words of a window must sound like the start and end of the term,
-    so that a window never swallows a neighbouring word ("propranol was")."""
+    so that a window never swallows a neighbouring word ("propranol was").
+
+    >>> _edges_agree([Tok("propranol"), Tok("was")], _candidate("propranolol"))
+    False
+    >>> _edges_agree([Tok("super"), Tok("patellar")], _candidate("suprapatellar"))
+    True
+    """
     first, last = _compact(words[0].text), _compact(words[-1].text)
     head, tail = cand.compact[: len(first)], cand.compact[-len(last):] if last else ""
-    return (fuzz.ratio(first, head) >= 40 and fuzz.ratio(last, tail) >= 40
+    return (fuzz.ratio(first, head) >= opts.edge_min and fuzz.ratio(last, tail) >= opts.edge_min
             and not (len(words) > 2 and _compact(words[-2].text + words[-1].text)
-                     not in cand.compact and fuzz.ratio(last, tail) < 50))
+                     not in cand.compact and fuzz.ratio(last, tail) < opts.edge_long_min))
 
 
 #: A mass unit on its own also marks a dose whose number Whisper lost ("septryoxone gram

@@ -32,6 +32,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 
 from pipeline.language.normalize.compose import Transform
+from pipeline.language.normalize.options import TermOptions
 from pipeline.language.normalize.tokens import TextState, Tok, merge
 from pipeline.language.vocab import VocabIndex, _cached_index, phonetic_key
 
@@ -65,15 +66,8 @@ _MEDICAL_PREFIX = re.compile(
 _SUTURE_BEFORE = re.compile(r"(?:\b\d-0|\b(?:with|of|and) (?:zero|0))\s+$")
 _WORDLIKE = re.compile(r"^[A-Za-z][A-Za-z'\-]*$")
 
-# Thresholds (rapidfuzz ratio, 0-100).
-_KEY_MATCH_MIN = 60.0  # same phonetic key: spelling may differ a lot ("sefalad")
-_LIST_MIN = 80.0  # same key, but the term only comes from a big list (ICD, PCS)
-_FUZZY_MIN = 86.0  # no key match: spelling must be close
-_FUZZY_LONG_MIN = 80.0  # the same for words of 8 letters or more
-_UNSURE_MIN = 70.0  # an English word Whisper was unsure of
-_DRUG_MIN = 88.0  # a drug name is only proposed when the spelling is close
-_ENGLISH_ZIPF = 2.5  # at or above: an ordinary English word
-_COMMON_ZIPF = 4.0  # at or above: a common word, never replaced on doubt alone
+#: The thresholds (``TermOptions``, rapidfuzz ratios 0-100) when a caller passes none.
+_DEFAULTS = TermOptions()
 
 
 @dataclass
@@ -110,13 +104,18 @@ def _context_ok(need: str, ctx: set[str], before: list[str], after: list[str]) -
 
 
 def best_candidate(
-    index: VocabIndex, word: str, extra: dict[str, str] | None = None
+    index: VocabIndex,
+    word: str,
+    extra: dict[str, str] | None = None,
+    options: TermOptions | None = None,
 ) -> tuple[str, float, str] | None:
     """The vocabulary term ``word`` most likely stands for: (display, score, source) or None.
 
-    Candidates share the word's phonetic key (then a ratio of 60 is enough) or, among the
-    curated and physician terms, have a ratio of at least 86.
+    Candidates share the word's phonetic key (then a ratio of ``key_match_min``, 60, is
+    enough) or, among the curated and physician terms, have a ratio of at least
+    ``fuzzy_min`` (86); thresholds from ``options`` (``TermOptions``).
     """
+    opts = options or _DEFAULTS
     low = word.lower()
     key = phonetic_key(low)
     best: tuple[str, float, str] | None = None
@@ -133,15 +132,17 @@ def best_candidate(
             return None  # "hyperenhancement": a well-formed compound of a medical word
         score = fuzz.ratio(low, cand)
         source = "physician" if extra and cand in extra else index.source(cand)
-        if source != "physician" and (not index.is_medical(cand) or index.zipf(cand) >= 3.0):
+        if source != "physician" and (not index.is_medical(cand)
+                                      or index.zipf(cand) >= opts.everyday_zipf):
             # an everyday word ("stride") is not a target: Whisper spells those right
             everyday = max(everyday, score)
             continue
-        min_score = _DRUG_MIN if source == "drug" else _KEY_MATCH_MIN
+        min_score = opts.drug_min if source == "drug" else opts.key_match_min
         if source not in ("curated", "physician"):
-            min_score = max(min_score, _LIST_MIN)  # big lists: closer spelling needed
-        if len(low) <= 6:
-            min_score = max(min_score, 75.0)  # short words: few letters, many neighbours
+            min_score = max(min_score, opts.list_min)  # big lists: closer spelling needed
+        if len(low) <= opts.short_word_letters:
+            # short words: few letters, many neighbours
+            min_score = max(min_score, opts.short_word_min)
         if score < min_score:
             continue
         # curated and physician terms win ties over big-list words
@@ -150,13 +151,15 @@ def best_candidate(
             display = (extra or {}).get(cand) or index.display(cand) or cand
             best = (display, score, source)
     if best is not None and everyday >= best[1]:
-        return None  # "sympatomatic" is "symptomatic" misheard, not "sympathomimetic"
+        # "sympatomatic" is "symptomatic" misheard, not "sympathomimetic"
+        log.debug("term veto=everyday score=%.1f everyday_score=%.1f", best[1], everyday)
+        return None
     if best is None:
         pool = _curated_pool(index)
         if extra:
             pool = {**pool, **extra}
         # long words carry more evidence: "gallander" -> "gallbladder" (80)
-        cutoff = _FUZZY_MIN if len(low) < 8 else _FUZZY_LONG_MIN
+        cutoff = opts.fuzzy_min if len(low) < opts.long_word_letters else opts.fuzzy_long_min
         hit = process.extractOne(low, list(pool), scorer=fuzz.ratio, score_cutoff=cutoff)
         # the ending carries the meaning ("-itis" vs "-lith"): it must agree
         # a word that holds the term ("hyperenhancement" / "enhancement") is a compound of it
@@ -197,13 +200,15 @@ class MedicalTermCorrector:
 
     Reads ``doc.user_data``: ``probs`` (character offset -> Whisper word probability),
     ``protected`` (sorted character ranges not to touch), ``document_type``,
-    ``physician_terms`` (lower -> display).
+    ``physician_terms`` (lower -> display), ``term_options`` (``TermOptions``; default: one
+    built from the component's ``unsure_prob`` config).
     """
 
     def __init__(self, nlp: Language, name: str, vocab_dir: str, unsure_prob: float) -> None:
         self.name = name
         self.vocab_dir = vocab_dir
         self.unsure_prob = unsure_prob
+        self.options = TermOptions(unsure_prob=unsure_prob)
 
     @property
     def index(self) -> VocabIndex:
@@ -220,6 +225,7 @@ class MedicalTermCorrector:
         prot_starts: list[int] = ud.get("protected_starts", [])
         prot_ends: list[int] = ud.get("protected_ends", [])
         extra: dict[str, str] = ud.get("physician_terms", {})
+        opts: TermOptions = ud.get("term_options") or self.options
         lows = [t.lower_ for t in doc]
         text = doc.text
         ctx = _context(set(lows), ud.get("document_type"))
@@ -248,12 +254,14 @@ class MedicalTermCorrector:
             ):
                 # a word Whisper split in two ("chole cystitis", "he mostasis")
                 joined = low + lows[nxt0]
-                if ((index.is_medical(joined) and index.zipf(joined) < _ENGLISH_ZIPF)
+                if ((index.is_medical(joined) and index.zipf(joined) < opts.english_zipf)
                         or joined in extra) and not index.spelled_by_chance(
                             (low, lows[nxt0]), joined):
                     disp = extra.get(joined) or index.display(joined) or joined
                     fixes.append(Fix(tok.idx, doc[nxt0].idx + len(doc[nxt0]), disp, 95.0,
                                      "joined"))
+                    log.debug("term fix=joined token=%d zipf=%.2f<%.1f", i,
+                              index.zipf(joined), opts.english_zipf)
                     i += 2
                     continue
             if (
@@ -287,7 +295,8 @@ class MedicalTermCorrector:
             if nxt is not None and lows[nxt] in anchors and not index.is_medical(low):
                 key = phonetic_key(low)
                 for first, fkey, display in anchors[lows[nxt]]:
-                    if fkey == key and first != low and fuzz.ratio(low, first) >= 45:
+                    if (fkey == key and first != low
+                            and fuzz.ratio(low, first) >= opts.phrase_first_min):
                         fixes.append(Fix(tok.idx, doc[nxt].idx + len(doc[nxt]), display, 80.0,
                                          "phrase"))
                         i += 2
@@ -301,10 +310,12 @@ class MedicalTermCorrector:
                 index.is_medical(low)
             ):
                 hit = process.extractOne(low, list(_SUTURES), scorer=fuzz.WRatio,
-                                         score_cutoff=60)
+                                         score_cutoff=opts.suture_min)
                 if hit is not None and hit[0] != low:
                     fixes.append(Fix(tok.idx, tok.idx + len(tok), _SUTURES[hit[0]],
                                      float(hit[1]), "suture"))
+                    log.debug("term fix=suture token=%d score=%.1f>=%.0f", i, hit[1],
+                              opts.suture_min)
                     i += 1
                     continue
             if index.is_medical(low) or low in extra:
@@ -312,36 +323,44 @@ class MedicalTermCorrector:
                 continue
             zipf = index.zipf(low)
             # 5. unknown word: phonetic key + spelling
-            if zipf == 0.0 and len(low) >= 5 and not _inflection_of_known(index, low):
-                cand = best_candidate(index, low, extra)
+            if (zipf == 0.0 and len(low) >= opts.min_letters
+                    and not _inflection_of_known(index, low, opts.english_zipf)):
+                cand = best_candidate(index, low, extra, opts)
                 if cand is not None:
                     display, score, source = cand
                     # only curated/physician terms are trusted without a second look
-                    trusted = source in ("curated", "physician") and score >= 75
+                    trusted = source in ("curated", "physician") and score >= opts.trusted_min
                     fixes.append(Fix(tok.idx, tok.idx + len(tok), display, score, "phonetic",
                                      review=not trusted))
+                    log.debug("term fix=phonetic token=%d score=%.1f trusted=%s (>=%.0f)",
+                              i, score, trusted, opts.trusted_min)
                 i += 1
                 continue
             # 6. an ordinary word Whisper was unsure of, in a medical dictation
-            if (prob < self.unsure_prob and "surgical" in ctx and len(low) >= 5
-                    and zipf < _COMMON_ZIPF):  # "roads" is said, not a misheard "radius"
+            if (prob < opts.unsure_prob and "surgical" in ctx and len(low) >= opts.min_letters
+                    and zipf < opts.common_zipf):  # "roads" is said, not a misheard "radius"
                 pool = _curated_pool(index)
                 key = phonetic_key(low)
                 for cand_low, display in pool.items():
-                    if phonetic_key(cand_low) == key and fuzz.ratio(low, cand_low) >= _UNSURE_MIN:
-                        fixes.append(Fix(tok.idx, tok.idx + len(tok), display,
-                                         fuzz.ratio(low, cand_low), "unsure", review=True))
+                    if phonetic_key(cand_low) != key:
+                        continue
+                    ratio = fuzz.ratio(low, cand_low)
+                    if ratio >= opts.unsure_min:
+                        fixes.append(Fix(tok.idx, tok.idx + len(tok), display, ratio, "unsure",
+                                         review=True))
+                        log.debug("term fix=unsure token=%d prob=%.2f<%.2f ratio=%.1f>=%.0f",
+                                  i, prob, opts.unsure_prob, ratio, opts.unsure_min)
                         break
             i += 1
         ud["term_fixes"] = fixes
         return doc
 
 
-def _inflection_of_known(index: VocabIndex, low: str) -> bool:
+def _inflection_of_known(index: VocabIndex, low: str, english_zipf: float = 2.5) -> bool:
     """ "sutured", "debrides", "intubating": an ending added to a word we know."""
     for suffix in ("ed", "d", "s", "es", "ing", "ly", "ally"):
         stem = low[: -len(suffix)] if low.endswith(suffix) else ""
-        if len(stem) >= 4 and (index.is_medical(stem) or index.zipf(stem) >= 2.5 or (
+        if len(stem) >= 4 and (index.is_medical(stem) or index.zipf(stem) >= english_zipf or (
             index.is_medical(stem + "e")
         )):
             return True
@@ -422,6 +441,7 @@ class TermCorrection(Transform):
             protected_ends=[b for _, b in prot],
             document_type=state.document_type,
             physician_terms={t.lower(): t for t in state.physician_terms},
+            term_options=state.options.terms,
         )
         with warnings.catch_warnings():
             # scispaCy's detector warns on every call that its global matcher is empty

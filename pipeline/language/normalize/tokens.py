@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.core.records import Correction, Transcript, Word
 from pipeline.core.settings import Settings
+from pipeline.language.normalize.options import LanguageOptions
 from pipeline.language.vocab import VocabIndex
 
 __all__ = ["Tok", "TextState", "from_words", "from_text", "render", "BREAK", "PARAGRAPH"]
@@ -61,7 +62,7 @@ class Tok:
 
 @dataclass
 class TextState:
-    """Tokens plus what the transforms share: settings, vocabulary, findings."""
+    """Tokens plus what the transforms share: settings, vocabulary, tuning options, findings."""
 
     toks: list[Tok]
     settings: Settings
@@ -73,6 +74,7 @@ class TextState:
     review_items: list[dict[str, Any]] = field(default_factory=list)
     deletions: list[tuple[int, str, float | None, float | None]] = field(default_factory=list)
     defined_abbreviations: set[str] = field(default_factory=set)
+    options: LanguageOptions = field(default_factory=LanguageOptions)
 
     def review(self, kind: str, tok: Tok, message: str, **extra: Any) -> None:
         """Ask the reviewer to check ``tok`` (stored on the note, with its audio time)."""
