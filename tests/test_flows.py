@@ -194,7 +194,7 @@ def test_warm_worker_runs_deployment_stat_first(flow_settings: Settings, speech:
 def test_nightly_evaluation_flow_on_one_sample(flow_settings: Settings, prefect_api: str) -> None:
     """The nightly flow runs pipeline.devtools.evaluate on a sample set and returns figures only."""
     pytest.importorskip("pipeline.devtools.evaluate", reason="the samples area's evaluate module")
-    from pipeline.service.flows import nightly_evaluation
+    from pipeline.devtools.nightly import nightly_evaluation
 
     if not (flow_settings.samples_dir / "synthetic_medical" / "manifest.csv").exists():
         pytest.skip("samples/synthetic_medical/manifest.csv not present")

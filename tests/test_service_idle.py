@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 
-from pipeline.commands.status import StatusView
 from pipeline.core.settings import Settings
 from pipeline.ingest import inbox
+from pipeline.service.status import StatusView
 
 
 def test_status_line_is_printed_only_when_counts_change(settings: Settings) -> None:

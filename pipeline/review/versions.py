@@ -18,8 +18,8 @@ from pipeline.core import audit
 from pipeline.core.db.core import DraftRow
 from pipeline.core.db.review import DraftClaim, DraftVersion
 from pipeline.core.errors import ConflictError, NotFoundError, PermissionDeniedError
+from pipeline.core.times import as_utc
 from pipeline.review.users import UserInfo
-from pipeline.web.auth import aware
 
 __all__ = [
     "CLAIM_MINUTES",
@@ -82,9 +82,9 @@ def may_edit(user: UserInfo, draft: DraftRow) -> bool:
 def claim_state(session: Session, user: UserInfo, draft_id: str) -> ClaimState:
     """The current (unexpired) claim on ``draft_id``."""
     row = session.get(DraftClaim, draft_id)
-    if row is None or aware(row.expires_at) <= datetime.now(UTC):
+    if row is None or as_utc(row.expires_at) <= datetime.now(UTC):
         return ClaimState(None, False)
-    return ClaimState(row.username, row.user_id == user.id, aware(row.expires_at))
+    return ClaimState(row.username, row.user_id == user.id, as_utc(row.expires_at))
 
 
 def claim(session: Session, user: UserInfo, draft: DraftRow) -> ClaimState:
@@ -92,8 +92,8 @@ def claim(session: Session, user: UserInfo, draft: DraftRow) -> ClaimState:
     now = datetime.now(UTC)
     expires = now + timedelta(minutes=CLAIM_MINUTES)
     row = session.get(DraftClaim, draft.id)
-    if row is not None and row.user_id != user.id and aware(row.expires_at) > now:
-        return ClaimState(row.username, False, aware(row.expires_at))
+    if row is not None and row.user_id != user.id and as_utc(row.expires_at) > now:
+        return ClaimState(row.username, False, as_utc(row.expires_at))
     if row is None:
         try:
             with session.begin_nested():

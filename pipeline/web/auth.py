@@ -35,6 +35,7 @@ from pipeline.core import audit
 from pipeline.core.db.review import WebSession
 from pipeline.core.settings import Settings
 from pipeline.core.store import open_store
+from pipeline.core.times import as_utc
 from pipeline.review.users import UserInfo, load_user
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
     "start_session",
     "end_session",
     "is_local_request",
-    "aware",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,6 @@ class LoginRequired(Exception):
     def __init__(self, reason: str = "login") -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def aware(dt: datetime) -> datetime:
-    """SQLite returns naive UTC datetimes: make them timezone-aware."""
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -189,7 +184,7 @@ def optional_user(request: Request) -> UserInfo | None:
         row = s.get(WebSession, _token_hash(token))
         if row is None:
             return None
-        if now - aware(row.last_seen_at) > timedelta(minutes=settings.session_idle_minutes):
+        if now - as_utc(row.last_seen_at) > timedelta(minutes=settings.session_idle_minutes):
             user = load_user(s, row.user_id)
             s.delete(row)
             audit.record(
@@ -205,7 +200,7 @@ def optional_user(request: Request) -> UserInfo | None:
         user = load_user(s, row.user_id)
         if user is None:
             return None
-        if now - aware(row.last_seen_at) > _TOUCH_EVERY:
+        if now - as_utc(row.last_seen_at) > _TOUCH_EVERY:
             row.last_seen_at = now
     request.state.user = user
     request.state.session_token = token

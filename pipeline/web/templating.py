@@ -15,7 +15,8 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from pipeline.web.auth import aware, csrf_token
+from pipeline.core.times import as_utc
+from pipeline.web.auth import csrf_token
 
 __all__ = ["TEMPLATES_DIR", "env", "render", "register_nav", "NavItem", "STATUS_LABELS"]
 
@@ -58,7 +59,7 @@ def register_nav(label: str, href: str, roles: tuple[str, ...] | None = None) ->
 def _age(value: datetime | None) -> str:
     if value is None:
         return ""
-    seconds = max(0, int((datetime.now(UTC) - aware(value)).total_seconds()))
+    seconds = max(0, int((datetime.now(UTC) - as_utc(value)).total_seconds()))
     if seconds < 3600:
         return f"{seconds // 60} min"
     if seconds < 86400:
@@ -69,7 +70,7 @@ def _age(value: datetime | None) -> str:
 def _dt(value: datetime | None) -> str:
     if value is None:
         return ""
-    return aware(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return as_utc(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _clock(seconds: float | None) -> str:

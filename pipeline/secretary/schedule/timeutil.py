@@ -14,6 +14,7 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipeline.core.errors import ConfigError, ConflictError
+from pipeline.core.times import as_utc
 
 __all__ = [
     "GRID_MINUTES",
@@ -38,13 +39,6 @@ __all__ = [
 GRID_MINUTES = 5
 
 Interval = tuple[datetime, datetime]
-
-
-def as_utc(value: datetime) -> datetime:
-    """A datetime read from the database as aware UTC (SQLite returns naive UTC)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def to_utc(value: datetime) -> datetime:

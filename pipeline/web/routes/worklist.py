@@ -18,8 +18,9 @@ from pipeline.core import audit
 from pipeline.core.db.core import DictationRow, DraftRow, Physician
 from pipeline.core.db.review import DraftClaim
 from pipeline.core.store import open_store
+from pipeline.core.times import as_utc
 from pipeline.review.users import UserInfo
-from pipeline.web.auth import aware, current_user, get_settings_dep
+from pipeline.web.auth import current_user, get_settings_dep
 from pipeline.web.templating import STATUS_LABELS, render
 
 __all__ = ["router", "worklist_rows", "TURNAROUND", "PER_PAGE"]
@@ -128,7 +129,7 @@ def worklist_rows(
             select(DraftClaim.draft_id, DraftClaim.username, DraftClaim.expires_at)
             .where(DraftClaim.draft_id.in_(ids))
         ):
-            if aware(expires) > now:
+            if as_utc(expires) > now:
                 claims[draft_id] = username
         for draft_id, duration in session.execute(
             select(DraftRow.id, DictationRow.duration_s)
@@ -138,7 +139,7 @@ def worklist_rows(
             durations[draft_id] = duration
     rows = []
     for r in base:
-        created = aware(r.created_at)
+        created = as_utc(r.created_at)
         limit = TURNAROUND.get(r.priority, TURNAROUND["routine"])
         open_ = r.status in _OPEN
         rows.append({
