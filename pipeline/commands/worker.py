@@ -50,14 +50,17 @@ def _warm_up(settings: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT (or idle with ``--exit-when-idle``)."""
     from pipeline.commands.transcribe import settings_from_args
+    from pipeline.prefect_compat import check_all
     from pipeline.service import prefect_env
 
+    check_all()  # a Prefect that our patches no longer match stops here, in one line
     settings = settings_from_args(args)
     api_url = prefect_env.api_url_for(settings)
     os.environ.update(prefect_env.prefect_env(settings, api_url))  # before importing prefect
     prefect_env.wait_healthy(api_url, timeout=60)
 
     from pipeline.core.store import open_store
+    from pipeline.devtools import nightly  # noqa: F401  (registers the nightly flow)
     from pipeline.service.flows import WarmWorker, use_settings
 
     use_settings(settings)

@@ -27,6 +27,8 @@ __all__ = [
     "NotFoundError",
     "DeliveryError",
     "PdfConversionError",
+    "PrefectCompatError",
+    "ModelIntegrityError",
 ]
 
 
@@ -118,3 +120,16 @@ class PdfConversionError(PipelineError):
     """LibreOffice is missing or failed to convert a document."""
 
     code = "pdf_error"
+
+
+class PrefectCompatError(PipelineError):
+    """The installed Prefect (or a library its server runs on) no longer has what one of
+    ``pipeline.prefect_compat``'s patches replaces."""
+
+    code = "prefect_compat"
+
+
+class ModelIntegrityError(ModelNotFoundError):
+    """A shipped speech model's file does not match the SHA-256 in ``models/registry.toml``."""
+
+    code = "model_integrity"

@@ -1,4 +1,4 @@
-"""Prefect flows: ``process_dictation`` (one dictation, by id) and ``nightly_evaluation``.
+"""Prefect flows: ``process_dictation`` (one dictation, by id), and the warm worker.
 
 Tasks are thin wrappers over the stage functions in ``pipeline.service.process``; the stage logic
 stays in plain functions. Only opaque ids go into flow parameters, results and Prefect logs:
@@ -47,11 +47,13 @@ from pipeline.core.records import Dictation, DictationMeta, Document, Draft, Not
 from pipeline.core.settings import Settings, get_settings
 from pipeline.core.store import open_store
 from pipeline.ingest import inbox
-from pipeline.service import prefect_env
+from pipeline.prefect_compat import flow_exit
 
 __all__ = [
     "process_dictation",
-    "nightly_evaluation",
+    "register_flow",
+    "slot_hold",
+    "current_settings",
     "draft_id_for",
     "use_settings",
     "WarmWorker",
@@ -61,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-prefect_env.quick_flow_exit()  # flow runs end with their last task, not up to 1 s later
+flow_exit.apply()  # flow runs end with their last task, not up to 1 s later
 
 _settings_override: Settings | None = None
 
@@ -77,8 +79,13 @@ def use_settings(settings: Settings | None) -> None:
     _settings_override = settings
 
 
-def _settings() -> Settings:
+def current_settings() -> Settings:
+    """The settings flows run with: those the worker set (``use_settings``), else the
+    environment's."""
     return _settings_override or get_settings()
+
+
+_settings = current_settings
 
 
 def draft_id_for(dictation_id: str) -> str:
@@ -315,45 +322,22 @@ def process_dictation(dictation_id: str) -> str:
     return "done"
 
 
-@task(name="evaluate-set", persist_result=False, cache_policy=NO_CACHE)
-def evaluate_set(manifest: str, limit: int | None = None) -> dict[str, Any]:
-    """Evaluate one sample set; returns aggregate figures only (no text)."""
-    from pathlib import Path
-
-    from pipeline.devtools import evaluate  # the samples/evaluation area's module
-
-    slots = _slots  # transcribing the set holds a slot, like a dictation
-    with slots.hold() if slots is not None else contextlib.nullcontext():
-        report = evaluate.run_evaluation(Path(manifest), _settings(), limit=limit)
-    return {
-        "files": len(report.files),
-        "failed": sum(1 for f in report.files if getattr(f, "error", None)),
-        "elapsed_s": round(report.elapsed_s, 1),
-        "results": str(report.out_dir) if report.out_dir else None,
-    }
-
-
-@flow(name="nightly-evaluation", persist_result=False, log_prints=False)
-def nightly_evaluation(sets: list[str] | None = None, limit: int | None = None
-                       ) -> dict[str, Any]:
-    """Word error rate on the sample sets (every ``samples/<set>/manifest.csv``, or the
-    named ``sets``) with ``pipeline.devtools.evaluate.run_evaluation``; results go to
-    ``<data>/results/<timestamp>/``. Returns aggregate figures per set."""
-    settings = _settings()
-    root = settings.samples_dir
-    names = sets or sorted(p.parent.name for p in root.glob("*/manifest.csv"))
-    summary: dict[str, Any] = {}
-    for name in names:
-        summary[name] = evaluate_set(str(root / name / "manifest.csv"), limit)
-    log.info("nightly evaluation sets=%d", len(summary))
-    return summary
-
-
-#: flow name -> flow, for the warm worker
+#: flow name -> flow, for the warm worker. Flows above the service layer (the nightly
+#: evaluation in ``pipeline.devtools.nightly``) add themselves with ``register_flow``.
 FLOWS: dict[str, Any] = {
     "process-dictation": process_dictation,
-    "nightly-evaluation": nightly_evaluation,
 }
+
+
+def register_flow(name: str, flow_obj: Any) -> None:
+    """Let the warm worker run deployments of ``flow_obj`` (a Prefect flow named ``name``)."""
+    FLOWS[name] = flow_obj
+
+
+def slot_hold() -> contextlib.AbstractContextManager[Any]:
+    """Hold one of the warm worker's transcription slots (no-op outside the worker)."""
+    slots = _slots
+    return slots.hold() if slots is not None else contextlib.nullcontext()
 
 
 # --- warm worker ---------------------------------------------------------------------------

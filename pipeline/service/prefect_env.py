@@ -7,7 +7,8 @@ first and import Prefect (or start children with that environment) afterwards.
 The local server runs as ``python -m pipeline.service.prefect_env serve``
 (``server_command``): Prefect's own server app (the same as ``prefect server start``) with
 idle tuning, because at rest the stock server polls several times a second (measured 1.9% of
-a core on 2 cores; see ``serve``).
+a core on 2 cores; see ``serve``). What that tuning has to change inside Prefect, docket,
+burner-redis and uvicorn lives in ``pipeline.prefect_compat``, one module per patch.
 
 Names (also in ``prefect.yaml``):
 
@@ -30,11 +31,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from pipeline import prefect_compat as compat
 from pipeline.core.errors import ConfigError
 from pipeline.core.settings import PROJECT_ROOT, Settings
 
@@ -52,15 +53,11 @@ __all__ = [
     "server_command",
     "serve",
     "low_tick_server",
-    "tune_docket",
-    "tune_pubsub",
-    "quick_flow_exit",
-    "immediate_sqlite_writes",
-    "bounded_sqlite_cache",
     "DOCKET_POLL_SECONDS",
     "DOCKET_HEARTBEAT_SECONDS",
     "PUBSUB_POLL_SECONDS",
     "UVICORN_TICK_SECONDS",
+    "TRIM_SECONDS",
     "wait_healthy",
     "is_healthy",
     "ensure_deployments",
@@ -87,7 +84,8 @@ NIGHTLY_CRON = "0 2 * * *"
 # docket worker (background tasks and the perpetual services) checks its in-memory Redis every
 # 0.25 s and heartbeats every 2 s; docket's cancellation listener polls a thread-safe queue
 # through a worker thread every 0.1 s; uvicorn's main loop ticks every 0.1 s. None of these is
-# configurable through Prefect settings, so ``serve`` sets them when it starts the same app.
+# configurable through Prefect settings, so ``serve`` sets them when it starts the same app,
+# through the patches in ``pipeline.prefect_compat`` (docket_poll, pubsub_poll, server_tick).
 # Docket tasks then start up to DOCKET_POLL_SECONDS later: they are Prefect's housekeeping
 # (marking queues/deployments ready, late runs, the scheduler's ticks), never on a dictation's
 # path (workers read scheduled runs straight from the database).
@@ -208,218 +206,20 @@ def server_command(host: str, port: int, *, tuned: bool = True) -> list[str]:
     return cmd
 
 
-def tune_docket(poll_seconds: float, heartbeat_seconds: float) -> list[str]:
-    """In the server process, before its app starts: docket workers check for tasks every
-    ``poll_seconds`` and docket heartbeats every ``heartbeat_seconds`` (0 keeps docket's
-    default). Returns what was changed; a docket without these parameters is left alone."""
-    import functools
-    import inspect
-    from datetime import timedelta
-
-    changed: list[str] = []
-    try:
-        from docket import Docket, Worker
-    except ImportError:
-        return changed
-
-    def _default(cls: Any, names: dict[str, float]) -> None:
-        params = inspect.signature(cls.__init__).parameters
-        wanted = {k: timedelta(seconds=v) for k, v in names.items() if v > 0 and k in params}
-        missing = [k for k, v in names.items() if v > 0 and k not in params]
-        if missing:
-            log.warning("docket %s has no %s: left at its defaults", cls.__name__, missing)
-        if not wanted or getattr(cls.__init__, "_dictation_tuned", False):
-            return
-        original = cls.__init__
-
-        @functools.wraps(original)
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            for key, value in wanted.items():
-                kwargs.setdefault(key, value)
-            original(self, *args, **kwargs)
-
-        __init__._dictation_tuned = True  # type: ignore[attr-defined]
-        cls.__init__ = __init__
-        changed.extend(f"{cls.__name__}.{k}={v.total_seconds():g}s" for k, v in wanted.items())
-
-    _default(Worker, {"minimum_check_interval": poll_seconds,
-                      "scheduling_resolution": poll_seconds})
-    _default(Docket, {"heartbeat_interval": heartbeat_seconds})
-    return changed
-
-
-def tune_pubsub(slice_seconds: float) -> bool:
-    """In the server process: burner-redis (docket's ``memory://`` Redis) reads pub/sub
-    messages through a worker thread in ``slice_seconds`` slices instead of 0.1 s ones, and a
-    shorter finite read timeout is raised to one slice. A message is still returned the
-    moment it arrives. Returns False (nothing changed) for an unknown burner-redis."""
-    if slice_seconds <= 0:
-        return False
-    try:
-        from burner_redis import pubsub
-    except ImportError:
-        return False
-    cls = getattr(pubsub, "PubSub", None)
-    if cls is None or not hasattr(cls, "_queue_get") or not hasattr(cls, "get_message"):
-        log.warning("burner_redis.pubsub.PubSub changed: its 0.1 s polling is left as is")
-        return False
-
-    import asyncio
-    import queue
-
-    async def _queue_get(self: Any, timeout: float | None) -> Any:
-        # same contract as burner-redis 0.1.x PubSub._queue_get, with longer slices
-        if timeout == 0.0:
-            try:
-                return self._queue.get_nowait()
-            except queue.Empty:
-                return None
-        if timeout is not None:
-            timeout = max(timeout, slice_seconds)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        poll = slice_seconds if timeout is None else min(timeout, slice_seconds)
-        while True:
-            try:
-                return await asyncio.to_thread(self._queue.get, True, poll)
-            except queue.Empty:
-                if deadline is None:
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                poll = min(remaining, slice_seconds)
-
-    cls._queue_get = _queue_get
-    return True
-
-
-def _replace(owner: Any, attr: str, wrap: Callable[[Any], Any | None], what: str) -> bool:
-    """Replace ``owner.attr`` by ``wrap(original)``, once: the replacement is marked, and a
-    second call finds the mark and keeps it. False, with a warning naming ``what``, when the
-    attribute is missing or ``wrap`` returns None (the library changed under us); False
-    without a word when ``owner`` is None (that part of the library is not installed)."""
-    if owner is None:
-        return False
-    original = getattr(owner, attr, None)
-    if original is not None and getattr(original, "_dictation_tuned", False):
-        return True
-    new = wrap(original) if original is not None else None
-    if new is None:
-        log.warning("%s changed: left as it is", what)
-        return False
-    new._dictation_tuned = True
-    setattr(owner, attr, new)
-    return True
-
-
-def quick_flow_exit() -> bool:
-    """In a process that runs flows: a finished flow run does not wait for its heartbeat
-    thread to wake up. Prefect's sync flow engine joins that thread on exit, and the thread
-    sleeps in 1 s steps, so every flow run ended 0-1 s (0.55 s on average, measured) after
-    its last task: on a 50-dictation batch, 4-8 % of the time. The async engine already
-    leaves the thread (``join_on_exit=False``); it notices the stop flag within a second and
-    ends without another heartbeat. Returns False (nothing changed) for an unknown Prefect."""
-    import functools
-    import inspect
-
-    from prefect import flow_engine
-
-    def wrap(original: Any) -> Any | None:
-        if "join_on_exit" not in inspect.signature(original).parameters:
-            return None
-        return functools.partial(original, join_on_exit=False)
-
-    return _replace(flow_engine, "_send_heartbeats", wrap, "prefect.flow_engine._send_heartbeats")
-
-
-def _sqlite_configuration() -> Any:
-    """Prefect's server SQLite configuration class (None without Prefect's server)."""
-    try:
-        from prefect.server.database import configurations as cfg
-    except ImportError:
-        return None
-    return getattr(cfg, "AioSqliteConfiguration", None)
-
-
-def immediate_sqlite_writes() -> bool:
-    """In the server process, on SQLite: every transaction Prefect opens with
-    ``begin_transaction`` starts ``BEGIN IMMEDIATE`` (it takes the write lock up front and
-    waits for it under SQLite's busy timeout) instead of ``BEGIN DEFERRED``.
-
-    A deferred transaction that reads and then writes while another connection has written
-    fails at once with "database is locked" (SQLite cannot upgrade a stale read snapshot; the
-    busy timeout does not apply); the API answers 503 and the client retries 2-8 s later.
-    Measured with 20 dictations dropped at once: flow-run submissions stalled up to 7 s while
-    the worker sat idle, and the late-runs service failed its writes. Prefect itself uses
-    IMMEDIATE for its ``with_for_update`` transactions; a single practice's server does not
-    need concurrent deferred writers. PostgreSQL is left alone. Returns whether it applied."""
-    import inspect
-
-    def wrap(original: Any) -> Any | None:
-        if "with_for_update" not in inspect.signature(original).parameters:
-            return None
-
-        def begin_transaction(self: Any, session: Any, with_for_update: bool = False) -> Any:
-            # Prefect's own IMMEDIATE path (the one it takes for ``with_for_update``)
-            return original(self, session, with_for_update=True)
-
-        return begin_transaction
-
-    return _replace(_sqlite_configuration(), "begin_transaction", wrap,
-                    "prefect's SQLite transactions")
-
-
 #: how often the server returns freed heap pages to the system (``memtrim``)
 TRIM_SECONDS = 60.0
-#: SQLite page cache per connection of the local Prefect server, KiB (Prefect sets 20,000
-#: pages: up to 80 MB per pooled connection, filled as its database grows with every flow
-#: run; the operating system's file cache holds the pages anyway)
-SQLITE_CACHE_KIB = 8192
-
-
-def bounded_sqlite_cache(kib: int = SQLITE_CACHE_KIB) -> bool:
-    """In the server process, on SQLite: each connection's page cache is at most ``kib`` KiB
-    (``PRAGMA cache_size = -kib``), set after Prefect's own connection set-up.
-
-    Prefect asks for 20,000 pages (80 MB) per connection; the server pools several
-    connections, and each fills its cache as the database grows with every flow run, so the
-    server's memory rose with the number of dictations processed. Returns whether it
-    applied."""
-
-    def wrap(original: Any) -> Any:
-        def setup_sqlite(self: Any, conn: Any, record: Any) -> None:
-            original(self, conn, record)
-            cursor = conn.cursor()
-            cursor.execute(f"PRAGMA cache_size = -{int(kib)};")
-            cursor.close()
-
-        return setup_sqlite
-
-    return _replace(_sqlite_configuration(), "setup_sqlite", wrap,
-                    "prefect's SQLite connection set-up")
 
 
 def low_tick_server(config: Any, tick_seconds: float = UVICORN_TICK_SECONDS) -> Any:
     """A ``uvicorn.Server`` for ``config`` whose main loop wakes every ``tick_seconds``
     (uvicorn: 0.1 s) to check for shutdown and refresh the Date header; requests are served
-    as they arrive either way. ``tick_seconds <= 0``: a plain ``uvicorn.Server``."""
-    import asyncio
-
+    as they arrive either way. ``tick_seconds <= 0``, or a uvicorn that ``server_tick`` no
+    longer matches: a plain ``uvicorn.Server``."""
     import uvicorn
 
-    if tick_seconds <= 0:
-        return uvicorn.Server(config)
-
-    class _LowTickServer(uvicorn.Server):
-        async def main_loop(self) -> None:
-            counter = 0
-            should_exit = await self.on_tick(counter)
-            while not should_exit:
-                await asyncio.sleep(tick_seconds)
-                counter = (counter + 10) % 864000  # on_tick's "once per second" work each tick
-                should_exit = await self.on_tick(counter)
-
-    return _LowTickServer(config)
+    server = uvicorn.Server(config)
+    compat.server_tick.apply(server, tick_seconds)
+    return server
 
 
 def serve(host: str, port: int, *, docket_poll: float = DOCKET_POLL_SECONDS,
@@ -434,15 +234,15 @@ def serve(host: str, port: int, *, docket_poll: float = DOCKET_POLL_SECONDS,
     """
     import uvicorn
 
-    changed = tune_docket(docket_poll, docket_heartbeat)
-    if tune_pubsub(pubsub_poll):
+    changed: list[str] = []
+    if compat.docket_poll.apply(docket_poll, docket_heartbeat):
+        changed.append(f"docket poll={docket_poll:g}s heartbeat={docket_heartbeat:g}s")
+    if compat.pubsub_poll.apply(pubsub_poll):
         changed.append(f"pubsub poll={pubsub_poll:g}s")
-    if tick > 0:
-        changed.append(f"uvicorn tick={tick:g}s")
-    if immediate_sqlite_writes():
+    if compat.sqlite_writes.apply():
         changed.append("sqlite BEGIN IMMEDIATE")
-    if bounded_sqlite_cache():
-        changed.append(f"sqlite cache {SQLITE_CACHE_KIB // 1024} MiB per connection")
+    if compat.sqlite_cache.apply():
+        changed.append(f"sqlite cache {compat.sqlite_cache.CACHE_KIB // 1024} MiB per connection")
     from pipeline.core import memtrim
 
     if memtrim.start_trimmer(TRIM_SECONDS) is not None:
@@ -451,7 +251,6 @@ def serve(host: str, port: int, *, docket_poll: float = DOCKET_POLL_SECONDS,
     from prefect.settings import get_current_settings
 
     current = get_current_settings().server
-    log.info("prefect server idle tuning: %s", ", ".join(changed) or "none")
     config = uvicorn.Config(
         create_app(final=True),
         host=host,
@@ -459,7 +258,11 @@ def serve(host: str, port: int, *, docket_poll: float = DOCKET_POLL_SECONDS,
         timeout_keep_alive=current.api.keepalive_timeout,
         log_level=str(current.logging_level).lower(),
     )
-    low_tick_server(config, tick).run()
+    server = uvicorn.Server(config)
+    if compat.server_tick.apply(server, tick):
+        changed.append(f"uvicorn tick={tick:g}s")
+    log.info("prefect server idle tuning: %s", ", ".join(changed) or "none")
+    server.run()
 
 
 def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -606,7 +409,7 @@ def ensure_deployments(api_url: str, settings: Settings, *, pool_limit: int | No
             name="nightly-evaluation",
             work_pool_name=POOL,
             work_queue_name="routine",
-            entrypoint="pipeline.service.flows:nightly_evaluation",
+            entrypoint="pipeline.devtools.nightly:nightly_evaluation",
             path=str(PROJECT_ROOT),
             description="Word error rate on the sample sets.",
             parameter_openapi_schema={

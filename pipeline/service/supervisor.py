@@ -34,6 +34,7 @@ from typing import Any
 from pipeline.core import memtrim
 from pipeline.core.settings import Settings
 from pipeline.ingest import inbox
+from pipeline.prefect_compat import check_all as check_prefect_patches
 from pipeline.service import prefect_env
 
 __all__ = ["Service", "ServiceOptions", "demo_sample", "should_resubmit"]
@@ -219,6 +220,8 @@ class Service:
     def start(self) -> None:
         """Start every part; returns once the service is accepting files."""
         s = self.settings
+        # a Prefect that our patches no longer match stops here, before anything starts
+        check_prefect_patches()
         inbox.ensure_layout(s)
         os.environ.update(prefect_env.prefect_env(s, self.api_url))  # before importing prefect
         if not self.external:
@@ -306,7 +309,7 @@ class Service:
 
     def serve_forever(self) -> int:
         """Show status and supervise until stopped (or idle with ``exit_when_idle``)."""
-        from pipeline.commands.status import StatusView
+        from pipeline.service.status import StatusView
 
         view = StatusView(self.settings, self)
         idle_since: float | None = None
