@@ -24,7 +24,7 @@ from pipeline.core.store import open_store
 from pipeline.secretary import route, schedule, tasks
 from pipeline.secretary.schedule.calendars import ScheduleOptions
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 NY = ZoneInfo("America/New_York")
 OPTS = ScheduleOptions(default_timezone="America/New_York")

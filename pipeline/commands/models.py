@@ -1,4 +1,8 @@
-"""``dictation models``: list the speech models, where each comes from and whether it is here."""
+"""``dictation models``: list the speech models, where each comes from and whether it is here.
+
+``dictation models --verify`` hashes every file of every installed registry model again and
+compares it with the SHA-256 in ``models/registry.toml`` (joining a split model if needed).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.commands.transcribe import settings_from_args
-from pipeline.speech.models import choose_device, describe_models
+from pipeline.core.errors import ModelIntegrityError, ModelNotFoundError
+from pipeline.core.settings import Settings
+from pipeline.speech.models import (
+    choose_device,
+    describe_models,
+    load_registry,
+    registry_path,
+    resolve,
+)
 
 __all__ = ["register", "run"]
 
@@ -20,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = subparsers.add_parser("models", help="list the available speech models")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--data-dir", type=Path, help="data directory")
+    p.add_argument("--verify", action="store_true",
+                   help="hash every installed registry model's files again and compare them "
+                        "with the SHA-256 sums in models/registry.toml")
     p.set_defaults(func=run)
 
 
@@ -30,6 +45,8 @@ def _size(n: int | None) -> str:
 def run(args: argparse.Namespace) -> int:
     """Print the models table (or JSON)."""
     settings = settings_from_args(args)
+    if args.verify:
+        return _verify(settings)
     rows = describe_models(settings)
     device, compute = choose_device(settings)
     if args.json:
@@ -47,3 +64,19 @@ def run(args: argparse.Namespace) -> int:
                       r["path"] or "-")
     Console().print(table)
     return 0
+
+
+def _verify(settings: Settings) -> int:
+    """One line per registry model: ok, not installed, or the mismatch; 1 if any mismatch."""
+    failed = 0
+    for name in load_registry(registry_path(settings)):
+        try:
+            resolved = resolve(name, settings, rehash=True)
+        except ModelIntegrityError as exc:
+            failed += 1
+            print(f"{name}: FAILED: {exc}")
+        except ModelNotFoundError as exc:
+            print(f"{name}: not installed ({exc})")
+        else:
+            print(f"{name}: ok ({resolved.source})")
+    return 1 if failed else 0

