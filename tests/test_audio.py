@@ -230,3 +230,38 @@ def test_sniff_names_what_a_file_is(head: bytes, expected: str) -> None:
 
 def test_sha256_file_matches_hashlib(clip: Path) -> None:
     assert audio.sha256_file(clip) == gen.sha256(clip)
+
+
+@pytest.mark.parametrize("ext", ["mp3", "flac"])
+def test_truncated_compressed_file_is_flagged_with_the_length_present(
+    clip: Path, clip_duration: float, tmp_path: Path, settings: Settings, ext: str
+) -> None:
+    """An MP3 or FLAC cut in half still states the full duration (Xing / STREAMINFO header):
+    probe flags it truncated and reports the length present; the whole file is not flagged."""
+    full = gen.ffmpeg(clip, tmp_path / f"full.{ext}")
+    raw = full.read_bytes()
+    cut = tmp_path / f"cut.{ext}"
+    cut.write_bytes(raw[: len(raw) // 2])
+    info = audio.probe(cut, settings)
+    assert info.truncated is True
+    assert info.duration_s < 0.75 * clip_duration
+    complete = audio.probe(full, settings)
+    assert complete.truncated is False
+    assert complete.duration_s == pytest.approx(clip_duration, abs=0.2)
+
+
+def test_reads_never_follow_links_or_open_fifos(clip: Path, tmp_path: Path) -> None:
+    """sha256_file and completeness refuse a symlink (to /dev/zero) and a FIFO at once."""
+    import os
+
+    link = tmp_path / "zero.wav"
+    os.symlink("/dev/zero", link)
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    for path in (link, fifo):
+        with pytest.raises(audio.NotRegularFileError):
+            audio.sha256_file(path)
+        with pytest.raises(audio.NotRegularFileError):
+            audio.completeness(path)
+    with pytest.raises(audio.FileTooLargeError):
+        audio.sha256_file(clip, max_bytes=1000)

@@ -52,3 +52,14 @@ def test_read_sidecar_beside_audio(tmp_path: Path) -> None:
     (tmp_path / "dict 1.json").write_text('{"mrn": "M1"}', encoding="utf-8")
     meta = read_sidecar(audio)
     assert meta is not None and meta.mrn == "M1"
+
+
+def test_sidecar_link_or_fifo_is_refused_unread(tmp_path: Path) -> None:
+    """A sidecar that is a link (to /dev/zero) or a FIFO is a SidecarError, never read."""
+    import os
+
+    os.symlink("/dev/zero", tmp_path / "a.json")
+    os.mkfifo(tmp_path / "b.json")
+    for name in ("a.wav", "b.wav"):
+        with pytest.raises(SidecarError, match=r"link|not a regular file"):
+            read_sidecar(tmp_path / name)

@@ -88,6 +88,17 @@ class Settings(BaseSettings):
     sidecar_grace_seconds: float = Field(5.0, ge=0)
     poll_interval_seconds: float = Field(1.0, gt=0)
     workers: int = Field(1, ge=1, description="Concurrent transcriptions on this machine.")
+    truncated_wait_seconds: float = Field(
+        60.0, ge=0,
+        description="An inbox file holding less audio than its header states waits (it may "
+        "still be being written) until it has stood unchanged this long; then it is taken "
+        "and flagged truncated.",
+    )
+    orphan_sidecar_seconds: float = Field(
+        300.0, ge=0,
+        description="A sidecar whose audio neither arrives nor was taken in is quarantined "
+        "after waiting this long.",
+    )
 
     # --- servers -------------------------------------------------------------------------
     web_host: str = "127.0.0.1"
@@ -117,6 +128,89 @@ class Settings(BaseSettings):
     route_backoff_base_s: float = Field(60.0, ge=0)
     route_backoff_max_s: float = Field(3600.0, ge=0)
     route_interval_s: float = Field(60.0, gt=0, description="How often the service delivers.")
+
+    # --- recovery after a crash (pipeline.service.recovery) ----------------------------------
+    recovery_sweep_seconds: float = Field(
+        60.0, gt=0,
+        description="How often the running service looks for dictations neither done, nor "
+        "quarantined, nor truly in flight, and submits them again.",
+    )
+    recovery_grace_seconds: float = Field(
+        120.0, ge=0,
+        description="A claimed flow run that names no claimant process, or a dictation never "
+        "submitted, counts as abandoned after this long.",
+    )
+    recovery_max_attempts: int = Field(
+        5, ge=0,
+        description="Crashed runs of one dictation before it is quarantined as failed "
+        "(0: never give up).",
+    )
+
+    # --- transport, accounts and audit integrity (docs/operations.md) ---------------------
+    web_certfile: Path | None = Field(None, description="TLS certificate (PEM) for the web.")
+    web_keyfile: Path | None = Field(None, description="TLS private key (PEM) for the web.")
+    web_insecure_http: bool = Field(
+        False, description="Allow plain HTTP on a non-loopback address (behind a TLS proxy)."
+    )
+    session_max_hours: float = Field(
+        12.0, gt=0, description="A log-in session ends this long after log-in, however active."
+    )
+    login_failure_window_minutes: float = Field(
+        60.0, gt=0, description="Failed passwords count towards throttling for this long."
+    )
+    login_max_delay_seconds: float = Field(
+        900.0, ge=0, description="Longest wait throttling imposes after failed passwords."
+    )
+    practice_email_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="The practice's own e-mail domains (comma separated); recipients "
+        "elsewhere need an administrator's approval.",
+    )
+    audit_key_file: Path | None = Field(
+        None, description="HMAC key of the audit chain; default ~/.config/dictation/audit.key."
+    )
+    audit_key: str | None = Field(
+        None, description="The audit HMAC key itself (DICTATION_AUDIT_KEY), instead of a file."
+    )
+    audit_checkpoint_every: int = Field(
+        100, ge=1, description="Write a signed checkpoint of the audit chain every N events."
+    )
+
+    # --- encryption at rest, backups, retention (pipeline.core.crypto, service.backup) ---
+    key_file: Path = Field(
+        Path("~/.config/dictation/data.key"),
+        description="Data key ring (0600, outside the data directory); created at first use.",
+    )
+    data_key: str | None = Field(
+        None, repr=False,
+        description="Data key(s) from the environment (DICTATION_DATA_KEY): base64 of 32 "
+        "bytes; several comma separated, the first encrypts (rotation). Overrides key_file.",
+    )
+    backup_dir: Path | None = Field(
+        None, description="Nightly backups (default <data_dir>/backups; better another disk)."
+    )
+    backup_keep: int = Field(7, ge=1, description="Nightly backups kept (the newest N).")
+    backup_cron: str = Field("30 1 * * *", description="When the nightly backup runs.")
+    retention_audio_days_after_signing: int | None = Field(
+        None, ge=0, description="Delete a dictation's audio this long after its document was "
+        "signed (None: keep).",
+    )
+    retention_quarantine_days: int | None = Field(
+        None, ge=0, description="Delete quarantined files this old (None: keep).",
+    )
+    retention_exports_days: int | None = Field(
+        None, ge=0, description="Delete delivered export files (route/print, hl7, fhir) this "
+        "old (None: keep).",
+    )
+
+    @field_validator("practice_email_domains", mode="before")
+    @classmethod
+    def _split_domains(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [v.strip().lower().lstrip("@") for v in value.split(",") if v.strip()]
+        return value
 
     @field_validator("physicians", mode="before")
     @classmethod
@@ -173,6 +267,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_path / 'dictation.db'}"
+
+    @property
+    def backup_path(self) -> Path:
+        return (self.backup_dir or (self.data_path / "backups")).expanduser().resolve()
 
 
 @lru_cache(maxsize=1)

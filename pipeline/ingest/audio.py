@@ -3,8 +3,17 @@
 ``probe(path, settings)`` opens the file with PyAV (FFmpeg bundled), checks that it holds
 decodable audio of an acceptable length and returns an ``AudioInfo`` (with the file's
 SHA-256, streamed). Each kind of bad input raises one ``AudioError`` subclass whose message
-says what arrived and what was expected. A WAV whose header promises more data than the file
-holds is accepted but marked ``truncated``.
+says what arrived and what was expected. A file whose audio is shorter than its container
+says (a WAV whose header promises more data than the file holds; an MP3 or FLAC cut short,
+whose stated duration comes from its Xing/STREAMINFO header) is accepted but marked
+``truncated``: ``completeness`` compares the stated duration with the end of the last packet
+present (a demux, no decoding), within ``TruncationOptions``' tolerance. The inbox uses the
+same check to wait for files still being written.
+
+Every read is bounded and refuses what is not a regular file: ``open_regular`` opens with
+``O_NOFOLLOW`` (a symlink is never followed) and ``O_NONBLOCK`` (a FIFO does not block), then
+checks the open descriptor (``fstat``) is a regular file; ``sha256_file`` reads at most
+``max_bytes``.
 
 ``iter_audio(path, ...)`` decodes to 16 kHz mono float32 and yields chunks of a fixed length,
 so that memory stays bounded for hour-long files. The input file is only ever read.
@@ -12,13 +21,18 @@ so that memory stays bounded for hour-long files. The input file is only ever re
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import logging
+import os
+import stat
 import struct
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -37,6 +51,12 @@ __all__ = [
     "SAMPLE_RATE",
     "probe",
     "sha256_file",
+    "open_regular",
+    "NotRegularFileError",
+    "FileTooLargeError",
+    "TruncationOptions",
+    "Completeness",
+    "completeness",
     "iter_audio",
     "decode",
     "sniff",
@@ -66,11 +86,79 @@ _MAGIC: list[tuple[bytes, str]] = [
 ]
 
 
-def sha256_file(path: Path) -> str:
-    """SHA-256 (hex) of a file, read in 1 MiB blocks."""
+class NotRegularFileError(AudioError):
+    """A symlink, FIFO, device, socket or folder where a regular file was expected."""
+
+    code = "not_a_regular_file"
+
+
+class FileTooLargeError(AudioTooLongError):
+    """A file larger than the configured maximum (``max_file_bytes``)."""
+
+    code = "file_too_large"
+
+
+def describe_mode(mode: int) -> str:
+    """What an ``lstat`` mode is, in words ("a symbolic link", "a named pipe (FIFO)", ...)."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "a special file"
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file; never follow a symlink.
+
+    ``O_NOFOLLOW`` refuses a link, ``O_NONBLOCK`` keeps a FIFO from blocking the open, and
+    ``fstat`` on the open descriptor (not the name: no race) checks the kind. Raises
+    ``NotRegularFileError`` otherwise, ``OSError`` when the file cannot be opened.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFileError(
+                f"{Path(path).name} is a symbolic link; only regular files are read "
+                "(links are never followed)."
+            ) from exc
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(
+                f"{Path(path).name} is {describe_mode(mode)}; only regular files are read."
+            )
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def sha256_file(path: Path, max_bytes: int | None = None) -> str:
+    """SHA-256 (hex) of a regular file, read in 1 MiB blocks; at most ``max_bytes`` are read
+    (``FileTooLargeError`` beyond). Links and special files raise ``NotRegularFileError``."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    read = 0
+    with open_regular(Path(path)) as fh:
         while block := fh.read(_BLOCK):
+            read += len(block)
+            if max_bytes is not None and read > max_bytes:
+                raise FileTooLargeError(
+                    f"{Path(path).name} is larger than {max_bytes / 1e9:.1f} GB, the most "
+                    "accepted (max_file_bytes)."
+                )
             h.update(block)
     return h.hexdigest()
 
@@ -133,8 +221,8 @@ class WavHeader:
 
 def wav_header(path: Path) -> WavHeader | None:
     """Parse a RIFF/WAVE header (fmt + data chunk); ``None`` if the file is not a WAV."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
         head = fh.read(12)
         if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
             return None
@@ -160,11 +248,94 @@ def wav_header(path: Path) -> WavHeader | None:
     return WavHeader(byte_rate, size, 0, 0, format_tag)  # header without a data chunk
 
 
+@dataclass(frozen=True)
+class TruncationOptions:
+    """When compressed audio counts as cut short: more than ``tolerance_s`` seconds *and*
+    more than ``tolerance_ratio`` of its stated duration are missing (encoder padding and
+    rounding stay well inside both). A WAV's header is exact: any missing byte counts."""
+
+    tolerance_s: float = 0.5
+    tolerance_ratio: float = 0.03
+
+    def is_short(self, present_s: float, stated_s: float) -> bool:
+        """True when ``present_s`` falls short of ``stated_s`` by more than both tolerances."""
+        missing = stated_s - present_s
+        return missing > self.tolerance_s and missing > self.tolerance_ratio * stated_s
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """The duration a file states (header/container) and the duration actually present."""
+
+    stated_s: float | None
+    present_s: float | None
+    truncated: bool
+
+
+def _stated_s(container: av.container.InputContainer, stream: av.audio.AudioStream
+              ) -> float | None:
+    if stream.duration is not None and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1_000_000
+    return None
+
+
+def _present_s(container: av.container.InputContainer, stream: av.audio.AudioStream
+               ) -> float | None:
+    """End of the last packet in the file (pts + duration) from its stream start: demuxed,
+    not decoded. ``None`` when packets carry no timestamps."""
+    tb = stream.time_base
+    if not tb:
+        return None
+    start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+    end: float | None = None
+    for packet in container.demux(stream):
+        if packet.pts is None:
+            continue
+        e = float((packet.pts + (packet.duration or 0)) * tb)
+        end = e if end is None or e > end else end
+    return None if end is None else max(0.0, end - start)
+
+
+def completeness(path: Path | str, options: TruncationOptions | None = None) -> Completeness:
+    """Compare the duration ``path`` states with what it holds; never decodes.
+
+    WAV: the data chunk size in the header against the bytes present (exact). Other formats:
+    the stream/container duration against the end of the last packet present, within
+    ``options``. A file PyAV cannot open, or one stating no duration, is not judged
+    (``truncated`` False): ``probe`` names what is wrong with it. Raises
+    ``NotRegularFileError`` for links and special files, ``OSError`` if unreadable.
+    """
+    options = options or TruncationOptions()
+    path = Path(path)
+    wav = wav_header(path)
+    if wav is not None:
+        stated = (wav.declared / wav.byte_rate
+                  if wav.declared is not None and wav.byte_rate > 0 else None)
+        return Completeness(stated, wav.duration_s, wav.truncated)
+    with open_regular(path) as fh:
+        try:
+            with av.open(fh, mode="r", metadata_errors="ignore") as container:
+                if not container.streams.audio:
+                    return Completeness(None, None, False)
+                stream = container.streams.audio[0]
+                stated = _stated_s(container, stream)
+                if stated is None:
+                    return Completeness(None, None, False)
+                present = _present_s(container, stream)
+        except (av.error.FFmpegError, ValueError, UnicodeDecodeError, NotImplementedError):
+            return Completeness(None, None, False)
+    if present is None:
+        return Completeness(stated, None, False)
+    return Completeness(stated, present, options.is_short(present, stated))
+
+
 def _open(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), mode="r", metadata_errors="ignore")
     except (av.error.InvalidDataError, av.error.FFmpegError, UnicodeDecodeError) as exc:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(4096)
         raise AudioDecodeError(
             f"{path.name} could not be opened as audio: it {sniff(head)}; expected an audio "
@@ -190,18 +361,26 @@ def _count_duration(container: av.container.InputContainer, limit_s: float) -> f
     return total
 
 
-def probe(path: Path | str, settings: Settings) -> AudioInfo:
+def probe(path: Path | str, settings: Settings,
+          truncation: TruncationOptions | None = None) -> AudioInfo:
     """Check an audio file and describe it; raise an ``AudioError`` subclass if unusable.
 
     Never modifies the file. Long files are refused from their stated duration, without
-    decoding them.
+    decoding them. A file holding less audio than it states (``completeness``, within
+    ``truncation``) is accepted, marked ``truncated``, with the duration present.
     """
     path = Path(path)
-    if not path.exists():
-        raise AudioError(f"Audio file {path} does not exist.")
-    if not path.is_file():
-        raise AudioError(f"{path} is not a regular file; expected an audio recording.")
-    size = path.stat().st_size
+    try:
+        st = path.stat()  # a link named on the command line is followed; the inbox never
+    except FileNotFoundError:  # passes one (``inbox.register`` quarantines links)
+        raise AudioError(f"Audio file {path} does not exist.") from None
+    src = path.resolve() if path.is_symlink() else path  # reads below never follow a link
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(
+            f"{path.name} is {describe_mode(st.st_mode)}, not a regular file; expected an "
+            "audio recording."
+        )
+    size = st.st_size
     if size == 0:
         raise EmptyAudioError(f"{path.name} is empty (0 bytes); expected an audio recording.")
     if size > settings.max_file_bytes:
@@ -209,14 +388,14 @@ def probe(path: Path | str, settings: Settings) -> AudioInfo:
             f"{path.name} is {size / 1e9:.1f} GB; at most {settings.max_file_bytes / 1e9:.1f} GB "
             "is accepted."
         )
-    wav = wav_header(path)
+    wav = wav_header(src)
     if wav is not None and wav.available == 0:
         raise EmptyAudioError(f"{path.name} is a WAV header with no audio data in it.")
 
-    with _open(path) as container:
+    with _open(src) as container:
         fmt = container.format.name
         if not container.streams.audio:
-            with open(path, "rb") as fh:
+            with open_regular(src) as fh:
                 what = sniff(fh.read(4096))
             kind = "" if what.startswith("is not") else f" ({what.removeprefix('looks like ')})"
             raise UnsupportedFormatError(
@@ -260,12 +439,11 @@ def probe(path: Path | str, settings: Settings) -> AudioInfo:
                 ) from error
             raise EmptyAudioError(f"{path.name} is a '{fmt}' file with no audio in it.")
 
+        stated = False  # the duration below is the container's word, not counted
         if wav is not None and wav.duration_s is not None:
             duration = wav.duration_s
-        elif stream.duration is not None and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration:
-            duration = container.duration / 1_000_000
+        elif (said := _stated_s(container, stream)) is not None:
+            duration, stated = said, True
         else:
             container.seek(0)
             duration = _count_duration(container, settings.max_audio_seconds)
@@ -280,9 +458,16 @@ def probe(path: Path | str, settings: Settings) -> AudioInfo:
         truncated = True
         log.info("truncated WAV: header promises %s bytes, file holds %d", wav.declared,
                  wav.available)
+    elif wav is None and stated:
+        comp = completeness(src, truncation)
+        if comp.truncated and comp.present_s is not None:
+            truncated = True
+            log.info("truncated %s audio: states %.1f s, holds %.1f s", fmt, duration,
+                     comp.present_s)
+            duration = comp.present_s
     return AudioInfo(
         path=path,
-        sha256=sha256_file(path),
+        sha256=sha256_file(src, settings.max_file_bytes),
         size_bytes=size,
         format=fmt,
         codec=codec,

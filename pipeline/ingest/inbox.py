@@ -10,8 +10,14 @@ Layout under ``settings.data_dir``::
 
 A file is picked up only when it is complete: inotify events (or a polling observer on network
 shares) wake the scanner, and the file's size and mtime must stay unchanged for
-``settings.stable_seconds``. An audio file waits up to ``settings.sidecar_grace_seconds`` (from
-when it was first seen) for its sidecar. It is then *claimed* by an atomic ``os.rename`` into
+``settings.stable_seconds`` (0.5 s after inotify saw its writer close it, or saw it renamed or
+moved into place, even from another folder). A writer that pauses and then writes again has
+shown how long it pauses: from then on the file must stay unchanged twice that long. A file
+holding less audio than its header states (``audio.completeness``: a WAV whose data chunk
+promises more bytes, an MP3/FLAC cut short) is still being written: it waits until complete,
+or ``settings.truncated_wait_seconds`` without change, and is then taken (and flagged
+``truncated`` by ``audio.probe``). An audio file waits up to ``settings.sidecar_grace_seconds``
+(from when it was first seen) for its sidecar. It is then *claimed* by an atomic ``os.rename`` into
 ``processing/<dictation-id>/``: of two service instances racing for one file, exactly one rename
 succeeds and the other gets ``FileNotFoundError`` and moves on.
 
@@ -19,6 +25,28 @@ The audio's SHA-256 is the idempotency key: ``inbox_intake`` has it as primary k
 intakes of the same recording exactly one insert wins, even across machines; the other becomes a
 ``duplicate`` dictation (``duplicate_of`` set) and its file is archived, not processed.
 Nothing is ever deleted.
+
+What is taken (the same rule on every path: rescan, watcher event, ``resume``):
+
+- Regular files directly in ``inbox/<physician-id>/`` (or the inbox root: quarantined as having
+  no physician). Symbolic links are never followed, and links, FIFOs, devices and sockets are
+  never opened: each is moved, as it is (the link itself, not its target), to ``quarantine/``
+  with a reason. Every read is bounded (``settings.max_file_bytes``; ``audio.open_regular``).
+- Files in a *subfolder* of a physician folder are not dictations of that folder: they are
+  quarantined with a reason (nothing waits unseen; an empty subfolder is left alone).
+- A file that cannot be read (permissions) is quarantined with one reason; one that cannot
+  even be moved stays in place, is reported once (``InboxScanner.refused``) and tried again
+  when it changes. ``resume`` handles each leftover on its own: one bad entry never stops it.
+- A sidecar that arrives after its audio was taken (later than the grace period) is attached
+  to that dictation (same folder and name, taken in within the last hour): its metadata
+  replaces the row's, and a draft still in review gets the new header fields, priority and
+  the flag ``late_sidecar`` (``on_late_sidecar`` re-renders its files). While the dictation is
+  still being processed the sidecar waits; a sidecar matching no dictation is quarantined
+  after ``settings.orphan_sidecar_seconds``. Either way it leaves the inbox, and the change is
+  audited.
+
+Logs name dictations by their opaque id only: file names (which carry MRNs under the naming
+convention below) appear in quarantine reasons and the database, never in a log line.
 
 Filename convention (used when there is no sidecar)::
 
@@ -30,13 +58,16 @@ The date is the date of service; names that do not match are fine (no metadata i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,14 +78,20 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.core import audit
-from pipeline.core.db.core import DictationRow
+from pipeline.core.db.core import DictationRow, DraftRow
 from pipeline.core.db.inbox import InboxIntake
 from pipeline.core.errors import PipelineError, SidecarError
 from pipeline.core.records import DictationMeta, to_jsonable
 from pipeline.core.settings import Settings
 from pipeline.core.store import open_store
-from pipeline.ingest.audio import sha256_file
-from pipeline.ingest.sidecar import parse_sidecar
+from pipeline.ingest.audio import (
+    FileTooLargeError,
+    NotRegularFileError,
+    completeness,
+    describe_mode,
+    sha256_file,
+)
+from pipeline.ingest.sidecar import parse_sidecar, read_sidecar_bytes
 
 __all__ = [
     "ensure_layout",
@@ -78,6 +115,8 @@ __all__ = [
     "recent",
     "ACTIVE_STATUSES",
     "RESCAN_SECONDS",
+    "LATE_SIDECAR",
+    "attach_late_sidecar",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,6 +133,17 @@ _SIDECAR_SETTLE_S = 1.0
 _CLOSED_SETTLE_S = 0.5
 #: A file open for writing but unchanged this long is taken anyway (a writer that hangs).
 _OPEN_WRITER_CAP_S = 60.0
+#: A file whose writer paused for ``p`` seconds must then stay unchanged ``_PAUSE_FACTOR * p``.
+_PAUSE_FACTOR = 2.0
+#: Subfolders of a physician folder are searched this deep for files to quarantine.
+_MAX_DEPTH = 4
+#: A late sidecar is matched only to a dictation taken in at most this long before it.
+_LATE_SIDECAR_WINDOW_S = 3600.0
+#: Draft flag: its sidecar arrived after the dictation was processed.
+LATE_SIDECAR = "late_sidecar"
+_HEADER_FROM_SIDECAR = ("patient_name", "date_of_birth", "mrn", "date_of_service",
+                        "referring_physician")
+_QUEUED = "queued_for_review"  # pipeline.review.queue.QUEUED (a layer above: not imported)
 
 _TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".swp",
                   ".lock", ".json", ".txt")
@@ -170,6 +220,7 @@ class IntakeResult:
     reason: str | None = None
     duplicate_of: str | None = None
     priority: str = "routine"
+    draft_id: str | None = None  # a late sidecar changed this draft
 
 
 def _new_id() -> str:
@@ -178,8 +229,11 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
-def claim(path: Path, settings: Settings, physician_folder: str | None) -> str | None:
+def claim(path: Path, settings: Settings, physician_folder: str | None,
+          in_subfolder: bool = False) -> str | None:
     """Atomically move ``path`` (and its sidecar) into ``processing/<new id>/``.
+
+    ``path`` is moved as it is: a link is moved, not followed; nothing is opened.
 
     Returns the new dictation id, or ``None`` if another process took (or removed) the file
     first.
@@ -187,21 +241,24 @@ def claim(path: Path, settings: Settings, physician_folder: str | None) -> str |
     did = _new_id()
     target_dir = settings.processing_dir / did
     target_dir.mkdir(parents=True, exist_ok=False)
-    claim_info = {
+    claim_info: dict[str, Any] = {
         "physician_folder": physician_folder,
         "original_name": path.name,
+        "in_subfolder": in_subfolder,
         "claimed_at": datetime.now(UTC).isoformat(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
     }
     (target_dir / _CLAIM_FILE).write_text(json.dumps(claim_info), encoding="utf-8")
     try:
-        os.rename(path, target_dir / path.name)
-    except FileNotFoundError:
-        # Lost the race (another instance claimed it) or the file was removed: move on.
+        os.rename(path, target_dir / path.name)  # moves a link itself, opens nothing
+    except OSError as exc:
         (target_dir / _CLAIM_FILE).unlink()
         target_dir.rmdir()
-        return None
+        if isinstance(exc, FileNotFoundError):
+            # Lost the race (another instance claimed it) or the file was removed: move on.
+            return None
+        raise  # cannot be moved (permissions): the scanner leaves it and reports it
     sidecar = path.with_suffix(".json")
     if sidecar != path:
         with contextlib.suppress(FileNotFoundError):
@@ -212,11 +269,14 @@ def claim(path: Path, settings: Settings, physician_folder: str | None) -> str |
 def claimed_audio(folder: Path) -> Path | None:
     """The audio file inside a ``processing/<id>/`` (or archive) folder."""
     info = _read_claim(folder)
-    if info and (folder / info["original_name"]).exists():
+    if info and os.path.lexists(folder / str(info["original_name"])):
         return folder / str(info["original_name"])
     for p in sorted(folder.iterdir()):
-        if p.name != _CLAIM_FILE and p.suffix.lower() != ".json" and p.is_file():
-            return p
+        if p.name == _CLAIM_FILE or p.suffix.lower() == ".json":
+            continue
+        with contextlib.suppress(OSError):
+            if not stat.S_ISDIR(p.lstat().st_mode):  # links and special files count
+                return p
     return None
 
 
@@ -257,8 +317,8 @@ def load_meta(audio_path: Path, physician_id: str | None) -> DictationMeta:
     else the filename convention, else empty; ``physician_id`` is the inbox folder's."""
     sidecar = audio_path.with_suffix(".json")
     meta: DictationMeta | None = None
-    if sidecar.is_file() and sidecar != audio_path:
-        meta = parse_sidecar(sidecar.read_bytes(), name=sidecar.name)
+    if sidecar != audio_path and os.path.lexists(sidecar):
+        meta = parse_sidecar(read_sidecar_bytes(sidecar), name=sidecar.name)
     if meta is None:
         meta = parse_filename(audio_path.name) or DictationMeta()
     meta.physician_id = physician_id
@@ -267,7 +327,7 @@ def load_meta(audio_path: Path, physician_id: str | None) -> DictationMeta:
 
 def _unique_target(folder: Path, name: str, did: str) -> Path:
     target = folder / name
-    if target.exists() or (folder / f"{name}.reason.txt").exists():
+    if os.path.lexists(target) or (folder / f"{name}.reason.txt").exists():
         target = folder / f"{did[:8]}_{name}"
     return target
 
@@ -297,7 +357,7 @@ def quarantine(
             )
             os.rename(audio, audio_target)
             sidecar = audio.with_suffix(".json")
-            if sidecar.exists() and sidecar != audio:
+            if os.path.lexists(sidecar) and sidecar != audio:
                 os.rename(sidecar, audio_target.with_suffix(".json"))
         leftovers = [p for p in folder.iterdir() if p.name != _CLAIM_FILE]
         if leftovers:  # never delete: keep anything unexpected beside the quarantined file
@@ -365,11 +425,14 @@ def register(settings: Settings, dictation_id: str) -> IntakeResult:
         return IntakeResult("vanished", dictation_id, reason="claimed folder holds no audio")
     pfolder = info.get("physician_folder")
     physician_id = pfolder if pfolder in settings.physicians else None
-    digest = sha256_file(audio)
-    size = audio.stat().st_size
-    base_row = {
+    try:
+        st = audio.lstat()
+    except FileNotFoundError:
+        return IntakeResult("vanished", dictation_id, reason="claimed file is gone")
+    size = st.st_size
+    base_row: dict[str, Any] = {
         "id": dictation_id,
-        "sha256": digest,
+        "sha256": "",  # set once the file is known to be readable
         "physician_id": physician_id,
         "original_name": audio.name,
         "audio_path": str(audio),
@@ -382,6 +445,19 @@ def register(settings: Settings, dictation_id: str) -> IntakeResult:
         quarantine(settings, dictation_id, reason, code=code)
         return IntakeResult("quarantined", dictation_id, reason=reason)
 
+    if not stat.S_ISREG(st.st_mode):
+        return _bad(
+            f"{audio.name} is {describe_mode(st.st_mode)}, not a regular file: only regular "
+            "files are taken from the inbox (links are not followed, pipes and devices are not "
+            "read). It was moved here as it is, without being opened.",
+            "not_a_regular_file",
+        )
+    if info.get("in_subfolder"):
+        return _bad(
+            f"{audio.name} arrived in a subfolder of inbox folder '{pfolder}'; only files "
+            "directly in a physician's folder are dictations. Move it there to process it.",
+            "in_subfolder",
+        )
     if physician_id is None:
         where = f"inbox folder '{pfolder}'" if pfolder else "the inbox root"
         return _bad(
@@ -392,6 +468,23 @@ def register(settings: Settings, dictation_id: str) -> IntakeResult:
     if size == 0:
         return _bad(f"File {audio.name} is empty (0 bytes); expected an audio recording.",
                     "empty_audio")
+    try:
+        if size > settings.max_file_bytes:
+            raise FileTooLargeError(
+                f"{audio.name} is {size / 1e9:.1f} GB; at most "
+                f"{settings.max_file_bytes / 1e9:.1f} GB is accepted (max_file_bytes)."
+            )
+        digest = sha256_file(audio, settings.max_file_bytes)
+    except (NotRegularFileError, FileTooLargeError) as exc:
+        return _bad(str(exc), exc.code)
+    except OSError as exc:
+        return _bad(
+            f"{audio.name} could not be read ({exc.strerror or type(exc).__name__}); check "
+            "its permissions (the service must be able to read it) and move it back into the "
+            "inbox.",
+            "unreadable",
+        )
+    base_row["sha256"] = digest
     try:
         meta = load_meta(audio, physician_id)
     except SidecarError as exc:
@@ -467,6 +560,173 @@ def register(settings: Settings, dictation_id: str) -> IntakeResult:
     return IntakeResult("duplicate", dictation_id, duplicate_of=dup_of, priority=meta.priority)
 
 
+def _opaque(path: Path) -> str:
+    """A short stable stand-in for a file name in log lines (names may hold an MRN)."""
+    return "file-" + hashlib.sha256(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _quarantine_inbox_file(settings: Settings, path: Path, reason: str, code: str) -> Path:
+    """Move one inbox file (a sidecar) straight to ``quarantine/`` with its reason; audited
+    under an opaque id (the hash of its path)."""
+    settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    tag = hashlib.sha256(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    target = _unique_target(settings.quarantine_dir, path.name, tag)
+    target.with_name(target.name + ".reason.txt").write_text(reason.strip() + "\n",
+                                                             encoding="utf-8")
+    os.rename(path, target)
+    with open_store(settings).session() as s:
+        audit.record(s, actor="system:inbox", action="quarantine", object_type="inbox_file",
+                     object_id=tag, outcome="error", detail={"code": code})
+    log.warning("quarantined inbox file %s code=%s", _opaque(path), code)
+    return target
+
+
+def _printed_date(value: Any) -> str | None:
+    """A date as the documents print it (``pipeline.documents.header.format_date``)."""
+    if not value:
+        return None
+    try:
+        d = datetime.fromisoformat(str(value)).date()
+    except ValueError:
+        return str(value)
+    return f"{d.strftime('%B')} {d.day}, {d.year}"
+
+
+def _same_text(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
+
+
+def _find_late_match(settings: Settings, path: Path, mtime: float) -> tuple[str, str] | None:
+    """(dictation id, status) of the latest dictation from the same folder with the same
+    name stem, taken in at most ``_LATE_SIDECAR_WINDOW_S`` before the sidecar was written."""
+    since = datetime.fromtimestamp(mtime - _LATE_SIDECAR_WINDOW_S, UTC)
+    with open_store(settings).session() as s:
+        rows = s.execute(
+            select(DictationRow.id, DictationRow.status, DictationRow.original_name,
+                   DictationRow.created_at, DictationRow.meta)
+            .where(DictationRow.physician_id == path.parent.name,
+                   DictationRow.status != "duplicate")
+            .order_by(DictationRow.created_at.desc())
+            .limit(500)
+        ).all()
+    for did, status, name, created, meta in rows:
+        if created is not None and created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        if created is not None and created < since:
+            break
+        if (meta or {}).get("source") == "sidecar":
+            continue  # it had its sidecar: this one belongs to another recording
+        if Path(str(name)).stem == path.stem:
+            return str(did), str(status)
+    return None
+
+
+def attach_late_sidecar(settings: Settings, path: Path, *,
+                        orphan_after: bool = False) -> IntakeResult | None:
+    """Deal with a sidecar whose audio is no longer in the inbox; ``None`` to wait.
+
+    Matched to a dictation (same physician folder and name stem, taken in within the hour
+    before, that had no sidecar): while it is still being processed the sidecar waits. Once
+    processed, the sidecar's metadata replaces the dictation's, and its draft, if still
+    queued for review, gets the sidecar's header fields (a different dictated value is kept
+    as the conflict), its priority and the flag ``late_sidecar``; the sidecar moves beside
+    the archived audio.
+    A draft already past review is not changed: the sidecar is quarantined with the reason.
+    For a quarantined or failed dictation the metadata is recorded and the sidecar moves
+    beside the quarantined audio (a re-drop then carries it). Unmatched, it is quarantined
+    when ``orphan_after`` (it waited long enough for its audio). Every change is audited.
+    """
+    try:
+        mtime = path.lstat().st_mtime
+    except FileNotFoundError:
+        return None
+    found = _find_late_match(settings, path, mtime)
+    if found is None:
+        if not orphan_after:
+            return None  # its audio may still be on its way
+        _quarantine_inbox_file(
+            settings, path,
+            f"Sidecar {path.name} matches no dictation: no audio named '{path.stem}' arrived "
+            f"in inbox folder '{path.parent.name}' within "
+            f"{settings.orphan_sidecar_seconds:.0f} s, nor was one taken in during the hour "
+            "before it. Put it beside its audio file in the inbox.",
+            "orphan_sidecar",
+        )
+        return IntakeResult("quarantined", reason="orphan_sidecar")
+    did, status = found
+    if status in ACTIVE_STATUSES:
+        return None  # being processed: attached once its draft exists
+    late = f"It arrived after dictation {did} was taken in, which was processed without it."
+    try:
+        meta = parse_sidecar(read_sidecar_bytes(path), name=path.name)
+    except SidecarError as exc:
+        _quarantine_inbox_file(settings, path, f"{exc} {late}", exc.code)
+        return IntakeResult("quarantined", did, reason=exc.code)
+    with open_store(settings).session() as s:
+        row = s.get(DictationRow, did)
+        if row is None:
+            return None
+        draft = s.scalars(select(DraftRow).where(DraftRow.dictation_id == did)).first()
+        if draft is not None and draft.status != _QUEUED:
+            blocked = (draft.id, draft.status)
+        else:
+            blocked = None
+            meta.physician_id = row.physician_id  # the inbox folder decides the physician
+            old = dict(row.meta or {})
+            new = to_jsonable(meta)
+            row.meta = new
+            row.priority = meta.priority
+            if status != "done" and meta.document_type:
+                row.document_type = meta.document_type
+            changed = sorted(k for k in new if k != "source" and new.get(k) != old.get(k))
+            draft_id = None
+            if draft is not None:
+                doc = dict(draft.document or {})
+                header = dict(doc.get("header") or {})
+                flags = set(draft.flags or []) | {LATE_SIDECAR}
+                for key in _HEADER_FROM_SIDECAR:
+                    raw = new.get(key)
+                    value = _printed_date(raw) if key.startswith("date_") else raw
+                    if not value:
+                        continue
+                    got = header.get(key)
+                    prev: dict[str, Any] = got if isinstance(got, dict) else {}
+                    said = prev.get("value") if prev.get("source") == "dictation" else None
+                    conflict = said if said and not _same_text(str(said), str(value)) else None
+                    if conflict:
+                        flags.add("header_mismatch")
+                    header[key] = {"value": value, "source": "sidecar", "conflict": conflict}
+                doc["header"] = header
+                draft.document = doc
+                draft.patient_name = meta.patient_name or draft.patient_name
+                draft.mrn = meta.mrn or draft.mrn
+                draft.priority = meta.priority
+                draft.flags = sorted(flags)
+                draft_id = draft.id
+            audit.record(s, actor="system:inbox", action="late_sidecar",
+                         object_type="dictation", object_id=did, patient_ref=meta.mrn,
+                         detail={"draft_id": draft_id, "fields": changed})
+            audio_path = Path(row.audio_path) if row.audio_path else None
+            original = str(row.original_name)
+    if blocked is not None:
+        _quarantine_inbox_file(
+            settings, path,
+            f"Sidecar {path.name} arrived after dictation {did}'s draft {blocked[0]} was "
+            f"already {blocked[1]}; its data were not applied. Add them by hand (an addendum).",
+            "late_sidecar_after_review",
+        )
+        return IntakeResult("quarantined", did, reason="late_sidecar_after_review")
+    # beside the audio, as an on-time sidecar is (archive/<id>/ or quarantine/)
+    folder = audio_path.parent if audio_path is not None and audio_path.parent.is_dir() \
+        else settings.quarantine_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    base = audio_path.stem if audio_path is not None else Path(original).stem
+    target = _unique_target(folder, base + ".json", did)
+    os.rename(path, target)
+    log.info("late sidecar attached dictation=%s draft=%s status=%s", did, draft_id, status)
+    return IntakeResult("late_sidecar", did, priority=meta.priority, draft_id=draft_id)
+
+
 def _submit(settings: Settings, result: IntakeResult, submit: Submit | None) -> None:
     if submit is None or result.outcome != "received" or result.dictation_id is None:
         return
@@ -489,6 +749,29 @@ def pending_resubmits(settings: Settings) -> list[tuple[str, str, str | None]]:
     return [(r[0], r[1], r[2]) for r in rows]
 
 
+def _resume_one(settings: Settings, folder: Path, submit: Submit | None) -> str | None:
+    """Finish one stale ``processing/<id>/`` folder; returns the action taken (or None)."""
+    did = folder.name
+    with open_store(settings).session() as s:
+        row = s.get(DictationRow, did)
+        status = row.status if row else None
+        reason = (row.error_message, row.error_code) if row else (None, None)
+    if row is None:
+        if claimed_audio(folder) is None:
+            return None
+        result = register(settings, did)  # links, special and unreadable files: quarantined
+        _submit(settings, result, submit)
+        return "registered"
+    if status in ("done", "duplicate"):
+        archive(settings, did)
+        return "archived"
+    if status in ("quarantined", "failed"):
+        with contextlib.suppress(FileNotFoundError):
+            quarantine(settings, did, reason[0] or "Processing failed.",
+                       code=reason[1] or "failed", status=status)
+    return None
+
+
 def resume(settings: Settings, submit: Submit | None = None,
            should_resubmit: Callable[[str | None], bool] | None = None) -> dict[str, int]:
     """Finish what a crash left behind; returns counts per action.
@@ -496,7 +779,10 @@ def resume(settings: Settings, submit: Submit | None = None,
     Only folders whose claim is stale (``claim_is_stale``: the claiming process is gone) are
     touched, so several instances sharing a data directory do not trip over each other.
 
-    - ``processing/<id>/`` without a row: registered now (as if just claimed).
+    - ``processing/<id>/`` without a row: registered now (as if just claimed; a link, special
+      or unreadable file is quarantined there).
+    - an entry that fails anyway is logged by id and left for a person (``errors`` count);
+      the others are still resumed.
     - a finished row whose folder is still in processing/: archived (or quarantined).
     - unfinished rows: submitted again if their flow run is gone/finished/crashed
       (``should_resubmit(flow run id)``, default: always) or, never submitted, if their
@@ -504,31 +790,22 @@ def resume(settings: Settings, submit: Submit | None = None,
     """
     counts = {"registered": 0, "archived": 0, "resubmitted": 0}
     settings.processing_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings)
     just_submitted: set[str] = set()
     for folder in sorted(settings.processing_dir.iterdir()):
-        if not folder.is_dir() or not claim_is_stale(folder):
-            continue
-        did = folder.name
-        with store.session() as s:
-            row = s.get(DictationRow, did)
-            status = row.status if row else None
-            reason = (row.error_message, row.error_code) if row else (None, None)
-        if row is None:
-            if claimed_audio(folder) is None:
+        try:
+            if not folder.is_dir() or folder.is_symlink() or not claim_is_stale(folder):
                 continue
-            result = register(settings, did)
-            counts["registered"] += 1
-            _submit(settings, result, submit)
-            just_submitted.add(did)
+            action = _resume_one(settings, folder, submit)
+        except Exception as exc:  # one bad entry must never stop the service from starting
+            # ids and error kinds only: a message or traceback may hold a file name (an MRN)
+            log.error("resume left dictation=%s in processing: %s errno=%s", folder.name,
+                      type(exc).__name__, getattr(exc, "errno", None))
+            counts["errors"] = counts.get("errors", 0) + 1
             continue
-        if status in ("done", "duplicate"):
-            archive(settings, did)
-            counts["archived"] += 1
-        elif status in ("quarantined", "failed"):
-            with contextlib.suppress(FileNotFoundError):
-                quarantine(settings, did, reason[0] or "Processing failed.",
-                           code=reason[1] or "failed", status=status)
+        if action is not None:
+            counts[action] += 1
+            if action == "registered":
+                just_submitted.add(folder.name)
     if submit is not None:
         for did, priority, run_id in pending_resubmits(settings):
             if did in just_submitted:
@@ -559,6 +836,10 @@ class _Candidate:
     stable_since: float
     writing: bool = False  # inotify saw it opened for writing and not yet closed
     closed: bool = False  # inotify saw the writer close it (or it was renamed into place)
+    mode: int = stat.S_IFREG  # lstat kind: links and special files are never opened
+    max_pause: float = 0.0  # longest time it stood unchanged before it changed again
+    checked: tuple[int, int] | None = None  # (size, mtime_ns) of the last completeness check
+    short_since: float | None = None  # holds less audio than it states since (monotonic)
 
 
 @dataclass
@@ -570,6 +851,7 @@ class Intake:
     quarantined: int = 0
     vanished: int = 0
     errors: int = 0
+    late_sidecars: int = 0
     last: list[IntakeResult] = field(default_factory=list)
 
 
@@ -583,11 +865,19 @@ class InboxScanner:
     """
 
     def __init__(self, settings: Settings, submit: Submit | None = None,
-                 rescan_seconds: float = RESCAN_SECONDS) -> None:
+                 rescan_seconds: float = RESCAN_SECONDS,
+                 on_late_sidecar: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.submit = submit
         self.rescan_seconds = rescan_seconds
+        #: called with the draft id after a late sidecar changed a queued draft's header
+        #: (the service re-renders the draft's files; this layer cannot import the renderer)
+        self.on_late_sidecar = on_late_sidecar
         self.stats = Intake()
+        #: files that could not even be moved, with the reason; tried again when they change
+        self.refused: dict[Path, str] = {}
+        self._refused_at: dict[Path, tuple[int, int]] = {}
+        self._sidecars: dict[Path, float] = {}  # orphan sidecar -> first seen (wall clock)
         self._candidates: dict[Path, _Candidate] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -596,23 +886,36 @@ class InboxScanner:
 
     # -- discovery ------------------------------------------------------------------------
     def _iter_inbox(self) -> Iterator[Path]:
-        root = self.settings.inbox_dir
+        """Every entry that is not a folder and not an ignored name: regular files, links
+        and special files, in the root, in physician folders and in their subfolders (to be
+        quarantined). Links are never followed."""
+        yield from self._walk(self.settings.inbox_dir, 0)
+
+    def _walk(self, folder: Path | str, depth: int) -> Iterator[Path]:
         try:
-            entries = list(os.scandir(root))
-        except FileNotFoundError:
+            entries = list(os.scandir(folder))
+        except OSError:
             return
         for entry in entries:
-            if entry.is_file(follow_symlinks=False):
-                if not is_ignored(entry.name):
-                    yield Path(entry.path)
-            elif entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
-                try:
-                    sub = list(os.scandir(entry.path))
-                except OSError:
-                    continue
-                for f in sub:
-                    if f.is_file(follow_symlinks=False) and not is_ignored(f.name):
-                        yield Path(f.path)
+            if entry.is_dir(follow_symlinks=False):
+                if not entry.name.startswith(".") and depth < _MAX_DEPTH:
+                    yield from self._walk(entry.path, depth + 1)
+            elif not is_ignored(entry.name):
+                yield Path(entry.path)
+
+    def _iter_sidecars(self) -> Iterator[Path]:
+        """Sidecars directly in physician folders whose audio is not beside them."""
+        for pid in self.settings.physicians:
+            folder = self.settings.inbox_dir / pid
+            try:
+                names = [e.name for e in os.scandir(folder)]
+            except OSError:
+                continue
+            stems = {Path(n).stem for n in names if not n.lower().endswith(".json")}
+            for name in names:
+                if name.lower().endswith(".json") and not name.startswith(".") \
+                        and Path(name).stem not in stems:
+                    yield folder / name
 
     def poke(self, path: Path | str, kind: str = "modified") -> None:
         """Note an event for ``path`` (``created``, ``modified``, ``closed``, ``moved``...);
@@ -646,22 +949,33 @@ class InboxScanner:
 
     def _observe(self, path: Path, now: float) -> None:
         try:
-            st = path.stat()
-        except FileNotFoundError:
+            st = path.lstat()  # never follow a link
+        except OSError:  # gone (or its folder is unreadable)
             with self._lock:
                 self._candidates.pop(path, None)
+            return
+        if stat.S_ISDIR(st.st_mode):
             return
         with self._lock:
             cand = self._candidates.get(path)
             if cand is None:
-                self._candidates[path] = _Candidate(st.st_size, st.st_mtime_ns, now, now)
-            elif (cand.size, cand.mtime_ns) != (st.st_size, st.st_mtime_ns):
+                self._candidates[path] = _Candidate(st.st_size, st.st_mtime_ns, now, now,
+                                                    mode=st.st_mode)
+            elif (cand.size, cand.mtime_ns, cand.mode) != (st.st_size, st.st_mtime_ns,
+                                                           st.st_mode):
+                # it changed after standing still: its writer pauses this long
+                cand.max_pause = max(cand.max_pause, now - cand.stable_since)
                 cand.size, cand.mtime_ns, cand.stable_since = st.st_size, st.st_mtime_ns, now
+                cand.mode = st.st_mode
 
     # -- decisions ------------------------------------------------------------------------
     def _ready(self, path: Path, cand: _Candidate, now: float) -> bool:
         s = self.settings
         stable_for = now - cand.stable_since
+        if self._refused_at.get(path) == (cand.size, cand.mtime_ns):
+            return False  # could not be moved; tried again when it changes
+        if not stat.S_ISREG(cand.mode):
+            return stable_for >= _CLOSED_SETTLE_S  # quarantined as it is, never opened
         if cand.closed:
             # the writer closed it (inotify) or it was renamed into place: a short settle
             needed = min(s.stable_seconds, _CLOSED_SETTLE_S)
@@ -670,7 +984,14 @@ class InboxScanner:
             needed = max(_OPEN_WRITER_CAP_S, 10 * s.stable_seconds)
         else:
             needed = s.stable_seconds  # polling, or found by a rescan: size+mtime must hold
+        if cand.max_pause:
+            # a writer that closes and reopens, or stalls: outwait its longest pause
+            needed = max(needed, min(_PAUSE_FACTOR * cand.max_pause, _OPEN_WRITER_CAP_S))
         if stable_for < needed:
+            return False
+        if self._in_subfolder(path):
+            return True  # quarantined: no sidecar, no audio check
+        if not self._complete(path, cand, now):
             return False
         sidecar = path.with_suffix(".json")
         if sidecar.exists():
@@ -680,6 +1001,30 @@ class InboxScanner:
                 return False
             return age >= min(s.stable_seconds, _SIDECAR_SETTLE_S)  # else still being written
         return now - cand.first_seen >= s.sidecar_grace_seconds
+
+    def _in_subfolder(self, path: Path) -> bool:
+        with contextlib.suppress(ValueError):
+            return len(path.relative_to(self.settings.inbox_dir).parts) > 2
+        return False
+
+    def _complete(self, path: Path, cand: _Candidate, now: float) -> bool:
+        """False while the file holds less audio than it states (still being written), up
+        to ``settings.truncated_wait_seconds`` without change; checked once per version."""
+        key = (cand.size, cand.mtime_ns)
+        if cand.checked != key:
+            cand.checked = key
+            try:
+                short = completeness(path).truncated
+            except (OSError, PipelineError):
+                short = False  # take() quarantines it with the reason
+            cand.short_since = (cand.short_since or now) if short else None
+        if cand.short_since is None:
+            return True
+        if now - cand.stable_since < self.settings.truncated_wait_seconds:
+            return False
+        log.info("inbox file still short of its stated length after %.0f s unchanged; "
+                 "taking it (flagged truncated)", now - cand.stable_since)
+        return True
 
     def step(self, now: float | None = None) -> list[IntakeResult]:
         """One round: rescan if due, re-stat candidates, take in every ready file."""
@@ -700,6 +1045,7 @@ class InboxScanner:
             with self._lock:
                 self._candidates.pop(path, None)
             results.append(self.take(path))
+        results.extend(self._late_sidecars())
         return results
 
     def take(self, path: Path) -> IntakeResult:
@@ -708,7 +1054,13 @@ class InboxScanner:
         folder = rel.parts[0] if len(rel.parts) > 1 else None
         try:
             t0 = time.perf_counter()
-            did = claim(path, self.settings, folder)
+            try:
+                did = claim(path, self.settings, folder, in_subfolder=len(rel.parts) > 2)
+            except OSError as exc:
+                self._refuse(path, exc)
+                raise
+            self.refused.pop(path, None)
+            self._refused_at.pop(path, None)
             if did is None:
                 result = IntakeResult("vanished", reason="file was taken or removed before claim")
                 log.info("inbox file vanished before claim (taken by another instance?)")
@@ -731,14 +1083,71 @@ class InboxScanner:
         st.last = ([*st.last, result])[-20:]
         return result
 
+    def _refuse(self, path: Path, exc: OSError) -> None:
+        """Remember a file that cannot be moved: reported once, retried when it changes."""
+        try:
+            st = path.lstat()
+        except OSError:
+            return
+        if path not in self.refused:
+            log.error("inbox file %s cannot be moved (%s errno=%s); left in place",
+                      _opaque(path), type(exc).__name__, exc.errno)
+        self.refused[path] = (f"cannot be moved out of the inbox "
+                              f"({exc.strerror or type(exc).__name__}); fix its permissions")
+        self._refused_at[path] = (st.st_size, st.st_mtime_ns)
+
+    # -- late sidecars ----------------------------------------------------------------------
+    def _late_sidecars(self) -> list[IntakeResult]:
+        """Attach sidecars whose audio was already taken; quarantine those matching none."""
+        results: list[IntakeResult] = []
+        seen: set[Path] = set()
+        wall = time.time()
+        for path in self._iter_sidecars():
+            seen.add(path)
+            first = self._sidecars.setdefault(path, wall)
+            try:
+                age = wall - path.lstat().st_mtime
+            except OSError:
+                continue
+            if age < _SIDECAR_SETTLE_S:
+                continue  # may still be being written
+            if wall - first < 2 * self.settings.sidecar_grace_seconds + _SIDECAR_SETTLE_S:
+                continue  # a sidecar usually comes first: give its audio time to appear
+            try:
+                result = attach_late_sidecar(self.settings, path,
+                                             orphan_after=wall - first
+                                             >= self.settings.orphan_sidecar_seconds)
+            except Exception as exc:  # one sidecar must not stop intake
+                log.error("late sidecar %s failed: %s", _opaque(path), type(exc).__name__)
+                continue
+            if result is None:
+                continue
+            results.append(result)
+            self._sidecars.pop(path, None)
+            if result.outcome == "late_sidecar":
+                self.stats.late_sidecars += 1
+            elif result.outcome == "quarantined":
+                self.stats.quarantined += 1
+            if result.draft_id and self.on_late_sidecar:
+                try:
+                    self.on_late_sidecar(result.draft_id)
+                except Exception as exc:
+                    log.error("re-render after late sidecar failed draft=%s: %s",
+                              result.draft_id, type(exc).__name__)
+        for gone in set(self._sidecars) - seen:
+            del self._sidecars[gone]
+        return results
+
     # -- loop -----------------------------------------------------------------------------
     def run(self) -> None:
         """Loop until ``stop()``; exceptions in a round are logged, the loop keeps going."""
         while not self._stop.is_set():
             try:
                 self.step()
-            except Exception:  # the service must keep running whatever one round hit
-                log.exception("inbox scan round failed")
+            except Exception as exc:  # the service must keep running whatever one round hit
+                # where it failed, not the message: a message may hold a file name (an MRN)
+                log.error("inbox scan round failed: %s\n%s", type(exc).__name__,
+                          "".join(traceback.format_tb(exc.__traceback__)))
             self._wake.wait(self._next_wait())
             self._wake.clear()
 
@@ -759,9 +1168,10 @@ class InboxScanner:
         self._wake.set()
 
     def idle(self) -> bool:
-        """True when no file is waiting in the inbox."""
+        """True when no file is waiting in the inbox (files that cannot be moved aside)."""
         with self._lock:
-            return not self._candidates and not any(True for _ in self._iter_inbox())
+            waiting = [p for p in self._candidates if p not in self._refused_at]
+        return not waiting and not any(p not in self._refused_at for p in self._iter_inbox())
 
 
 def start_observer(settings: Settings, scanner: InboxScanner) -> Any:
@@ -770,6 +1180,13 @@ def start_observer(settings: Settings, scanner: InboxScanner) -> Any:
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
     from watchdog.observers import Observer
     from watchdog.observers.polling import PollingObserver
+
+    def _native() -> Any:
+        try:  # Linux: report a move from outside the inbox as a move, not a creation
+            from watchdog.observers.inotify import InotifyObserver
+        except ImportError:  # pragma: no cover - other platforms
+            return Observer()
+        return InotifyObserver(generate_full_events=True)
 
     class _Handler(FileSystemEventHandler):
         polling = False
@@ -780,6 +1197,10 @@ def start_observer(settings: Settings, scanner: InboxScanner) -> Any:
                 return
             dest = getattr(event, "dest_path", "")
             kind = str(event.event_type)
+            if kind == "moved" and not dest:
+                return  # moved out of the inbox (unmatched IN_MOVED_FROM)
+            # a move into place (from inside the inbox or from another folder: IN_MOVED_TO,
+            # src "" when unmatched) is final: it was written elsewhere and is complete
             if self.polling and kind != "moved":
                 kind = "poll"  # a polling observer never reports a close: size+mtime decide
             scanner.poke(str(dest or event.src_path), kind)
@@ -790,7 +1211,7 @@ def start_observer(settings: Settings, scanner: InboxScanner) -> Any:
         observer: Any = PollingObserver(timeout=settings.poll_interval_seconds)
         handler.polling = True
     else:
-        observer = Observer()
+        observer = _native()
     try:
         observer.schedule(handler, str(settings.inbox_dir), recursive=True)
         observer.start()

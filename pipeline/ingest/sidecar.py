@@ -7,11 +7,16 @@
      "physician_id": "dr-smith"}
 
 Every key is optional; unknown keys are an error (a typo must not silently drop data).
+A sidecar is read only if it is a regular file (a link is never followed, a FIFO never
+blocks the reader) and at most ``MAX_SIDECAR_BYTES`` (+1, to tell that it is larger) are read.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -21,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.core.errors import SidecarError
 from pipeline.core.records import DictationMeta
 
-__all__ = ["SidecarModel", "parse_sidecar", "read_sidecar", "sidecar_path", "MAX_SIDECAR_BYTES"]
+__all__ = ["SidecarModel", "parse_sidecar", "read_sidecar", "read_sidecar_bytes", "sidecar_path",
+           "MAX_SIDECAR_BYTES"]
 
 MAX_SIDECAR_BYTES = 64 * 1024
 
@@ -92,9 +98,31 @@ def parse_sidecar(raw: bytes | str, *, name: str = "sidecar") -> DictationMeta:
     return DictationMeta(source="sidecar", **model.model_dump())
 
 
+def read_sidecar_bytes(path: Path) -> bytes:
+    """The bytes of the sidecar file ``path``, bounded (at most ``MAX_SIDECAR_BYTES`` + 1).
+
+    Raises ``SidecarError`` for a link, a special file or a file that cannot be read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SidecarError(
+                f"Sidecar {path.name} is a symbolic link; only regular files are read."
+            ) from exc
+        raise SidecarError(
+            f"Sidecar {path.name} could not be read ({exc.strerror or type(exc).__name__})."
+        ) from exc
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise SidecarError(f"Sidecar {path.name} is not a regular file (a pipe or device).")
+        return fh.read(MAX_SIDECAR_BYTES + 1)
+
+
 def read_sidecar(audio_path: Path) -> DictationMeta | None:
     """Read the sidecar beside ``audio_path``; ``None`` if there is none."""
     path = sidecar_path(audio_path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    return parse_sidecar(path.read_bytes(), name=path.name)
+    return parse_sidecar(read_sidecar_bytes(path), name=path.name)
