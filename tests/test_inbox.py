@@ -311,12 +311,14 @@ def test_slow_writer_is_taken_only_when_complete(
         target = settings.inbox_dir / "dr-smith" / "slow.wav"
         _slow_write(target, data, 10, pause, reopen)
         assert _wait(lambda: scanner.stats.received + scanner.stats.errors >= 1, 20)
-        time.sleep(stable + 0.5)
+        # nothing left to take: a second (early) claim of the file cannot still happen
+        assert _wait(scanner.idle, 20)
     finally:
         scanner.stop()
         observer.stop()
         observer.join(5)
-        loop.join(5)
+        loop.join(30)
+    assert not loop.is_alive()
     rows = _rows(settings)
     assert len(rows) == 1 and rows[0].status == "received"
     claimed = settings.processing_dir / rows[0].id / "slow.wav"
@@ -433,7 +435,9 @@ def test_hundred_files_at_once_are_each_taken_exactly_once(settings: Settings, w
             folder = settings.inbox_dir / ("dr-smith", "dr-patel")[i % 2]
             _variant(wav, folder / f"burst{i:03d}.wav", i)
         assert _wait(lambda: sum(sc.stats.received for sc in scanners) >= 100, 60)
-        time.sleep(1.5)  # let any second claim attempt happen
+        # no scanner tracks a file any more and the inbox is empty: no second claim can
+        # start; one already under way ends before its thread does (joined below)
+        assert _wait(lambda: all(sc.idle() for sc in scanners), 30)
     finally:
         for sc in scanners:
             sc.stop()
@@ -441,7 +445,8 @@ def test_hundred_files_at_once_are_each_taken_exactly_once(settings: Settings, w
             ob.stop()
             ob.join(5)
         for t in loops:
-            t.join(5)
+            t.join(30)
+    assert not any(t.is_alive() for t in loops)
     rows = _rows(settings)
     assert len(rows) == 100 and {r.status for r in rows} == {"received"}
     assert sorted(r.original_name for r in rows) == [f"burst{i:03d}.wav" for i in range(100)]

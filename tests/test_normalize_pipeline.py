@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from pipeline.core.records import Note, Segment, Transcript, Word
@@ -48,11 +46,10 @@ def test_markup_is_kept_as_text_not_interpreted(settings: Settings) -> None:
     assert "<script>alert(1)</script>" in note.text and "&" in note.text
 
 
+@pytest.mark.timeout(120)  # runaway behaviour fails here with its stack (pytest-timeout)
 def test_very_long_input_is_processed_and_flagged(settings: Settings) -> None:
     text = "the wound was closed period " * 8_000  # 224,000 characters
-    t0 = time.perf_counter()
     note = normalize_text(text, settings)
-    assert time.perf_counter() - t0 < 60  # generous: a guard against runaway behaviour
     assert "text_too_long" in note.flags
     assert note.text.startswith("The wound was closed. The wound was closed.")
 
@@ -147,10 +144,17 @@ def test_prompt_terms_put_the_physicians_words_first(settings: Settings) -> None
 
 
 def test_warm_up_loads_everything_once(settings: Settings) -> None:
+    """After ``warm_up`` a dictation loads nothing: the vocabulary index and the spaCy
+    pipeline come from their caches (no cache miss while normalizing)."""
+    from pipeline.language import vocab
+    from pipeline.language.normalize.terms import get_nlp
+
     assert normalize.warm_up(settings) >= 0.0
-    t0 = time.perf_counter()
+    nlp_misses = get_nlp.cache_info().misses
+    index_misses = vocab._cached_index.cache_info().misses
     normalize_text("twenty five milligrams period", settings)
-    assert time.perf_counter() - t0 < 5  # nothing heavy left to load (generous bound)
+    assert get_nlp.cache_info().misses == nlp_misses
+    assert vocab._cached_index.cache_info().misses == index_misses
 
 
 def test_language_options_default_to_the_measured_values() -> None:

@@ -272,16 +272,25 @@ def test_hanging_libreoffice_is_killed_after_the_timeout(
     """The wrapper and its child are both killed; the call returns after the timeout."""
     import time
 
+    import psutil
+
     from pipeline.documents.pdf import PdfConversionError, convert_to_pdf
 
-    bin_dir = fake_soffice(tmp_path / "bin", "sleep 30 & wait")
+    pid_file = tmp_path / "child.pid"
+    bin_dir = fake_soffice(tmp_path / "bin", f"sleep 30 & echo $! > '{pid_file}'; wait")
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     docx_path = tmp_path / "x.docx"
     docx_path.write_bytes(b"not really a docx")
     t0 = time.monotonic()
     with pytest.raises(PdfConversionError, match="within 1 s"):
         convert_to_pdf(docx_path, tmp_path / "out", profile_root=tmp_path / "p", timeout=1)
-    assert time.monotonic() - t0 < 10
+    # waiting for the child instead of killing it would take its full 30 s
+    assert time.monotonic() - t0 < 30
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the wrapper's child was left running"
+        time.sleep(0.05)
 
 
 def test_profile_slots_are_exclusive_and_reused(tmp_path) -> None:

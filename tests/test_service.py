@@ -263,8 +263,13 @@ def test_worker_killed_mid_transcription_completes_once(
                 timeout=60, every=0.05)
     assert row, service.output()[-3000:]
     did = row[0].id
-    time.sleep(0.5)  # into the transcription (tiny.en takes a few seconds for this file)
+    # into the transcription: the warm worker idles at ~0 CPU, so half a second of CPU time
+    # spent after the claim is this dictation being worked on (tiny.en takes a few seconds
+    # for this file); waited for, not guessed with a sleep
     (worker,) = service.workers()
+    cpu0 = sum(worker.cpu_times()[:2])
+    assert _wait(lambda: sum(worker.cpu_times()[:2]) - cpu0 >= 0.5, timeout=60, every=0.02), \
+        service.output()[-3000:]
     worker.kill()
     worker.wait(10)
     done = service.final("killed.wav", timeout=180)

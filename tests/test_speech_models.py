@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import time
 from pathlib import Path
 
 import ctranslate2
@@ -49,17 +48,30 @@ def test_tiny_en_resolves_to_the_package_folder(settings: Settings) -> None:
     assert m.language == "en"
 
 
-def test_missing_model_path_names_the_path(settings: Settings, tmp_path: Path) -> None:
-    """No hub download attempt with a misleading message: the path is named, immediately."""
+def test_missing_model_path_names_the_path(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No hub download attempt with a misleading message: the path is named, and nothing
+    reaches for the network (a name look-up or a connection would be the hub download;
+    recorded here rather than guessed from how long the call took)."""
+    import socket
+
+    reached: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        reached.append(args[:2])
+        raise OSError("network use in a test that must not touch it")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
     missing = tmp_path / "no such" / "whisper-small-ct2"
-    t0 = time.perf_counter()
     with pytest.raises(ModelNotFoundError, match="does not exist") as exc:
         speech_models.resolve(str(missing), settings)
     assert str(missing) in str(exc.value)
-    assert time.perf_counter() - t0 < 1
     settings.model = str(missing)
     with pytest.raises(ModelNotFoundError, match=str(missing)):
         speech_models.load(settings)
+    assert reached == []
 
 
 def test_folder_that_is_not_a_model_names_missing_files(
@@ -105,7 +117,9 @@ def test_malformed_registry_is_a_config_error(settings: Settings, tmp_path: Path
         speech_models.resolve("x", settings)
 
 
-def test_base_is_joined_once_verified_and_reused(settings: Settings) -> None:
+def test_base_is_joined_once_verified_and_reused(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The parts are joined into the cache once; later resolves never write again."""
     spec = speech_models.load_registry(REGISTRY)["base"]
     first = speech_models.resolve("base", settings)
@@ -123,9 +137,16 @@ def test_base_is_joined_once_verified_and_reused(settings: Settings) -> None:
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".base.tmp")]  # no temp
     stamp = (model_bin.stat().st_ino, model_bin.stat().st_mtime_ns)
 
-    t0 = time.perf_counter()
+    hashed: list[Path] = []
+    real_sha256 = speech_models._sha256
+
+    def counting_sha256(path: Path) -> str:
+        hashed.append(Path(path))
+        return real_sha256(path)
+
+    monkeypatch.setattr(speech_models, "_sha256", counting_sha256)
     again = speech_models.resolve("base", Settings(data_dir=settings.data_dir, model="base"))
-    assert time.perf_counter() - t0 < 0.5  # cheap check, no re-hash of 145 MB
+    assert hashed == []  # cheap checks (marker + size, known digests): no re-hash of 145 MB
     assert again.path == target
     assert (model_bin.stat().st_ino, model_bin.stat().st_mtime_ns) == stamp
 
@@ -369,20 +390,16 @@ def test_a_digest_is_remembered_per_path_size_and_mtime(tmp_path: Path) -> None:
         speech_models.verify_files(folder, expected, **kw)
 
 
-def test_verification_cost_is_measured(settings: Settings) -> None:
-    """Cold: tiny.en's 78 MB hashed once; warm: a few stat calls (well under a millisecond per
-    file on an idle machine; the bound here leaves room for a busy one)."""
+def test_verification_hashes_once_then_trusts_size_and_mtime(settings: Settings) -> None:
+    """Cold (``rehash``): every file of tiny.en (78 MB) is hashed; warm: none is, a known
+    digest for the same size and mtime is reused (a few stat calls). Asserted on the count
+    ``verify_files`` returns, not on seconds (how long hashing takes is the machine's)."""
     spec = speech_models.load_registry(REGISTRY)["tiny.en"]
     folder = speech_models.resolve("tiny.en", settings).path
-    t0 = time.perf_counter()
-    speech_models.verify_files(folder, spec.files, model="tiny.en", package=spec.package,
-                               rehash=True)
-    cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(100):
-        speech_models.verify_files(folder, spec.files, model="tiny.en", package=spec.package)
-    warm = (time.perf_counter() - t0) / 100
-    assert warm < 0.01 and warm * 20 < cold, (cold, warm)
+    kw = {"model": "tiny.en", "package": spec.package}
+    assert speech_models.verify_files(folder, spec.files, rehash=True, **kw) == len(spec.files)
+    for _ in range(3):
+        assert speech_models.verify_files(folder, spec.files, **kw) == 0
 
 
 def test_a_damaged_joined_base_is_joined_again(settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -162,38 +163,114 @@ def test_regression_prompt_loop_drops_no_speech(tmp_path: Path, settings: Settin
     assert [s.id for s in t.segments] == list(range(len(t.segments)))
 
 
-def test_regression_loop_is_repaired_greedily_from_the_shipped_sample(settings: Settings) -> None:
-    """Raw tiny.en loops "colon-sympathetic" over 12-42 s of the shipped lap-chole
-    dictation (30 s of diagnoses, procedure and anesthesia lost). The stretch is decoded
-    again greedily with a repetition penalty and the dictated words come back."""
-    from pipeline.core.settings import PROJECT_ROOT
+#: The shipped lap-chole dictation: 12.1-42.1 s is the stretch where tiny.en loops.
+LAP_CHOLE = Path(__file__).parents[1] / "samples" / "synthetic_medical" / "op_lap_chole.ogg"
+LOOP_STRETCH = (12.1, 42.08)
+#: Dictated words of that stretch ("Preoperative diagnosis: ... Postoperative diagnosis: ...
+#: Procedure: ... Anesthesia: ... The patient was brought to the operating room ... prepped
+#: and draped in the usual sterile fashion").
+LOOP_STRETCH_WORDS = ("preoperative", "postoperative", "procedure", "operating room",
+                      "anesthesia", "sterile")
+#: How many of them a decode of the stretch must give back. Which ones come back depends on
+#: the matrix kernels the CPU runs (docs/decoding-determinism.md): over 30 kernel settings
+#: measured on the shipped sample, tiny.en gave 4 to 6 of them ("sterile" came out as "will
+#: settle" or "special", "preoperative" as "Preoproton"); the loop itself gives 1 ("Preoperative
+#: diagnosis colon-sympathetic colon-sympathetic ..."), so 4 tells a decoded stretch from a
+#: lost one without asserting the words Whisper garbles.
+MIN_STRETCH_WORDS = 4
 
-    path = PROJECT_ROOT / "samples" / "synthetic_medical" / "op_lap_chole.ogg"
+
+def _letters(text: str) -> str:
+    """Only the letters, lower-cased: "pre-operative" and "Preoperative" compare equal."""
+    return re.sub(r"[^a-z]", "", text.lower())
+
+
+def _stretch_words_found(words: list[Word], a: float, b: float) -> list[str]:
+    """Which ``LOOP_STRETCH_WORDS`` are among the words that start between ``a`` and ``b``."""
+    heard = _letters(" ".join(w.word for w in words if a <= w.start < b))
+    return [w for w in LOOP_STRETCH_WORDS if _letters(w) in heard]
+
+
+def _short_loops(words: list[Word]) -> list[tuple[int, int, int]]:
+    """Runs of a 1-3 word phrase repeated 4+ times back to back (a decoding loop)."""
+    tokens = [w.word.strip(" ,.").lower() for w in words]
+    return [r for r in transcribe.find_repeats(tokens) if r[1] <= 3 and r[2] >= 4]
+
+
+def test_loop_repair_decodes_the_looping_stretch_again(settings: Settings) -> None:
+    """The repair itself, on real audio, on every CPU: a segment that loops over 12-42 s of
+    the shipped dictation (as raw tiny.en decodes it with Intel MKL on AVX2 or AVX-512 VNNI)
+    is replaced by a greedy, penalised decode of its stretch. Whether tiny.en loops there at
+    all depends on the CPU's kernels, so the loop is given here; the decode is real. Asserted:
+    the loop is gone, the stretch is covered without a hole, the neighbours are untouched and
+    most of the dictated words are back (``MIN_STRETCH_WORDS``, why there)."""
+    from pipeline.speech import models as speech_models
+
+    a, b = LOOP_STRETCH
+    header = _seg("Patient Margaret Ellison, operative report, new paragraph,", 0.0, a)
+    loop = _seg("Preoperative diagnosis " + "colon-sympathetic " * 40, a, b)
+    loop.compression_ratio = 15.07  # the raw decode's own figure
+    after = _seg("Ancef was given intravenously before incision period,", b, 46.92)
+    options = TranscribeOptions()
+    assert transcribe._is_loop_segment(loop, options)
+    duration = audio.probe(LAP_CHOLE, settings).duration_s
+    out, repaired = transcribe._repair_loops(
+        speech_models.load(settings), LAP_CHOLE, [header, loop, after],
+        transcribe.whisper_kwargs(options, "en"), options, duration, [(0.0, duration)])
+    assert repaired == 1
+    assert out[0] is header and out[-1] is after
+    new = out[1:-1]
+    assert new and loop not in new
+    words = [w for s in new for w in s.words]
+    assert _short_loops(words) == [], [s.text for s in new]
+    assert all(a - 0.05 <= w.start <= w.end <= b + 0.05 for w in words)
+    starts = [w.start for w in words]
+    assert starts == sorted(starts)
+    assert transcribe.find_gaps([LOOP_STRETCH], words, options.dropped_audio_seconds) == []
+    found = _stretch_words_found(words, a, b)
+    assert len(found) >= MIN_STRETCH_WORDS, (found, [s.text for s in new])
+
+
+def test_regression_loop_is_repaired_greedily_from_the_shipped_sample(settings: Settings) -> None:
+    """Raw tiny.en loops "colon-sympathetic" over 12-42 s of the shipped lap-chole dictation
+    (30 s of diagnoses, procedure and anesthesia lost) with Intel MKL on AVX2/AVX-512 VNNI;
+    with other kernels (forced GENERIC or AVX512, oneDNN, float32) it does not loop there at
+    all. Whatever the raw decode did, the transcript promises: no loop, no speech dropped,
+    ordered times, and most dictated words of the stretch back (``MIN_STRETCH_WORDS``: which
+    of them come back is decoding luck, see docs/decoding-determinism.md). A loop that was
+    decoded again is counted and flagged. (The repair itself: the test above.)"""
     options = TranscribeOptions()
     assert options.loop_beam_size == 1
-    t = _run(path, settings, options)
-    assert t.options["diagnostics"]["repaired_loops"] == 1
-    assert "repetition" in t.flags
-    text = t.raw_text.lower().replace("-", " ")
-    assert text.count("sympathetic") <= 1, text
-    for word in ("preoperative", "postoperative", "procedure", "operating room", "anesthesia",
-                 "sterile"):
-        assert word in text, (word, text)
+    t = _run(LAP_CHOLE, settings, options)
+    diagnostics = t.options["diagnostics"]
+    if diagnostics["repaired_loops"]:
+        assert "repetition" in t.flags
+    assert "dropped_audio" not in t.flags and diagnostics["dropped_stretches"] == 0
+    assert _short_loops(t.words) == [], t.raw_text
+    assert _letters(t.raw_text).count("sympathetic") <= 1, t.raw_text
+    assert transcribe.find_gaps([LOOP_STRETCH], t.words, options.dropped_audio_seconds) == []
+    found = _stretch_words_found(t.words, *LOOP_STRETCH)
+    assert len(found) >= MIN_STRETCH_WORDS, (found, t.raw_text)
     starts = [w.start for w in t.words]
     assert starts == sorted(starts)
+    assert all(0 <= w.start <= w.end <= t.duration_s for w in t.words)
 
 
 def test_regression_unprompted_loop_drops_no_speech(settings: Settings) -> None:
     """Without any prompt, tiny.en heard "comma" as "Commodary" over and over in the shipped
     COPD dictation and then skipped ten seconds of speech (a history sentence with its dates
-    and drugs); the skipped stretch is decoded again on its own, as for a prompted decode."""
+    and drugs); the skipped stretch is decoded again on its own, as for a prompted decode.
+    Whether the raw decode skips there depends on the CPU's kernels
+    (docs/decoding-determinism.md), so the recovery is not required to have run: no stretch
+    may be left without words, and the sentence's date words (clear speech) must be there."""
     from pipeline.core.settings import PROJECT_ROOT
 
     path = PROJECT_ROOT / "samples" / "synthetic_heldout" / "progress_copd_pulmonology.ogg"
     t = _run(path, settings, TranscribeOptions())
-    assert t.options["diagnostics"]["recovered_words"] > 0
+    diagnostics = t.options["diagnostics"]
     assert "2018" in t.raw_text and "September" in t.raw_text, t.raw_text
-    assert "dropped_audio" not in t.flags
+    assert "dropped_audio" not in t.flags and diagnostics["dropped_stretches"] == 0
+    assert _short_loops(t.words) == [], t.raw_text
     starts = [w.start for w in t.words]
     assert starts == sorted(starts)
 
@@ -392,7 +469,10 @@ def test_loop_is_judged_on_the_segment_own_text() -> None:
 
 def test_prompt_that_derails_whisper_loses_no_speech(settings: Settings) -> None:
     """The operative-report term prompt made tiny.en skip 70 of 108 s of this sample and loop
-    over the rest; the transcript must still cover the speech, once, without loops."""
+    over the rest; the transcript must still cover the speech, once, without loops. Coverage
+    is checked with words from the start, middle and end that every kernel setting measured
+    gets right ("cystic": the duct and the artery are both dictated; with oneDNN, tiny.en
+    wrote "Massystic duct", see docs/decoding-determinism.md)."""
     from pipeline.language import normalize
 
     sample = Path(__file__).parents[1] / "samples" / "synthetic_medical" / "op_lap_chole.ogg"
@@ -402,7 +482,7 @@ def test_prompt_that_derails_whisper_loses_no_speech(settings: Settings) -> None
     assert "dropped_audio" not in t.flags
     assert not [r for r in transcribe.find_repeats(words) if r[1] <= 3 and r[2] >= 4]
     text = t.raw_text.lower()
-    for phrase in ("margaret", "cystic duct", "umbilic", "stable condition", "two weeks"):
+    for phrase in ("margaret", "cystic", "umbilic", "stable condition", "two weeks"):
         assert text.count(phrase) >= 1, (phrase, text)
     assert text.count("margaret") == 1, text  # no misplaced copy of the header
     starts = [w.start for w in t.words]

@@ -17,6 +17,14 @@ def _wait_until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped
         time.sleep(0.005)
 
 
+def _blocked(slots: _Slots, n: int) -> bool:
+    """``n`` runs are waiting inside ``hold``. Seen while holding the slots' lock, a waiting
+    ticket means its run checked for a slot and went to sleep on the condition (``wait`` is
+    the only place it lets go of the lock with its ticket queued): certain, not a guess."""
+    with slots._cond:
+        return len(slots._waiting) == n
+
+
 def _waiter(slots: _Slots, name: str, stat: bool, order: list[str],
             inside: threading.Event | None = None) -> threading.Thread:
     def run() -> None:
@@ -40,7 +48,7 @@ def test_stat_first_then_routine_in_arrival_order() -> None:
     threads = []
     for name, stat in (("routine-a", False), ("routine-b", False), ("stat", True)):
         threads.append(_waiter(slots, name, stat, order))
-        _wait_until(lambda n=len(threads): len(slots._waiting) == n)
+        _wait_until(lambda n=len(threads): _blocked(slots, n))
     assert order == ["busy"]  # one slot: everyone else waits
     release.set()
     for t in [first, *threads]:
@@ -50,10 +58,13 @@ def test_stat_first_then_routine_in_arrival_order() -> None:
 
 
 def test_slots_bound_concurrent_transcriptions() -> None:
+    """Two slots: two runs are inside at once (they meet at a barrier there, so the overlap
+    is certain rather than left to thread timing), never more."""
     slots = _Slots(2, lambda _run: None)
     now = 0
     peak = 0
     lock = threading.Lock()
+    both_inside = threading.Barrier(2, timeout=10)
 
     def work() -> None:
         nonlocal now, peak
@@ -61,7 +72,7 @@ def test_slots_bound_concurrent_transcriptions() -> None:
             with lock:
                 now += 1
                 peak = max(peak, now)
-            time.sleep(0.02)
+            both_inside.wait()
             with lock:
                 now -= 1
 
@@ -78,8 +89,7 @@ def test_routine_waits_for_a_claimed_stat_run_until_it_arrives_or_ends() -> None
     order: list[str] = []
     slots.expect_stat("run-stat")
     routine = _waiter(slots, "routine", False, order)
-    _wait_until(lambda: len(slots._waiting) == 1)
-    time.sleep(0.05)
+    _wait_until(lambda: _blocked(slots, 1))
     assert order == []  # a slot is free, but a claimed STAT run comes first
     slots.forget("run-stat")  # the STAT run ended before transcribing (e.g. quarantined)
     routine.join(10)
@@ -105,7 +115,7 @@ def test_a_run_from_the_stat_queue_goes_first_even_if_its_sidecar_says_routine(
     slots.expect_stat("run-stat")
     routine = threading.Thread(target=run, args=("run-routine",), daemon=True)
     routine.start()
-    _wait_until(lambda: len(slots._waiting) == 1)
+    _wait_until(lambda: _blocked(slots, 1))
     stat = threading.Thread(target=run, args=("run-stat",), daemon=True)
     stat.start()
     routine.join(10)
