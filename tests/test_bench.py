@@ -24,6 +24,7 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_soffice() is None, reason="LibreOffice (soffice) is not installed")
 def test_pipeline_figures_split_queue_and_pdf(settings: Settings, speech: Path) -> None:
     """The pipeline run (in this process) reports the time to the queue, the PDF's own time
@@ -69,6 +70,7 @@ def test_report_prints_the_pdf_and_the_stages_on_their_own_lines() -> None:
     assert "PDF: none made" in console.export_text()
 
 
+@pytest.mark.slow
 def test_pipeline_figures_name_the_repairs_of_a_looping_dictation(settings: Settings) -> None:
     """On the shipped lap-chole dictation tiny.en loops for 30 s: the pipeline's figures say
     that it decoded the loop again (the reason its time is above raw on that file); a clean

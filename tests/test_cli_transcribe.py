@@ -69,6 +69,7 @@ def _lines(stdout: str) -> list[dict]:
     return [json.loads(ln) for ln in lines]
 
 
+@pytest.mark.slow
 def test_json_contract_one_object_per_file_and_errors(
     files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -113,6 +114,7 @@ def test_json_contract_one_object_per_file_and_errors(
     assert all(files[k].exists() for k in order)
 
 
+@pytest.mark.slow
 def test_summary_lines_and_malformed_sidecar(files: dict[str, Path], tmp_path: Path) -> None:
     """Without --json: one summary line per good file; a bad sidecar fails only its file."""
     d = tmp_path / "in"
@@ -127,6 +129,7 @@ def test_summary_lines_and_malformed_sidecar(files: dict[str, Path], tmp_path: P
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("soffice") is None, reason="LibreOffice is not installed")
 def test_pdf_is_made_after_the_draft_and_reported(files: dict[str, Path], tmp_path: Path) -> None:
     """DICTATION_PDF=auto with LibreOffice: the draft is queued, then its PDF is made and
@@ -140,6 +143,7 @@ def test_pdf_is_made_after_the_draft_and_reported(files: dict[str, Path], tmp_pa
     assert list(obj["timings"])[-2:] == ["enqueue", "pdf"]
 
 
+@pytest.mark.slow
 def test_missing_model_path_is_one_line_error(files: dict[str, Path], tmp_path: Path) -> None:
     proc = _run(["transcribe", "--json", "--model", str(tmp_path / "nope"), str(files["good"])],
                 tmp_path / "var", cwd=tmp_path)
@@ -168,6 +172,7 @@ _GUARD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_transcribes_with_networking_unavailable(files: dict[str, Path], tmp_path: Path) -> None:
     """No network namespace (unshare -n) where permitted, a socket guard in every case, and
     strace where available: transcription succeeds, and nothing tries to connect, including

@@ -295,6 +295,7 @@ def _slow_write(path: Path, data: bytes, chunks: int, pause: float, reopen: bool
         ("polling", 1.0, 0.3, True),
     ],
 )
+@pytest.mark.slow
 def test_slow_writer_is_taken_only_when_complete(
     settings: Settings, wav: Path, watcher: str, stable: float, pause: float, reopen: bool
 ) -> None:
@@ -412,6 +413,7 @@ def test_status_counts_and_recent_hold_no_names(settings: Settings, wav: Path) -
     assert "MRN999" not in text and "letter.wav" not in text
 
 
+@pytest.mark.slow
 def test_hundred_files_at_once_are_each_taken_exactly_once(settings: Settings, wav: Path) -> None:
     """100 files dropped at once while two scanners (two service instances) watch: every file
     is claimed and submitted exactly once, none lost, none twice; the counts match."""

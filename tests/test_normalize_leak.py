@@ -71,6 +71,7 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z']+", text.lower()))
 
 
+@pytest.mark.slow
 def test_no_prompted_term_leaks_into_silence_gaps(gapped_audio: Path, settings: Settings) -> None:
     s = settings.model_copy(update={"biased_decoding": True})
     meta = DictationMeta(document_type="operative_report")

@@ -100,6 +100,7 @@ def test_every_patch_records_what_it_replaces_and_the_versions_it_was_written_fo
         patch.check()
 
 
+@pytest.mark.slow
 def test_fingerprinted_source_is_the_code_prefect_runs() -> None:
     """The definitions the checks find in the installed files are the objects Prefect,
     docket, burner-redis and uvicorn actually use (same file, same first line)."""
@@ -221,6 +222,7 @@ def test_fingerprint_ignores_comments_docstrings_and_layout() -> None:
     assert fingerprint("def f(x):\n    return x + 2\n") != base
 
 
+@pytest.mark.slow
 def test_check_all_lists_every_patch_that_no_longer_applies(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Two targets changed in the installed files: one error naming both, on one line."""
@@ -248,6 +250,7 @@ def test_check_all_lists_every_patch_that_no_longer_applies(
     assert flow_exit.apply() is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["worker", "run"])
 def test_cli_stops_with_one_line_when_a_patch_no_longer_applies(
         command: str, tmp_path: Path) -> None:
@@ -283,6 +286,7 @@ def test_cli_stops_with_one_line_when_a_patch_no_longer_applies(
 # --- each patch still does its job ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_flow_exit_does_not_wait_for_the_heartbeat_thread() -> None:
     """``flow_exit`` (applied when ``pipeline.service.flows`` is imported): leaving a flow
     run's heartbeat context does not join its thread, which then ends on its own, with no further
@@ -350,6 +354,7 @@ def test_docket_poll_zero_keeps_docket_defaults() -> None:
     assert out.split() == ["False", "0.25", "2.0"]
 
 
+@pytest.mark.slow
 def test_pubsub_poll_still_delivers_a_message_at_once() -> None:
     """Slower empty polls, but a published message is returned as soon as it arrives: with
     the poll slice set to 60 s, a message published now still arrives within the 10 s the
@@ -418,6 +423,7 @@ def test_server_tick_serves_and_stops() -> None:
     assert not thread.is_alive()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patched", [True, False])
 def test_sqlite_transactions_take_the_write_lock_up_front(patched: bool, tmp_path: Path) -> None:
     """With ``sqlite_writes``, a Prefect server transaction holds SQLite's write lock from its
@@ -445,6 +451,7 @@ def test_sqlite_transactions_take_the_write_lock_up_front(patched: bool, tmp_pat
         assert out.splitlines() == ["second writer got the lock"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patched", [True, False])
 def test_sqlite_page_cache_is_bounded_per_connection(patched: bool, tmp_path: Path) -> None:
     """With ``sqlite_cache``, each of the server's SQLite connections caches at most

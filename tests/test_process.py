@@ -34,6 +34,7 @@ def _stored(settings: Settings, draft_id: str) -> DraftRow:
 META = DictationMeta(physician_id="dr-smith", document_type="consult_note")
 
 
+@pytest.mark.slow
 @NEEDS_SOFFICE
 def test_pdf_is_made_after_the_draft_is_queued_and_recorded(settings: Settings,
                                                              speech: Path) -> None:
@@ -52,6 +53,7 @@ def test_pdf_is_made_after_the_draft_is_queued_and_recorded(settings: Settings,
     assert not [p for p in pdf.parent.parent.iterdir() if p.name.startswith(".")]  # no temp
 
 
+@pytest.mark.slow
 def test_failing_libreoffice_leaves_the_draft_queued(
     fake_soffice: Callable[[Path, str], Path], settings: Settings, speech: Path,
     tmp_path: Path,
@@ -116,6 +118,7 @@ def test_pdf_of_a_draft_signed_meanwhile_is_not_recorded(settings: Settings,
     assert "pdf" not in _stored(settings, result.draft.id).outputs
 
 
+@pytest.mark.slow
 @NEEDS_SOFFICE
 def test_pdf_stage_without_store_records_in_the_result(settings: Settings,
                                                        speech: Path) -> None:

@@ -132,6 +132,7 @@ def test_empty_document_renders(settings, tmp_path) -> None:
     assert "[MISSING: Patient]" in text and "[MISSING: MRN]" in text
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_soffice() is None, reason="LibreOffice (soffice) is not installed")
 def test_every_template_converts_to_pdf(settings, tmp_path) -> None:
     """All six templates, filled with hostile values, become PDFs with the text in them."""
@@ -233,6 +234,7 @@ def test_render_command_writes_a_draft(tmp_path, monkeypatch, capsys) -> None:
     get_settings.cache_clear()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_soffice() is None, reason="LibreOffice (soffice) is not installed")
 def test_concurrent_pdf_conversions_do_not_collide(settings, tmp_path) -> None:
     """Two renders at once each get their own LibreOffice profile and both produce a PDF."""
@@ -267,6 +269,7 @@ def test_failing_libreoffice_does_not_lose_the_draft(
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["a"]
 
 
+@pytest.mark.slow
 def test_hanging_libreoffice_is_killed_after_the_timeout(
     fake_soffice: Callable[[Path, str], Path], tmp_path, monkeypatch) -> None:
     """The wrapper and its child are both killed; the call returns after the timeout."""

@@ -92,6 +92,7 @@ def test_synthetic_set_covers_the_document_types(synthetic: list) -> None:
     assert {s.purpose for s in synthetic} >= {"dictation", "instructions", "silence_gaps"}
 
 
+@pytest.mark.slow
 def test_synthetic_durations_and_audio_format(any_synthetic: list) -> None:
     for s in any_synthetic:
         data, rate, channels = _pcm(s.audio)

@@ -255,6 +255,7 @@ except ConflictError as exc:
 """
 
 
+@pytest.mark.slow
 def test_concurrent_booking_from_two_processes(store, settings, tmp_path):
     """Two separate processes, both past the conflict check, book the same slot: one wins."""
     import subprocess

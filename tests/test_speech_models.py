@@ -167,6 +167,7 @@ def test_base_join_with_wrong_checksum_leaves_nothing(settings: Settings, tmp_pa
     assert not [p for p in cache.iterdir() if p.name.startswith(".base.tmp")]
 
 
+@pytest.mark.slow
 def test_joined_base_model_transcribes_in_english(settings: Settings, tmp_path: Path) -> None:
     """The joined multilingual model loads and, with language pinned, transcribes English."""
     import sys
@@ -402,6 +403,7 @@ def test_verification_hashes_once_then_trusts_size_and_mtime(settings: Settings)
         assert speech_models.verify_files(folder, spec.files, **kw) == 0
 
 
+@pytest.mark.slow
 def test_a_damaged_joined_base_is_joined_again(settings: Settings) -> None:
     """One byte changed in the cached joined model.bin (same size, so the marker still
     matches) is caught by its checksum and the model is joined again from the parts."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 
@@ -76,6 +77,7 @@ def test_physicians_from_environment_csv_or_json(monkeypatch) -> None:  # type: 
     assert Settings().physicians == ["dr-c"]
 
 
+@pytest.mark.slow
 def test_processes_starting_together_migrate_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Regression: two service instances migrating one database at once raced on the schema."""
     import subprocess

@@ -55,6 +55,7 @@ def test_clip_is_transcribed_with_words_and_times(clip: Path, settings: Settings
     assert t.options["temperature"] == 0.0 and t.options["beam_size"] == 5
 
 
+@pytest.mark.slow
 def test_same_audio_gives_same_transcript_every_run(clip: Path, settings: Settings) -> None:
     """Determinism: no random temperature fallback, identical segments and words."""
     first = _run(clip, settings)
@@ -63,6 +64,7 @@ def test_same_audio_gives_same_transcript_every_run(clip: Path, settings: Settin
     assert first.raw_text == second.raw_text and first.raw_text
 
 
+@pytest.mark.slow
 def test_unprompted_transcript_equals_raw_faster_whisper(clip: Path, settings: Settings) -> None:
     """Our decoding, VAD and chunking hand the model exactly what faster-whisper would: with
     the same options and no prompt, the words and times are the same as a raw call's."""
@@ -111,6 +113,7 @@ def test_truncated_wav_is_transcribed_and_flagged(
     assert "patient" in t.raw_text.lower()
 
 
+@pytest.mark.slow
 def test_spoken_repetition_loop_is_removed_and_flagged(tmp_path: Path, settings: Settings) -> None:
     phrase = "The wound was closed with staples."
     path = gen.speak(tmp_path / "loop.wav", " ".join([phrase] * 4))
@@ -128,6 +131,7 @@ PROMPT = ("Medical dictation. cholecystectomy, cholecystitis, cholelithiasis, la
           "cystic artery, common bile duct, electrocautery, Vicryl, Monocryl, Prolene.")
 
 
+@pytest.mark.slow
 def test_regression_prompted_decoding_invents_no_youtube_outro(
     clip: Path, settings: Settings, tmp_path: Path
 ) -> None:
@@ -148,6 +152,7 @@ OP_OPENING = (
 )
 
 
+@pytest.mark.slow
 def test_regression_prompt_loop_drops_no_speech(tmp_path: Path, settings: Settings) -> None:
     """With the term prompt, tiny.en looped "cholecystitis," for 20 s and dropped everything
     after it. The loop copies are removed and the stretch is decoded again unprompted."""
@@ -231,6 +236,7 @@ def test_loop_repair_decodes_the_looping_stretch_again(settings: Settings) -> No
     assert len(found) >= MIN_STRETCH_WORDS, (found, [s.text for s in new])
 
 
+@pytest.mark.slow
 def test_regression_loop_is_repaired_greedily_from_the_shipped_sample(settings: Settings) -> None:
     """Raw tiny.en loops "colon-sympathetic" over 12-42 s of the shipped lap-chole dictation
     (30 s of diagnoses, procedure and anesthesia lost) with Intel MKL on AVX2/AVX-512 VNNI;
@@ -256,6 +262,7 @@ def test_regression_loop_is_repaired_greedily_from_the_shipped_sample(settings: 
     assert all(0 <= w.start <= w.end <= t.duration_s for w in t.words)
 
 
+@pytest.mark.slow
 def test_regression_unprompted_loop_drops_no_speech(settings: Settings) -> None:
     """Without any prompt, tiny.en heard "comma" as "Commodary" over and over in the shipped
     COPD dictation and then skipped ten seconds of speech (a history sentence with its dates
@@ -275,6 +282,7 @@ def test_regression_unprompted_loop_drops_no_speech(settings: Settings) -> None:
     assert starts == sorted(starts)
 
 
+@pytest.mark.slow
 def test_long_file_is_chunked_with_offsets_and_progress(
     clip: Path, tmp_path: Path, settings: Settings
 ) -> None:
@@ -467,6 +475,7 @@ def test_loop_is_judged_on_the_segment_own_text() -> None:
     assert not transcribe.is_hallucination(sound, options, 1.0)
 
 
+@pytest.mark.slow
 def test_prompt_that_derails_whisper_loses_no_speech(settings: Settings) -> None:
     """The operative-report term prompt made tiny.en skip 70 of 108 s of this sample and loop
     over the rest; the transcript must still cover the speech, once, without loops. Coverage

@@ -118,6 +118,7 @@ def test_missing_vocabulary_is_a_clear_error(tmp_path: Path) -> None:
         vocab.load_index(tmp_path)
 
 
+@pytest.mark.slow
 def test_vocab_cli_add_term_and_check(settings: Settings, tmp_path: Path) -> None:
     exe = [sys.executable, "-m", "pipeline.cli"]
     out = subprocess.run(

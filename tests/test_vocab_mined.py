@@ -190,6 +190,7 @@ def test_committed_index_has_larger_specialty_lists(settings) -> None:  # type: 
     assert "hernia sac" in {t.lower() for t in idx.specialty_all["general_surgery"]}
 
 
+@pytest.mark.slow
 def test_cli_mine_terms_writes_lists(sample_csv: Path, tmp_path: Path) -> None:
     vdir = _vocab_copy(tmp_path)
     out = subprocess.run(

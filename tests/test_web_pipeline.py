@@ -40,6 +40,7 @@ def _login(app, username: str) -> TestClient:  # type: ignore[no-untyped-def]
     return c
 
 
+@pytest.mark.slow
 def test_pipeline_draft_in_the_workbench(settings: Settings, tmp_path: Path) -> None:
     process = pytest.importorskip("pipeline.service.process")
     wav = tmp_path / "note.wav"
