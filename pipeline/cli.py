@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -72,6 +73,7 @@ def _grouped_commands(sub: argparse._SubParsersAction) -> str:  # type: ignore[t
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dictation`` console script; returns the exit status."""
+    os.umask(0o077)  # files 0600, folders 0700: patient data is readable by this account only
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)

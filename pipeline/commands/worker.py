@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.prefect_compat import check_all
     from pipeline.service import prefect_env
 
+    # SIGINT explicitly, even when inherited as ignored (a background job of a shell script):
+    # while warming up it interrupts; once the worker runs, it stops it like SIGTERM
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     check_all()  # a Prefect that our patches no longer match stops here, in one line
     settings = settings_from_args(args)
     api_url = prefect_env.api_url_for(settings)
@@ -61,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.core.store import open_store
     from pipeline.devtools import nightly  # noqa: F401  (registers the nightly flow)
+    from pipeline.service import backup
+
+    backup.register_flow()  # the nightly-backup deployment runs in the warm worker too
     from pipeline.service.flows import WarmWorker, use_settings
 
     use_settings(settings)

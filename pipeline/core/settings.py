@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     web_insecure_http: bool = Field(
         False, description="Allow plain HTTP on a non-loopback address (behind a TLS proxy)."
     )
+    web_forwarded_allow_ips: str | None = Field(
+        None, description="Addresses of a trusted reverse proxy whose X-Forwarded-For/-Proto "
+        "headers the web server believes (e.g. 127.0.0.1); unset: none.",
+    )
     session_max_hours: float = Field(
         12.0, gt=0, description="A log-in session ends this long after log-in, however active."
     )

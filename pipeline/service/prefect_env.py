@@ -15,8 +15,9 @@ Names (also in ``prefect.yaml``):
 - work pool ``dictation`` (type ``process``), queues ``stat`` (priority 1) and ``routine``
   (priority 2): STAT dictations are always handed out first;
 - deployment ``process-dictation/process-dictation`` (entrypoint
-  ``pipeline.service.flows:process_dictation``) and ``nightly-evaluation/nightly-evaluation``
-  (cron ``0 2 * * *``).
+  ``pipeline.service.flows:process_dictation``), ``nightly-evaluation/nightly-evaluation``
+  (cron ``0 2 * * *``) and ``nightly-backup/nightly-backup`` (``settings.backup_cron``,
+  default ``30 1 * * *``; ``pipeline.service.backup``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "PROCESS_DEPLOYMENT",
     "NIGHTLY_DEPLOYMENT",
     "NIGHTLY_CRON",
+    "BACKUP_DEPLOYMENT",
     "api_url_for",
     "prefect_env",
     "settings_env",
@@ -77,6 +79,8 @@ PROCESS_DEPLOYMENT = f"{PROCESS_FLOW}/process-dictation"
 NIGHTLY_FLOW = "nightly-evaluation"
 NIGHTLY_DEPLOYMENT = f"{NIGHTLY_FLOW}/nightly-evaluation"
 NIGHTLY_CRON = "0 2 * * *"
+BACKUP_FLOW = "nightly-backup"
+BACKUP_DEPLOYMENT = f"{BACKUP_FLOW}/nightly-backup"  # cron: settings.backup_cron
 
 
 # --- idle tuning of the local server process (``serve``) --------------------------------------
@@ -358,7 +362,7 @@ def client(api_url: str) -> Any:
 
 def ensure_deployments(api_url: str, settings: Settings, *, pool_limit: int | None = None
                        ) -> dict[str, UUID]:
-    """Create (or update) the work pool, its queues and both deployments; return their ids.
+    """Create (or update) the work pool, its queues and the deployments; return their ids.
 
     The pool is created with no concurrency limit unless ``pool_limit`` is given: each warm
     worker bounds its own machine's CPU work (``settings.workers`` transcriptions at once; see
@@ -428,6 +432,23 @@ def ensure_deployments(api_url: str, settings: Settings, *, pool_limit: int | No
                 active=True,
             )],
             tags=["evaluation"],
+        )
+        backup_id = c.create_flow_from_name(BACKUP_FLOW)
+        ids[BACKUP_DEPLOYMENT] = c.create_deployment(
+            flow_id=backup_id,
+            name="nightly-backup",
+            work_pool_name=POOL,
+            work_queue_name="routine",
+            entrypoint="pipeline.service.backup:nightly_backup",
+            path=str(PROJECT_ROOT),
+            description="Encrypted backup into the backup folder; keeps the newest N.",
+            parameter_openapi_schema={"title": "Parameters", "type": "object",
+                                      "properties": {}},
+            schedules=[DeploymentScheduleCreate(
+                schedule=CronSchedule(cron=settings.backup_cron, timezone=settings.timezone),
+                active=True,
+            )],
+            tags=["backup"],
         )
     return ids
 
