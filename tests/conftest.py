@@ -9,14 +9,32 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import pipeline  # noqa: F401  (offline env first)
 from pipeline.core.settings import PROJECT_ROOT, Settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _keys_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The audit HMAC key and the data key ring live in a session folder (outside every data
+    directory), not in the user's ``~/.config/dictation``: a test run leaves no key behind.
+    Set in the environment, so the service and CLI processes the tests start use them too."""
+    keys = tmp_path_factory.mktemp("keys")
+    saved = {k: os.environ.get(k) for k in ("DICTATION_AUDIT_KEY_FILE", "DICTATION_KEY_FILE")}
+    os.environ.setdefault("DICTATION_AUDIT_KEY_FILE", str(keys / "audit.key"))
+    os.environ.setdefault("DICTATION_KEY_FILE", str(keys / "data.key"))
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture
