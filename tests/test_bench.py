@@ -72,14 +72,25 @@ def test_report_prints_the_pdf_and_the_stages_on_their_own_lines() -> None:
 
 @pytest.mark.slow
 def test_pipeline_figures_name_the_repairs_of_a_looping_dictation(settings: Settings) -> None:
-    """On the shipped lap-chole dictation tiny.en loops for 30 s: the pipeline's figures say
-    that it decoded the loop again (the reason its time is above raw on that file); a clean
-    clip reports no repairs."""
+    """The pipeline's figures name what the transcription guards decoded again (the reason
+    its time can be above raw on a file): exactly the repairs the transcript records for the
+    same file. On the shipped lap-chole dictation tiny.en loops for 30 s on some CPUs and not
+    on others (docs/decoding-determinism.md), so the test compares the bench's figures with a
+    transcription of the same file in this process (deterministic on one machine) rather than
+    expecting a loop."""
+    from pipeline.core.records import DictationMeta
     from pipeline.core.settings import PROJECT_ROOT
+    from pipeline.service.process import process_file
 
     path = PROJECT_ROOT / "samples" / "synthetic_medical" / "op_lap_chole.ogg"
     figures = RunFigures(**_child("pipeline", settings.model_dump(), str(path), None))
-    assert figures.repairs.get("repaired_loops") == 1
+    direct = process_file(path, settings, DictationMeta(source="bench"), store=False)
+    diag = direct.transcript.options.get("diagnostics", {})
+    expected = {k: int(diag.get(k) or 0)
+                for k in ("repaired_loops", "recovered_words", "prompt_fallback")}
+    assert figures.repairs == {k: v for k, v in expected.items() if v}
+    if "repetition" in direct.transcript.flags:  # the loop of this CPU was repaired and named
+        assert figures.repairs.get("repaired_loops", 0) >= 1
     assert "prompt_fallback" not in figures.repairs  # no sidecar: no prompt to fall back from
 
 
