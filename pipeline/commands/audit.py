@@ -13,10 +13,19 @@ __all__ = ["register"]
 
 
 def _verify(args: argparse.Namespace) -> int:
-    with open_store(get_settings()).session() as s:
-        result = audit.verify(s)
+    settings = get_settings()
+    with open_store(settings).session() as s:
+        result = audit.verify(s, settings)
+    if result.key_missing:
+        print(f"audit log NOT VERIFIED: {result.reason}")
+        return 3
     if result.ok:
-        print(f"audit log intact: {result.checked} events verified")
+        keyed = (f", keyed from event {result.keyed_from}" if result.keyed_from is not None
+                 else "")
+        print(f"audit log intact: {result.checked} events verified{keyed}, "
+              f"{result.checkpoints} signed checkpoints checked")
+        for warning in result.warnings:
+            print(f"warning: {warning}")
         return 0
     where = f"event {result.first_bad_id}" if result.first_bad_id is not None else "the end"
     print(f"audit log TAMPERED at {where}: {result.reason} "
@@ -51,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add the ``audit`` command."""
     parser = subparsers.add_parser("audit", help="verify or search the audit log")
     sub = parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    v = sub.add_parser("verify", help="check the hash chain; non-zero exit when tampered")
+    v = sub.add_parser("verify", help="check the keyed hash chain and its signed checkpoints; "
+                       "exit 2 when tampered, 3 when the audit key is missing")
     v.set_defaults(func=_verify)
     q = sub.add_parser("search", help="search events (newest first)")
     q.add_argument("--user")

@@ -1,4 +1,6 @@
-"""``dictation user add USERNAME --role ROLE [--physician ID ...]``: manage workbench users."""
+"""``dictation user add USERNAME --role ROLE [--physician ID ...]``, ``user passwd``,
+``user disable`` and ``user enable``: manage workbench users. A password change or a
+deactivation ends the user's web sessions."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pipeline.core import audit
 from pipeline.core.errors import ConfigError
 from pipeline.core.settings import get_settings
 from pipeline.core.store import open_store
-from pipeline.review.users import ROLES, create_user, set_password
+from pipeline.review.users import ROLES, create_user, set_active, set_password
 
 __all__ = ["register"]
 
@@ -42,10 +44,24 @@ def _add(args: argparse.Namespace) -> int:
 def _passwd(args: argparse.Namespace) -> int:
     password = _read_password(args)
     with open_store(get_settings()).session() as s:
-        set_password(s, args.username, password)
+        ended = set_password(s, args.username, password)
         audit.record(s, actor="system:cli", action="password_change", object_type="user",
-                     object_id=args.username)
-    print(f"password changed for {args.username}")
+                     object_id=args.username, detail={"sessions_ended": ended})
+    print(f"password changed for {args.username}; {ended} session(s) ended")
+    return 0
+
+
+def _set_active(args: argparse.Namespace) -> int:
+    active = args.user_command == "enable"
+    with open_store(get_settings()).session() as s:
+        ended = set_active(s, args.username, active)
+        audit.record(s, actor="system:cli", action="user_enable" if active else "user_disable",
+                     object_type="user", object_id=args.username,
+                     detail={"sessions_ended": ended})
+    if active:
+        print(f"{args.username} can log in again")
+    else:
+        print(f"{args.username} deactivated; {ended} session(s) ended")
     return 0
 
 
@@ -67,3 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     pw.add_argument("username")
     pw.add_argument("--password-stdin", action="store_true")
     pw.set_defaults(func=_passwd)
+    off = sub.add_parser("disable", help="deactivate a user (ends their sessions)")
+    off.add_argument("username")
+    off.set_defaults(func=_set_active)
+    on = sub.add_parser("enable", help="reactivate a deactivated user")
+    on.add_argument("username")
+    on.set_defaults(func=_set_active)

@@ -1,14 +1,32 @@
-"""Workbench users: roles, physician assignments and argon2 password hashing.
+"""Workbench users: roles, physician assignments, argon2 password hashing, deactivation and
+throttling of password guesses.
 
 Roles: ``secretary`` (works the drafts of the physicians assigned to them), ``physician``
 (reviews and signs their own drafts) and ``admin`` (users, audit log, everything).
+
+Passwords: at least ``MIN_PASSWORD_LENGTH`` characters and not guessable by zxcvbn (score
+below ``MIN_PASSWORD_SCORE``: common passwords, keyboard walks, repeats, names plus years).
+
+Changing a password, or deactivating a user, deletes that user's web sessions: every
+browser they were logged in with must log in again.
+
+Throttling (``throttle_wait`` / ``note_failure``): each wrong password (log-in or signing) is
+a row in ``auth_failures`` (time, SHA-256 of the name typed, client address), so it holds
+across restarts and across several web processes on one database. From the
+``FREE_FAILURES``-th failure within ``settings.login_failure_window_minutes``, counted per
+account and, separately, per client address, the next try must wait 2^(n-1) seconds after
+the last failure (n failures), at most ``settings.login_max_delay_seconds``: a growing delay,
+never a lock-out anyone could trigger for good. A successful log-in clears its account's
+failures.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from argon2 import PasswordHasher
@@ -17,8 +35,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from pipeline.core.db.core import Physician
-from pipeline.core.db.review import ROLES, User, UserPhysician
+from pipeline.core.db.review import ROLES, AuthFailure, User, UserPhysician, WebSession
 from pipeline.core.errors import ConfigError, ConflictError, NotFoundError
+from pipeline.core.settings import Settings
+from pipeline.core.times import as_utc
 
 __all__ = [
     "ROLES",
@@ -31,12 +51,24 @@ __all__ = [
     "user_count",
     "set_password",
     "set_physicians",
+    "set_active",
+    "end_user_sessions",
+    "check_password_strength",
+    "throttle_wait",
+    "note_failure",
+    "clear_failures",
     "MIN_PASSWORD_LENGTH",
+    "MIN_PASSWORD_SCORE",
+    "FREE_FAILURES",
 ]
 
 log = logging.getLogger(__name__)
 
-MIN_PASSWORD_LENGTH = 8
+MIN_PASSWORD_LENGTH = 10
+#: zxcvbn score (0-4) a password needs: 0 and 1 are "too guessable" / "very guessable".
+MIN_PASSWORD_SCORE = 2
+#: failures (per account, per client address) before throttling starts
+FREE_FAILURES = 3
 _USERNAME = re.compile(r"^[A-Za-z0-9._@-]{2,100}$")
 # A hash to verify against when the user does not exist, so timing does not reveal names.
 _DUMMY_HASH: str | None = None
@@ -97,11 +129,26 @@ def user_count(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(User)) or 0)
 
 
-def _check_password(password: str) -> None:
+def check_password_strength(password: str, user_inputs: list[str] | None = None) -> None:
+    """Raise ``ConfigError`` saying why when ``password`` is too short or too guessable
+    (zxcvbn, with ``user_inputs`` such as the user name counted as known to an attacker)."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ConfigError(
             f"Password has {len(password)} characters; expected at least {MIN_PASSWORD_LENGTH}."
         )
+    from zxcvbn import zxcvbn
+
+    verdict = zxcvbn(password[:100], user_inputs=[u for u in (user_inputs or []) if u])
+    if verdict["score"] < MIN_PASSWORD_SCORE:
+        why = verdict["feedback"].get("warning") or "It is easy to guess."
+        raise ConfigError(
+            f"Password refused: {why.rstrip('.')}. Expected a less guessable password, e.g. "
+            "three or four unrelated words."
+        )
+
+
+def _check_password(password: str, username: str = "") -> None:
+    check_password_strength(password, [username])
 
 
 def create_user(
@@ -123,7 +170,7 @@ def create_user(
         raise ConfigError(
             "User name must be 2-100 characters of letters, digits, '.', '_', '@' or '-'."
         )
-    _check_password(password)
+    _check_password(password, username)
     pids = list(dict.fromkeys(physician_ids or []))
     if role == "physician" and not pids:
         raise ConfigError("A physician user needs --physician ID (the physician they sign for).")
@@ -152,14 +199,47 @@ def create_user(
     return _info(session, user)
 
 
-def set_password(session: Session, username: str, password: str) -> None:
-    """Replace a user's password."""
-    _check_password(password)
+def _user(session: Session, username: str) -> User:
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
         raise NotFoundError(f"User {username!r} does not exist.")
+    return user
+
+
+def end_user_sessions(session: Session, user_id: int) -> int:
+    """Delete every web session of ``user_id``; returns how many ended."""
+    result = session.execute(delete(WebSession).where(WebSession.user_id == user_id))
+    session.flush()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def set_password(session: Session, username: str, password: str) -> int:
+    """Replace a user's password and end their sessions; returns how many sessions ended."""
+    _check_password(password, username)
+    user = _user(session, username)
     user.password_hash = hash_password(password)
     session.flush()
+    return end_user_sessions(session, user.id)
+
+
+def set_active(session: Session, username: str, active: bool) -> int:
+    """Deactivate (ending their sessions) or reactivate a user; returns sessions ended.
+
+    The last active administrator cannot be deactivated."""
+    user = _user(session, username)
+    if not active and user.role == "admin" and user.active:
+        admins = session.scalar(select(func.count()).select_from(User).where(
+            User.role == "admin", User.active.is_(True)))
+        if (admins or 0) <= 1:
+            raise ConflictError(
+                f"{username!r} is the only active administrator; expected another active "
+                "administrator before deactivating this one."
+            )
+    user.active = active
+    session.flush()
+    ended = 0 if active else end_user_sessions(session, user.id)
+    log.info("user id=%s active=%s sessions_ended=%d", user.id, active, ended)
+    return ended
 
 
 def set_physicians(session: Session, user_id: int, physician_ids: list[str]) -> None:
@@ -192,3 +272,60 @@ def load_user(session: Session, user_id: int) -> UserInfo | None:
     if user is None or not user.active:
         return None
     return _info(session, user)
+
+
+# --- throttling of password guesses ------------------------------------------------------
+
+
+def _name_hash(username: str) -> str:
+    return hashlib.sha256(username.strip().lower().encode("utf-8")).hexdigest()
+
+
+def _delay(failures: int, last: datetime | None, now: datetime, cap: float) -> float:
+    if failures < FREE_FAILURES or last is None:
+        return 0.0
+    wait = min(2.0 ** (failures - 1), cap)
+    return max(0.0, wait - (now - as_utc(last)).total_seconds())
+
+
+def throttle_wait(session: Session, settings: Settings, scope: str, username: str,
+                  client: str | None = None, *, now: datetime | None = None) -> float:
+    """Seconds to wait before the next password try for ``username`` (and from ``client``,
+    when given) in ``scope`` (``login`` or ``sign``); 0 when a try may go ahead."""
+    now = now or datetime.now(UTC)
+    since = now - timedelta(minutes=settings.login_failure_window_minutes)
+    cap = settings.login_max_delay_seconds
+    recent = (AuthFailure.scope == scope, AuthFailure.ts >= since)
+    n, last = session.execute(
+        select(func.count(), func.max(AuthFailure.ts))
+        .where(*recent, AuthFailure.username_hash == _name_hash(username))
+    ).one()
+    wait = _delay(int(n or 0), last, now, cap)
+    if client:
+        n, last = session.execute(
+            select(func.count(), func.max(AuthFailure.ts))
+            .where(*recent, AuthFailure.client == client[:100])
+        ).one()
+        wait = max(wait, _delay(int(n or 0), last, now, cap))
+    return wait
+
+
+def note_failure(session: Session, scope: str, username: str, client: str | None = None,
+                 *, now: datetime | None = None) -> None:
+    """Record one wrong password for ``username`` (from ``client``) in ``scope``."""
+    session.add(AuthFailure(ts=now or datetime.now(UTC), scope=scope,
+                            username_hash=_name_hash(username),
+                            client=client[:100] if client else None))
+    session.flush()
+
+
+def clear_failures(session: Session, settings: Settings, scope: str, username: str,
+                   *, now: datetime | None = None) -> None:
+    """Forget ``username``'s failures in ``scope`` (after a success) and, while at it, every
+    failure older than the throttling window."""
+    now = now or datetime.now(UTC)
+    since = now - timedelta(minutes=settings.login_failure_window_minutes)
+    session.execute(delete(AuthFailure).where(AuthFailure.scope == scope,
+                                              AuthFailure.username_hash == _name_hash(username)))
+    session.execute(delete(AuthFailure).where(AuthFailure.ts < since))
+    session.flush()

@@ -31,12 +31,14 @@ import smtplib
 import ssl
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -56,6 +58,8 @@ __all__ = [
     "LEAVING_STATUSES",
     "RouteOptions",
     "add_recipient",
+    "approve_recipient",
+    "outside_practice",
     "find_recipient",
     "route_draft",
     "assign_recipient",
@@ -128,10 +132,24 @@ _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
+def outside_practice(address: str, practice_domains: Sequence[str]) -> bool:
+    """Whether the e-mail ``address`` is outside the practice's own domains (sub-domains
+    count as inside)."""
+    domain = address.rpartition("@")[2].strip().lower()
+    return not any(domain == d or domain.endswith("." + d)
+                   for d in (p.strip().lower().lstrip("@") for p in practice_domains) if d)
+
+
 def add_recipient(session: Session, name: str, kind: str, channel: str, address: str = "", *,
                   organization: str = "", specialty: str | None = None,
-                  actor: str = "system") -> Recipient:
-    """Add a recipient to the directory (validating channel and address)."""
+                  actor: str = "system", practice_domains: Sequence[str] | None = None,
+                  approver: str | None = None) -> Recipient:
+    """Add a recipient to the directory (validating channel and address).
+
+    With ``practice_domains`` (settings.practice_email_domains), an e-mail address outside
+    them waits for an administrator's approval (``approve_recipient``) before anything is
+    delivered to it, unless ``approver`` (an administrator adding it) approves it now.
+    """
     if kind not in RECIPIENT_KINDS:
         raise ConflictError(f"recipient kind {kind!r} arrived; expected one of "
                             f"{', '.join(RECIPIENT_KINDS)}")
@@ -141,14 +159,39 @@ def add_recipient(session: Session, name: str, kind: str, channel: str, address:
         raise ConflictError(f"e-mail address {address!r} arrived; expected name@domain")
     if channel == "fhir_http" and not address.startswith(("http://", "https://")):
         raise ConflictError(f"FHIR endpoint {address!r} arrived; expected an http(s) URL")
+    if channel == "fhir_http" and address.startswith("http://") \
+            and urlsplit(address).hostname not in _LOOPBACK:
+        # like SMTP without TLS: patient documents must not cross the network in clear text
+        raise ConflictError(f"FHIR endpoint {address!r} arrived; expected an https URL "
+                            "(plain http only to this machine)")
     if channel == "pdf_folder" and not address:
         raise ConflictError("a pdf_folder recipient arrived without a folder")
+    needs_approval = (channel == "email" and practice_domains is not None
+                      and outside_practice(address, practice_domains))
+    approved = not needs_approval or approver is not None
     rec = Recipient(name=name.strip(), kind=kind, channel=channel, address=address.strip(),
-                    organization=organization.strip(), specialty=specialty)
+                    organization=organization.strip(), specialty=specialty, approved=approved)
+    if needs_approval and approver is not None:
+        rec.approved_by, rec.approved_at = approver, datetime.now(UTC)
     session.add(rec)
     session.flush()
     audit.record(session, actor=actor, action="recipient_added", object_type="recipient",
-                 object_id=str(rec.id), detail={"channel": channel, "kind": kind})
+                 object_id=str(rec.id), detail={"channel": channel, "kind": kind,
+                                                "outside_practice": needs_approval,
+                                                "approved": approved})
+    return rec
+
+
+def approve_recipient(session: Session, recipient_id: int, *, actor: str) -> Recipient:
+    """An administrator approves a recipient outside the practice (audited)."""
+    rec = session.get(Recipient, recipient_id)
+    if rec is None:
+        raise NotFoundError(f"recipient {recipient_id} arrived; expected a known recipient")
+    if not rec.approved:
+        rec.approved, rec.approved_by, rec.approved_at = True, actor, datetime.now(UTC)
+        audit.record(session, actor=actor, action="recipient_approved", object_type="recipient",
+                     object_id=str(rec.id), detail={"channel": rec.channel})
+        session.flush()
     return rec
 
 
@@ -293,6 +336,7 @@ class DeliveryReport:
     retrying: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     waiting_for_signature: list[int] = field(default_factory=list)
+    waiting_for_approval: list[int] = field(default_factory=list)
 
 
 def _document_path(draft: DraftRow) -> Path | None:
@@ -510,6 +554,10 @@ def deliver_due(settings: Settings, options: RouteOptions | None = None, *,
             draft = s.get(DraftRow, delivery.draft_id)
             if draft is None or draft.status not in LEAVING_STATUSES:
                 report.waiting_for_signature.append(delivery.id)
+                continue
+            rec = s.get(Recipient, delivery.recipient_id) if delivery.recipient_id else None
+            if rec is not None and not rec.approved:
+                report.waiting_for_approval.append(delivery.id)
                 continue
             job = _claim(s, delivery, now)
             if job is not None:

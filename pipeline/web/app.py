@@ -20,6 +20,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipeline.core import audit
 from pipeline.core.errors import ConflictError, NotFoundError, PermissionDeniedError, PipelineError
 from pipeline.core.settings import Settings, get_settings
 from pipeline.core.store import open_store
@@ -37,6 +38,8 @@ _CSP = (
     "img-src 'self' data:; media-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
     "form-action 'self'; base-uri 'none'; object-src 'none'"
 )
+
+_HSTS = "max-age=31536000"
 
 _ROUTERS = (
     "pipeline.web.routes.auth_pages",
@@ -57,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the workbench app on ``settings`` (default: the process settings)."""
     settings = settings or get_settings()
     open_store(settings)  # migrate before the first request
+    audit.configure(settings)  # this app's audit key and checkpoint file
     app = FastAPI(title="Dictation workbench", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
 
@@ -72,6 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers.setdefault("X-Frame-Options", "DENY")
         if not request.url.path.startswith("/static/"):
             response.headers.setdefault("Cache-Control", "no-store")
+        if request.url.scheme == "https":
+            # browsers then refuse plain http to this host for a year (RFC 6797)
+            response.headers.setdefault("Strict-Transport-Security", _HSTS)
         return response
 
     @app.exception_handler(LoginRequired)
@@ -82,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         url = f"/login?next={quote(target, safe='')}"
         if exc.reason == "idle":
             url += "&idle=1"
+        elif exc.reason == "expired":
+            url += "&expired=1"
         if request.headers.get("hx-request"):
             return Response(status_code=401, headers={"HX-Redirect": url})
         return RedirectResponse(url, status_code=303)

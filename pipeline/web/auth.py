@@ -2,9 +2,11 @@
 
 Sessions are server-side (table ``web_sessions``): the cookie holds a random token signed
 with the secret key (HMAC-SHA256); the table holds the token's SHA-256 and when it was last
-used, so an idle session ends after ``settings.session_idle_minutes`` and a log-out ends it
-everywhere. Cookies are HttpOnly and SameSite=Lax, and Secure when the request came over
-https.
+used, so an idle session ends after ``settings.session_idle_minutes``, any session ends
+``settings.session_max_hours`` after log-in however active, and a log-out ends it everywhere
+(a password change or a deactivation deletes all of that user's rows:
+``pipeline.review.users.end_user_sessions``). Cookies are HttpOnly and SameSite=Lax, and
+Secure when the request came over https.
 
 CSRF: every form carries ``csrf_token`` (htmx sends it as the ``X-CSRF-Token`` header); the
 token is an HMAC of the session token (or, before log-in, of an anonymous cookie), so a page
@@ -52,6 +54,7 @@ __all__ = [
     "start_session",
     "end_session",
     "is_local_request",
+    "client_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -129,6 +132,11 @@ def is_local_request(request: Request) -> bool:
     return host in {"127.0.0.1", "::1", "localhost"} or host.startswith("127.")
 
 
+def client_address(request: Request) -> str | None:
+    """The client's address (the peer, or the forwarded one from a trusted proxy)."""
+    return request.client.host if request.client else None
+
+
 def _cookie_kwargs(request: Request) -> dict[str, Any]:
     return {
         "httponly": True,
@@ -144,8 +152,10 @@ def start_session(request: Request, response: Response, user: UserInfo) -> None:
     token = secrets.token_urlsafe(32)
     now = datetime.now(UTC)
     stale = now - timedelta(minutes=settings.session_idle_minutes)
+    too_old = now - timedelta(hours=settings.session_max_hours)
     with open_store(settings).session() as s:
         s.execute(delete(WebSession).where(WebSession.last_seen_at < stale))  # housekeeping
+        s.execute(delete(WebSession).where(WebSession.created_at < too_old))
         s.add(
             WebSession(
                 id=_token_hash(token),
@@ -197,6 +207,19 @@ def optional_user(request: Request) -> UserInfo | None:
             )
             request.state.idle_logout = True
             return None
+        if now - as_utc(row.created_at) > timedelta(hours=settings.session_max_hours):
+            user = load_user(s, row.user_id)
+            s.delete(row)
+            audit.record(
+                s,
+                actor=user.username if user else f"user:{row.user_id}",
+                action="logout",
+                object_type="session",
+                outcome="ok",
+                detail={"reason": "max_age", "max_hours": settings.session_max_hours},
+            )
+            request.state.expired_logout = True
+            return None
         user = load_user(s, row.user_id)
         if user is None:
             return None
@@ -211,7 +234,10 @@ def current_user(request: Request) -> UserInfo:
     """Dependency: the logged-in user; without one the app redirects to the log-in page."""
     user = optional_user(request)
     if user is None:
-        raise LoginRequired("idle" if getattr(request.state, "idle_logout", False) else "login")
+        if getattr(request.state, "idle_logout", False):
+            raise LoginRequired("idle")
+        raise LoginRequired("expired" if getattr(request.state, "expired_logout", False)
+                            else "login")
     return user
 
 

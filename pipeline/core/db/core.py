@@ -133,3 +133,5 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, default=0)
     last_hash: Mapped[str] = mapped_column(String(64))
+    # id of the first event hashed with the audit key (HMAC); None: an old, unkeyed chain
+    keyed_from: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -33,6 +33,7 @@ __all__ = [
     "Addendum",
     "DraftAccuracy",
     "CorrectionStat",
+    "AuthFailure",
     "ROLES",
 ]
 
@@ -158,3 +159,23 @@ class CorrectionStat(Base):
     original: Mapped[str] = mapped_column(String(200))
     replacement: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuthFailure(Base):
+    """A failed password check (log-in or signing), kept for throttling across restarts.
+
+    ``username_hash`` is the SHA-256 of the lower-cased name typed (names that do not exist
+    are throttled the same way); ``client`` is the client address (None for signing).
+    """
+
+    __tablename__ = "auth_failures"
+    __table_args__ = (
+        Index("ix_auth_failures_scope_user_ts", "scope", "username_hash", "ts"),
+        Index("ix_auth_failures_scope_client_ts", "scope", "client", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    scope: Mapped[str] = mapped_column(String(10))  # login | sign
+    username_hash: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str | None] = mapped_column(String(100), nullable=True)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     Time,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -328,6 +329,10 @@ class Recipient(Base):
     address: Mapped[str] = mapped_column(String(500), default="")  # e-mail, folder or URL
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # outside the practice's own e-mail domains: no delivery until an administrator approves
+    approved: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    approved_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Delivery(Base):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import defaultdict, deque
+import math
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -14,8 +12,16 @@ from pipeline.core import audit
 from pipeline.core.db.review import User
 from pipeline.core.errors import PipelineError
 from pipeline.core.store import open_store
-from pipeline.review.users import authenticate, create_user, user_count
+from pipeline.review.users import (
+    authenticate,
+    clear_failures,
+    create_user,
+    note_failure,
+    throttle_wait,
+    user_count,
+)
 from pipeline.web.auth import (
+    client_address,
     csrf_protect,
     end_session,
     get_settings_dep,
@@ -28,27 +34,6 @@ from pipeline.web.templating import render
 __all__ = ["router"]
 
 router = APIRouter()
-
-# Failed log-ins per user name: after _MAX_FAILS within _WINDOW s, refuse for _WINDOW s.
-_MAX_FAILS = 5
-_WINDOW = 300.0
-_fails: dict[str, deque[float]] = defaultdict(deque)
-_fails_lock = threading.Lock()
-
-
-def _throttled(username: str) -> bool:
-    now = time.monotonic()
-    with _fails_lock:
-        q = _fails[username.lower()]
-        while q and now - q[0] > _WINDOW:
-            q.popleft()
-        return len(q) >= _MAX_FAILS
-
-
-def _note_fail(username: str) -> None:
-    with _fails_lock:
-        _fails[username.lower()].append(time.monotonic())
-
 
 def _safe_next(value: str | None) -> str:
     if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
@@ -66,12 +51,17 @@ def index(request: Request) -> Response:
 
 
 @router.get("/login")
-def login_page(request: Request, next: str | None = None, idle: int = 0) -> Response:
+def login_page(request: Request, next: str | None = None, idle: int = 0,
+               expired: int = 0) -> Response:
     """The log-in form."""
-    with open_store(get_settings_dep(request)).session() as s:
+    settings = get_settings_dep(request)
+    with open_store(settings).session() as s:
         if user_count(s) == 0:
             return RedirectResponse("/setup", status_code=303)
     message = "You were logged out after a period of inactivity." if idle else ""
+    if expired:
+        message = (f"Your session reached its maximum length ({settings.session_max_hours:g} "
+                   "hours); log in again.")
     return render(request, "login.html",
                   {"next": _safe_next(next), "error": "", "message": message, "title": "Log in"})
 
@@ -83,15 +73,22 @@ def login(
     password: str = Form(...),
     next: str = Form("/worklist"),
 ) -> Response:
-    """Check the password; on success start a session and go to ``next``."""
+    """Check the password (throttled per account and per client address, across restarts);
+    on success start a session and go to ``next``. The audit event carries the address."""
     settings = get_settings_dep(request)
     username = username.strip()
+    client = client_address(request)
+    actor = username[:100] or "?"
     with open_store(settings).session() as s:
-        if _throttled(username):
-            audit.record(s, actor=username[:100] or "?", action="login", object_type="session",
-                         outcome="refused", detail={"reason": "too_many_failures"})
+        wait = throttle_wait(s, settings, "login", username, client)
+        if wait > 0:
+            audit.record(s, actor=actor, action="login", object_type="session",
+                         outcome="refused",
+                         detail={"reason": "throttled", "client": client,
+                                 "wait_s": math.ceil(wait)})
             user = None
-            error = "Too many failed attempts. Wait a few minutes and try again."
+            error = (f"Too many failed attempts. Wait {math.ceil(wait)} seconds and "
+                     "try again.")
         else:
             user = authenticate(s, username, password)
             error = "" if user else "Wrong user name or password."
@@ -99,14 +96,15 @@ def login(
                 row = s.get(User, user.id)
                 if row is not None:
                     row.last_login_at = datetime.now(UTC)
+                clear_failures(s, settings, "login", username)
             else:
-                _note_fail(username)
-            audit.record(s, actor=username[:100] or "?", action="login", object_type="session",
-                         outcome="ok" if user else "failed")
+                note_failure(s, "login", username, client)
+            audit.record(s, actor=actor, action="login", object_type="session",
+                         outcome="ok" if user else "failed", detail={"client": client})
     if user is None:
         return render(request, "login.html",
                       {"next": _safe_next(next), "error": error, "message": "",
-                       "title": "Log in"}, status_code=401)
+                       "title": "Log in"}, status_code=429 if wait > 0 else 401)
     response = RedirectResponse(_safe_next(next), status_code=303)
     start_session(request, response, user)
     return response

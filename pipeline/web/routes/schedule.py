@@ -707,15 +707,22 @@ def recipient_add(request: Request, name: str = Form(...), kind: str = Form(...)
     if channel not in ("email", "print") and user.role != "admin":
         # folders and URLs point the server at places on disk or the network
         raise PermissionDeniedError("Only administrators add folder, HL7 or FHIR recipients.")
-    with open_store(get_settings_dep(request)).session() as s:
+    settings = get_settings_dep(request)
+    with open_store(settings).session() as s:
         try:
             rec = route.add_recipient(s, name, kind, channel, address,
                                       organization=organization,
-                                      specialty=specialty or None, actor=user.username)
+                                      specialty=specialty or None, actor=user.username,
+                                      practice_domains=settings.practice_email_domains,
+                                      approver=user.username if user.role == "admin" else None)
         except ConflictError as exc:
             s.rollback()
             return _back("/schedule/routing", error=str(exc))
-        rid = rec.id
+        rid, approved = rec.id, rec.approved
+    if not approved:
+        return _back("/schedule/routing", notice=(
+            f"Recipient {rid} added, waiting for an administrator's approval: the address is "
+            "outside the practice's own e-mail domains."))
     return _back("/schedule/routing", notice=f"Recipient {rid} added.")
 
 
@@ -757,4 +764,5 @@ def deliver_now(request: Request, user: UserInfo = Depends(current_user)) -> Res
     return _back("/schedule/routing", notice=(
         f"Delivered {len(report.delivered)}, retrying {len(report.retrying)}, "
         f"failed {len(report.failed)}, waiting for signature "
-        f"{len(report.waiting_for_signature)}."))
+        f"{len(report.waiting_for_signature)}, waiting for approval "
+        f"{len(report.waiting_for_approval)}."))
