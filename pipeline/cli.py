@@ -32,8 +32,9 @@ COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("secretary (pipeline/secretary)", ("schedule",)),
     ("data protection", ("keys", "backup", "restore", "retention")),
     ("developer tools (pipeline/devtools)", (
-        "evaluate", "samples", "sections-eval", "bench", "bench-inbox", "bench-language",
-        "bench-render", "bench-schedule", "bench-web", "bench-crypto", "bench-kill")),
+        "evaluate", "flags-eval", "samples", "sections-eval", "bench", "bench-inbox",
+        "bench-language", "bench-render", "bench-schedule", "bench-web", "bench-crypto",
+        "bench-kill")),
 )
 
 

@@ -70,7 +70,18 @@ def _flags(*lists: list[str]) -> list[str]:
     return list(dict.fromkeys(f for flags in lists for f in flags))
 
 
-def result_json(result: Any, audio_path: Path) -> dict[str, Any]:
+def _blockers(result: Any, settings: Settings) -> list[dict[str, Any]]:
+    from pipeline.core.records import to_jsonable
+    from pipeline.language.vocab import get_index
+    from pipeline.review.signoff import document_blockers
+
+    corrections = to_jsonable(result.note.corrections)
+    found = document_blockers(result.document, result.note.text, corrections,
+                              index=get_index(settings))
+    return [b.to_dict() for b in found]
+
+
+def result_json(result: Any, audio_path: Path, settings: Settings | None = None) -> dict[str, Any]:
     """The JSON contract object for one processed file (``ProcessResult``)."""
     transcript = result.transcript
     draft = result.draft
@@ -95,6 +106,10 @@ def result_json(result: Any, audio_path: Path) -> dict[str, Any]:
             for s in transcript.segments
         ],
         "flags": _flags(transcript.flags, result.note.flags, result.document.flags),
+        # what would block signing this draft as it stands (pipeline.review.signoff): missing
+        # required sections, header mismatches (which field and how), flagged dose/side/drug
+        # changes
+        "blockers": _blockers(result, settings or get_settings()),
         "draft_id": draft.id,
         "draft_path": str(draft.docx_path) if draft.docx_path else None,
         "pdf_path": str(draft.outputs["pdf"]) if draft.outputs.get("pdf") else None,
@@ -165,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 bar.remove_task(task)
             if args.json:
-                sys.stdout.write(json.dumps(result_json(result, path), ensure_ascii=False) + "\n")
+                sys.stdout.write(json.dumps(result_json(result, path, settings),
+                                            ensure_ascii=False) + "\n")
                 sys.stdout.flush()
             else:
                 flags = _flags(result.transcript.flags, result.note.flags, result.document.flags)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -28,7 +29,13 @@ from pipeline.core.errors import ConflictError, PermissionDeniedError
 from pipeline.core.records import AudioInfo, Dictation, DictationMeta, Note, Section, to_jsonable
 from pipeline.core.settings import Settings
 from pipeline.review import learning
-from pipeline.review.users import UserInfo, authenticate
+from pipeline.review.users import (
+    UserInfo,
+    authenticate,
+    clear_failures,
+    note_failure,
+    throttle_wait,
+)
 from pipeline.secretary import tasks
 
 __all__ = ["SignResult", "sign_draft", "add_addendum", "render_signed", "text_sha256",
@@ -54,18 +61,31 @@ class SignResult:
     problems: list[str] = field(default_factory=list)
 
 
-def _check_signer(session: Session, user: UserInfo, draft: DraftRow, password: str) -> None:
+def _check_signer(session: Session, settings: Settings, user: UserInfo, draft: DraftRow,
+                  password: str) -> None:
     if user.role != "physician" or draft.physician_id not in user.physician_ids:
         audit.record(session, actor=user.username, action="sign", object_type="draft",
                      object_id=draft.id, patient_ref=draft.mrn, outcome="denied")
         session.commit()  # keep the record of the refused attempt
         raise PermissionDeniedError("Only the draft's own physician can sign it.")
+    # wrong signing passwords are throttled like log-ins (pipeline.review.users)
+    wait = throttle_wait(session, settings, "sign", user.username)
+    if wait > 0:
+        audit.record(session, actor=user.username, action="sign", object_type="draft",
+                     object_id=draft.id, patient_ref=draft.mrn, outcome="refused",
+                     detail={"reason": "throttled", "wait_s": math.ceil(wait)})
+        session.commit()  # keep the record of the refused attempt
+        raise PermissionDeniedError(
+            f"Too many wrong passwords; wait {math.ceil(wait)} seconds before signing again."
+        )
     if authenticate(session, user.username, password) is None:
+        note_failure(session, "sign", user.username)
         audit.record(session, actor=user.username, action="sign", object_type="draft",
                      object_id=draft.id, patient_ref=draft.mrn, outcome="failed",
                      detail={"reason": "wrong_password"})
         session.commit()  # keep the record of the failed attempt
         raise PermissionDeniedError("The password is wrong; the draft was not signed.")
+    clear_failures(session, settings, "sign", user.username)
 
 
 def first_text(session: Session, draft: DraftRow) -> str:
@@ -101,8 +121,10 @@ def signed_text_with_addenda(session: Session, draft: DraftRow) -> list[tuple[Ad
     return [(a, str(u)) for a, u in rows]
 
 
-def render_signed(session: Session, settings: Settings, draft: DraftRow) -> dict[str, str]:
-    """Render the final outputs from the signed text (plus signed addenda); returns paths."""
+def render_signed(session: Session, settings: Settings, draft: DraftRow,
+                  out_dir: Path | None = None) -> dict[str, str]:
+    """Render the final outputs from the signed text (plus signed addenda); returns paths.
+    Also re-renders an unsigned draft after a header correction (``out_dir`` given)."""
     from pipeline.documents import render, sections
 
     dictation_row = session.get(DictationRow, draft.dictation_id)
@@ -130,7 +152,7 @@ def render_signed(session: Session, settings: Settings, draft: DraftRow) -> dict
         ),
         meta=meta,
     )
-    out_dir = settings.drafts_dir / draft.id / "signed"
+    out_dir = out_dir or settings.drafts_dir / draft.id / "signed"
     kwargs: dict[str, Any] = {}
     signature = session.scalar(
         select(Signature).where(Signature.draft_id == draft.id, Signature.addendum_id.is_(None))
@@ -180,7 +202,12 @@ def sign_draft(
             f"Only a draft awaiting signature can be signed; this one is "
             f"{draft.status.replace('_', ' ')}."
         )
-    _check_signer(session, user, draft, password)
+    _check_signer(session, settings, user, draft, password)
+    # nothing wrong gets signed: placeholders, header mismatches, unreviewed dose/side/drug
+    # changes (pipeline.review.signoff) refuse the signature, audited
+    from pipeline.review.signoff import check_signable
+
+    check_signable(session, settings, user, draft)
     from pipeline.review.versions import ensure_initial_version, latest_version
 
     ensure_initial_version(session, draft)
@@ -231,7 +258,7 @@ def add_addendum(
     text = text.strip()
     if not text:
         raise ConflictError("The addendum is empty; expected some text.")
-    _check_signer(session, user, draft, password)
+    _check_signer(session, settings, user, draft, password)
     now = datetime.now(UTC)
     addendum = Addendum(draft_id=draft.id, text=text, author=user.username, created_at=now)
     session.add(addendum)

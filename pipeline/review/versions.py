@@ -15,9 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.core import audit
-from pipeline.core.db.core import DraftRow
+from pipeline.core.db.core import DictationRow, DraftRow, Physician
 from pipeline.core.db.review import DraftClaim, DraftVersion
 from pipeline.core.errors import ConflictError, NotFoundError, PermissionDeniedError
+from pipeline.core.settings import Settings
 from pipeline.core.times import as_utc
 from pipeline.review.users import UserInfo
 
@@ -35,6 +36,9 @@ __all__ = [
     "send_for_signature",
     "return_to_review",
     "may_edit",
+    "HEADER_FIELDS",
+    "correct_header",
+    "rerender_draft",
 ]
 
 log = logging.getLogger(__name__)
@@ -226,3 +230,136 @@ def return_to_review(session: Session, user: UserInfo, draft: DraftRow) -> None:
     audit.record(session, actor=user.username, action="return_to_review",
                  object_type="draft", object_id=draft.id, patient_ref=draft.mrn)
     session.flush()
+
+
+#: Header fields a person may correct in the editor (``physician_id`` reassigns the draft).
+HEADER_FIELDS = ("patient_name", "date_of_birth", "mrn", "date_of_service", "document_type",
+                 "physician_id")
+
+
+def _header_value(key: str, raw: str, settings: Settings, session: Session) -> str | None:
+    """A typed header value checked and in the form the sidecar stores; raises
+    ``ConflictError`` with what was expected."""
+    from pipeline.documents.header import parse_date
+    from pipeline.documents.templates import list_templates
+
+    value = " ".join(raw.split())
+    if not value:
+        return None
+    if key in ("date_of_birth", "date_of_service"):
+        parsed = parse_date(value)
+        if parsed is None:
+            raise ConflictError(f"The {key.replace('_', ' ')} could not be read as a date; "
+                                "expected e.g. March 4, 1962 or 1962-03-04.")
+        return parsed.isoformat()
+    if key == "mrn":
+        return value.replace(" ", "")
+    if key == "document_type":
+        templates = list_templates(settings)
+        if value not in templates:
+            raise ConflictError(f"Unknown document type; expected one of "
+                                f"{', '.join(sorted(templates))}.")
+        return value
+    if key == "physician_id":
+        known = {p for p in settings.physicians} | set(session.scalars(select(Physician.id)))
+        if value not in known:
+            raise ConflictError("Unknown physician; expected one of the practice's physicians.")
+        return value
+    return value[:200]
+
+
+def rerender_draft(session: Session, settings: Settings, draft: DraftRow) -> dict[str, str]:
+    """Structure and render the draft again from its text and (corrected) header, with the
+    code signing uses (``signing.render_signed``), into the draft's own folder; keeps the
+    sign-off acknowledgements. Returns the output paths."""
+    from pipeline.review.signing import render_signed
+
+    keep = (draft.document or {}).get("signoff")
+    outputs = render_signed(session, settings, draft, out_dir=settings.drafts_dir / draft.id)
+    if keep:
+        document = dict(draft.document or {})
+        document["signoff"] = keep
+        draft.document = document
+    draft.outputs = outputs
+    draft.docx_path = outputs.get("docx") or draft.docx_path
+    return outputs
+
+
+def rerender_by_id(settings: Settings, draft_id: str) -> bool:
+    """Render a draft still in review again from its stored text and header (after a late
+    sidecar changed the header: ``pipeline.ingest.inbox``'s ``on_late_sidecar``). A signed
+    draft is left alone (its final files come from the signed text). Returns whether it was
+    rendered."""
+    from pipeline.core.store import open_store
+
+    with open_store(settings).session() as session:
+        draft = session.get(DraftRow, draft_id)
+        if draft is None or draft.status in ("signed", "delivered"):
+            return False
+        rerender_draft(session, settings, draft)
+        session.commit()
+    log.info("draft=%s rendered again after a late sidecar", draft_id)
+    return True
+
+
+def correct_header(session: Session, settings: Settings, user: UserInfo, draft: DraftRow,
+                   changes: dict[str, str]) -> list[str]:
+    """Correct header fields of ``draft`` (and reassign it with ``physician_id``): the
+    dictation's sidecar record is updated (its first form is kept), the change audited (field
+    names and physician ids only), and the outputs rendered again. Returns the changed
+    field names. Same rights as editing the text: the role may edit in this status and
+    holds the claim."""
+    if draft.status in ("signed", "delivered"):
+        raise ConflictError("This draft is signed; its header cannot change. Write an addendum.")
+    if not may_edit(user, draft):
+        raise PermissionDeniedError(
+            f"A {user.role} may not change a draft that is {draft.status.replace('_', ' ')}."
+        )
+    state = claim(session, user, draft)
+    if not state.mine:
+        raise ConflictError(f"This draft is claimed by {state.holder}; it cannot be changed.")
+    unknown = sorted(set(changes) - set(HEADER_FIELDS))
+    if unknown:
+        raise ConflictError(f"Unknown header field(s) {', '.join(unknown)}; expected "
+                            f"{', '.join(HEADER_FIELDS)}.")
+    dictation = session.get(DictationRow, draft.dictation_id)
+    if dictation is None:
+        raise NotFoundError("The dictation of this draft is missing; its header cannot change.")
+    meta = dict(dictation.meta or {})
+    new_values = {k: _header_value(k, v, settings, session) for k, v in changes.items()}
+    changed = [k for k, v in new_values.items() if (meta.get(k) or None) != v]
+    if not changed:
+        return []
+    if "sidecar_original" not in meta:
+        meta["sidecar_original"] = {k: meta.get(k) for k in HEADER_FIELDS}
+    old_physician = draft.physician_id
+    for key in changed:
+        meta[key] = new_values[key]
+    dictation.meta = meta  # a new dict: the JSON column sees the change
+    if "patient_name" in changed:
+        draft.patient_name = new_values["patient_name"]
+    if "mrn" in changed:
+        draft.mrn = new_values["mrn"]
+    if "document_type" in changed and new_values["document_type"]:
+        draft.document_type = new_values["document_type"] or draft.document_type
+        dictation.document_type = draft.document_type
+    session.flush()
+    audit.record(session, actor=user.username, action="header_correct", object_type="draft",
+                 object_id=draft.id, patient_ref=draft.mrn, detail={"fields": changed})
+    if "physician_id" in changed:
+        new_pid = new_values["physician_id"]
+        if session.get(Physician, new_pid) is None:
+            session.add(Physician(id=new_pid, name=new_pid))
+            session.flush()
+        draft.physician_id = new_pid
+        dictation.physician_id = new_pid
+        audit.record(session, actor=user.username, action="reassign", object_type="draft",
+                     object_id=draft.id, patient_ref=draft.mrn,
+                     detail={"from": old_physician, "to": new_pid})
+    session.flush()
+    rerender_draft(session, settings, draft)
+    audit.record(session, actor=user.username, action="export", object_type="draft",
+                 object_id=draft.id, patient_ref=draft.mrn,
+                 detail={"kinds": sorted(draft.outputs or {}), "reason": "header_correct"})
+    log.info("draft=%s header corrected fields=%s by user=%s", draft.id, changed, user.id)
+    return changed

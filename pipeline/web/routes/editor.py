@@ -3,28 +3,56 @@
 from __future__ import annotations
 
 import mimetypes
+import re
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
+from markupsafe import Markup
 from sqlalchemy import select
 
-from pipeline.core import audit
-from pipeline.core.db.core import DictationRow, DraftRow, TranscriptRow
+from pipeline.core import audit, files
+from pipeline.core.db.core import DictationRow, DraftRow, Physician, TranscriptRow
 from pipeline.core.db.review import DraftVersion, Signature
 from pipeline.core.errors import NotFoundError
+from pipeline.core.settings import Settings
 from pipeline.core.store import open_store
+from pipeline.documents.header import HEADER_LABELS, describe_mismatch
+from pipeline.documents.templates import list_templates
+from pipeline.language.normalize.review_flags import review_corrections, unknown_word
+from pipeline.language.vocab import get_index
+from pipeline.review import signoff
 from pipeline.review import versions as wf
 from pipeline.review.signing import signed_text_with_addenda
 from pipeline.review.users import UserInfo
 from pipeline.web.auth import csrf_protect, current_user, get_settings_dep
 from pipeline.web.templating import STATUS_LABELS, render
-from pipeline.web.wordmap import LOW_CONFIDENCE, map_words, word_diff, words_html
+from pipeline.web.wordmap import LOW_CONFIDENCE, Token, map_words, word_diff, words_html
 
-__all__ = ["router", "editor_context"]
+__all__ = ["router", "editor_context", "header_form"]
 
 router = APIRouter()
+
+_SPAN = re.compile(r'<span class="(w[^"]*)"([^>]*)>')
+
+
+def _words_with_ids(tokens: list[Token], unknown: list[bool]) -> Markup:
+    """The editor's words with an id per word (``w0``, ``w1``, ...): the sign page's
+    blocker links and the word index of ``pipeline.review.signoff`` point at them. Words
+    that are neither vocabulary nor English (``unknown``, one per word token) get the
+    ``unk`` mark (F2 stops on them)."""
+    counter = iter(range(len(unknown)))
+    html = str(words_html(tokens))  # every piece of text was escaped there
+
+    def _open(m: re.Match[str]) -> str:
+        n = next(counter)
+        if unknown[n]:
+            return (f'<span class="{m.group(1)} unk"{m.group(2)} id="w{n}" '
+                    'title="Not a known word: check it">')
+        return f'<span class="{m.group(1)}"{m.group(2)} id="w{n}">'
+
+    return Markup(_SPAN.sub(_open, html))
 
 
 def _issues(draft: DraftRow) -> dict[str, Any]:
@@ -33,8 +61,11 @@ def _issues(draft: DraftRow) -> dict[str, Any]:
     mismatches = []
     for key, field in header.items():
         if isinstance(field, dict) and field.get("conflict"):
-            mismatches.append({"field": key.replace("_", " "), "value": field.get("value"),
-                               "source": field.get("source"), "dictated": field.get("conflict")})
+            mismatches.append({"key": key, "field": key.replace("_", " "),
+                               "value": field.get("value"),
+                               "source": field.get("source"), "dictated": field.get("conflict"),
+                               "how": describe_mismatch(key, field.get("value"),
+                                                        field.get("conflict"))})
     return {
         "missing": [m.replace("_", " ") for m in document.get("missing") or []],
         "mismatches": mismatches,
@@ -43,8 +74,33 @@ def _issues(draft: DraftRow) -> dict[str, Any]:
     }
 
 
-def editor_context(session: Any, user: UserInfo, draft: DraftRow, *, claim: bool) -> dict[str, Any]:
-    """Everything the editor page shows for ``draft`` (claims it when ``claim``)."""
+def header_form(session: Any, settings: Settings, draft: DraftRow) -> dict[str, Any]:
+    """The header as the correction form shows it: current values, document types and the
+    physicians a draft may be reassigned to."""
+    dictation = session.get(DictationRow, draft.dictation_id)
+    meta = dict(dictation.meta or {}) if dictation else {}
+    physicians = sorted(set(settings.physicians) |
+                        set(session.scalars(select(Physician.id).where(Physician.active))))
+    return {
+        "values": {
+            "patient_name": meta.get("patient_name") or draft.patient_name or "",
+            "date_of_birth": meta.get("date_of_birth") or "",
+            "mrn": meta.get("mrn") or draft.mrn or "",
+            "date_of_service": meta.get("date_of_service") or "",
+            "document_type": draft.document_type,
+            "physician_id": draft.physician_id or "",
+        },
+        "labels": {**HEADER_LABELS, "physician_id": "Physician (reassign)",
+                   "document_type": "Document type"},
+        "document_types": sorted(list_templates(settings)),
+        "physicians": [p for p in physicians if p != "dr-default"] or physicians,
+    }
+
+
+def editor_context(session: Any, user: UserInfo, draft: DraftRow, *, claim: bool,
+                   settings: Settings | None = None) -> dict[str, Any]:
+    """Everything the editor page shows for ``draft`` (claims it when ``claim``); with
+    ``settings`` also what blocks signing and the header correction form."""
     editable = wf.may_edit(user, draft)
     state = wf.claim(session, user, draft) if (claim and editable) else \
         wf.claim_state(session, user, draft.id)
@@ -61,18 +117,26 @@ def editor_context(session: Any, user: UserInfo, draft: DraftRow, *, claim: bool
         .order_by(TranscriptRow.id.desc()).limit(1)
     ) or []
     dictation = session.get(DictationRow, draft.dictation_id)
+    # command conversions ("period" -> ".") are shown quietly: not marked, F2 skips them
     tokens = map_words(draft.text, base_text if base_text is not None else draft.text,
-                       segments, list(draft.corrections or []))
+                       segments, review_corrections(list(draft.corrections or [])))
     signatures = session.execute(
         select(Signature.username, Signature.signed_at, Signature.version,
                Signature.text_sha256).where(Signature.draft_id == draft.id,
                                             Signature.addendum_id.is_(None))
     ).all()
+    index = get_index(settings) if settings is not None else None
+    unknown = [bool(index is not None and not t.flagged and unknown_word(t.text, index))
+               for t in tokens if t.is_word]
+    blocking = signoff.blockers(session, settings, draft) if (
+        settings is not None and draft.status not in ("signed", "delivered")) else []
     return {
         "draft": draft,
         "status_label": STATUS_LABELS.get(draft.status, draft.status),
-        "words_html": words_html(tokens),
-        "flagged": sum(1 for t in tokens if t.is_word and t.flagged),
+        "words_html": _words_with_ids(tokens, unknown),
+        "blockers": blocking,
+        "header_form": header_form(session, settings, draft) if settings is not None else None,
+        "flagged": sum(1 for t in tokens if t.is_word and t.flagged) + sum(unknown),
         "low_threshold": LOW_CONFIDENCE,
         "versions": versions,
         "current_version": versions[-1].version if versions else 1,
@@ -103,10 +167,59 @@ def editor(request: Request, draft_id: str, user: UserInfo = Depends(current_use
         draft = wf.load_draft(s, user, draft_id)
         audit.record(s, actor=user.username, action="view", object_type="draft",
                      object_id=draft.id, patient_ref=draft.mrn)
-        ctx = editor_context(s, user, draft, claim=True)
+        ctx = editor_context(s, user, draft, claim=True, settings=settings)
     ctx.update({"title": f"Draft {draft_id[:8]}", "saved": saved, "signed": signed,
-                "addendum_added": addendum})
+                "addendum_added": addendum,
+                "header_saved": request.query_params.get("header", ""),
+                "acknowledged": request.query_params.get("ack", "")})
     return render(request, "editor.html", ctx)
+
+
+@router.post("/drafts/{draft_id}/header", dependencies=[Depends(csrf_protect)])
+async def correct_header(request: Request, draft_id: str,
+                         user: UserInfo = Depends(current_user)) -> Response:
+    """Correct the header (patient, dates, MRN, document type) and reassign the physician:
+    audited, and the draft is rendered again."""
+    settings = get_settings_dep(request)
+    form = await request.form()
+    changes = {k: str(form[k]) for k in wf.HEADER_FIELDS if k in form}
+    with open_store(settings).session() as s:
+        draft = wf.load_draft(s, user, draft_id, action="header_correct")
+        changed = wf.correct_header(s, settings, user, draft, changes)
+        visible = user.may_see_physician(draft.physician_id)
+    if not visible:  # reassigned to a physician this user does not work for
+        return RedirectResponse(f"/worklist?reassigned={draft_id}", status_code=303)
+    return RedirectResponse(f"/drafts/{draft_id}?header={len(changed)}#header-card",
+                            status_code=303)
+
+
+@router.post("/drafts/{draft_id}/acknowledge", dependencies=[Depends(csrf_protect)])
+def acknowledge(request: Request, draft_id: str, key: str = Form(...),
+                back: str = Form("editor"), user: UserInfo = Depends(current_user)) -> Response:
+    """Acknowledge a header mismatch or mark a flagged dose/side/drug change reviewed."""
+    settings = get_settings_dep(request)
+    with open_store(settings).session() as s:
+        draft = wf.load_draft(s, user, draft_id, action="acknowledge")
+        signoff.acknowledge(s, settings, user, draft, key)
+    target = "sign" if back == "sign" else ""
+    return RedirectResponse(f"/drafts/{draft_id}{'/' + target if target else ''}?ack=1",
+                            status_code=303)
+
+
+@router.get("/drafts/{draft_id}/preview")
+def preview(request: Request, draft_id: str, user: UserInfo = Depends(current_user)) -> Response:
+    """The document as it will print (same structure and wording as the .docx), before it
+    is sent for signature or signed."""
+    settings = get_settings_dep(request)
+    with open_store(settings).session() as s:
+        draft = wf.load_draft(s, user, draft_id, action="preview")
+        context = signoff.preview(s, settings, draft)
+        audit.record(s, actor=user.username, action="preview", object_type="draft",
+                     object_id=draft.id, patient_ref=draft.mrn)
+        ctx = {"title": f"Preview {draft_id[:8]}", "draft": draft, "doc": context,
+               "blockers": signoff.blockers(s, settings, draft)
+               if draft.status not in ("signed", "delivered") else []}
+    return render(request, "preview.html", ctx)
 
 
 @router.post("/drafts/{draft_id}/save", dependencies=[Depends(csrf_protect)])
@@ -170,7 +283,31 @@ def audio(request: Request, draft_id: str, user: UserInfo = Depends(current_user
             audit.record(s, actor=user.username, action="audio_fetch", object_type="draft",
                          object_id=draft.id, patient_ref=draft.mrn)
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if files.is_encrypted(path):  # encrypted at rest: served from memory, never from disk
+        return _ranged(files.read_bytes(path, settings), rng, media)
     return FileResponse(path, media_type=media, headers={"Cache-Control": "private, no-store"})
+
+
+def _ranged(data: bytes, rng: str, media: str) -> Response:
+    """``data`` as a full (200) or single-range (206) response, as FileResponse serves a
+    plain file (the audio player seeks with ranges)."""
+    headers = {"Cache-Control": "private, no-store", "Accept-Ranges": "bytes"}
+    size = len(data)
+    spec = rng.replace(" ", "").removeprefix("bytes=") if rng.startswith("bytes=") else ""
+    if not spec or "," in spec:
+        return Response(data, media_type=media, headers=headers)
+    first, _, last = spec.partition("-")
+    try:
+        if first:
+            start, end = int(first), min(int(last) if last else size - 1, size - 1)
+        else:  # a suffix: the last N bytes
+            start, end = max(size - int(last), 0), size - 1
+    except ValueError:
+        return Response(data, media_type=media, headers=headers)
+    if start >= size or start > end:
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return Response(data[start:end + 1], status_code=206, media_type=media, headers=headers)
 
 
 @router.post("/drafts/{draft_id}/audio/played", dependencies=[Depends(csrf_protect)])

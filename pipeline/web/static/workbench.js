@@ -109,7 +109,9 @@
       var start = from ? all.indexOf(from) + 1 : 0;
       for (var k = 0; k < all.length; k++) {
         var el = all[(start + k) % all.length];
-        if (el.classList.contains("low") || el.classList.contains("corr")) {
+        // flags worth looking at: low confidence, reviewed changes, unknown words; spoken
+        // commands ("period" -> ".") are not marked and F2 passes them by
+        if (el.classList.contains("low") || el.classList.contains("corr") || el.classList.contains("unk")) {
           var range = document.createRange();
           range.selectNodeContents(el);
           var sel = window.getSelection();
