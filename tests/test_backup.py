@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import inspect, select, text
 
 from pipeline.core import crypto
 from pipeline.core.db.core import DraftRow
 from pipeline.core.records import DictationMeta
 from pipeline.core.settings import Settings
-from pipeline.core.store import open_store
+from pipeline.core.store import create_db_engine, open_store
 from pipeline.review import signing
 from pipeline.review import versions as wf
 from pipeline.review.users import create_user
@@ -68,8 +68,8 @@ def _signed_world(settings: Settings, audio: Path) -> dict[str, Any]:
     return {"draft": draft_id}
 
 
-def _rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    engine = create_engine(url)
+def _rows(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
+    engine = create_db_engine(settings.db_url, settings)  # SQLCipher-aware
     try:
         names = set(inspect(engine).get_table_names())
         out: dict[str, list[tuple[Any, ...]]] = {}
@@ -146,7 +146,7 @@ def test_backup_while_dictations_are_processed_restores_everything(
 
     # the restored database is the snapshot: a subset of the source's rows now (the source
     # went on working), holding the whole signed world, the processed drafts and their files
-    before, after = _rows(keyed.db_url), _rows(restored.db_url)
+    before, after = _rows(keyed), _rows(restored)
     for table in ("users", "user_physicians", "signatures", "sched_tasks", "draft_versions",
                   "audit_events"):
         assert after[table], f"{table} is empty"
@@ -286,7 +286,7 @@ def test_postgres_backup_restores_into_an_empty_database(keyed: Settings, speech
             "database_url": f"postgresql+psycopg2://postgres@{hostport}/target"})
         out = backup.restore(target, result.path)
         assert out.database == "postgresql" and out.repointed >= 1
-        before, after = _rows(keyed.db_url), _rows(target.db_url)
+        before, after = _rows(keyed), _rows(target)
         for table in ("users", "signatures", "sched_tasks", "draft_versions"):
             assert after[table] == before[table] and after[table], table
         # the source has one more audit event: the backup itself, recorded after the dump

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from pipeline.core import files
 from pipeline.core.db.core import AuditEvent, DictationRow
 from pipeline.core.db.inbox import InboxIntake
 from pipeline.core.settings import Settings
@@ -323,7 +324,8 @@ def test_slow_writer_is_taken_only_when_complete(
     rows = _rows(settings)
     assert len(rows) == 1 and rows[0].status == "received"
     claimed = settings.processing_dir / rows[0].id / "slow.wav"
-    assert claimed.read_bytes() == data
+    assert files.is_encrypted(claimed)  # stored encrypted; read through the layer
+    assert files.read_bytes(claimed, settings) == data
     # hashed at claim time: equal only if the file was complete when it was claimed
     assert rows[0].sha256 == hashlib.sha256(data).hexdigest()
     assert not target.exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from pipeline.core import files
 from pipeline.core.db.core import AuditEvent, DictationRow, DraftRow
 from pipeline.core.settings import Settings
 from pipeline.core.store import open_store
@@ -275,7 +276,8 @@ def test_half_written_file_is_taken_only_when_complete(
         loop.join(5)
     rows = _rows(settings)
     assert [r.status for r in rows] == ["received"]
-    assert (settings.processing_dir / rows[0].id / "chunked.wav").read_bytes() == data
+    stored = settings.processing_dir / rows[0].id / "chunked.wav"
+    assert files.read_bytes(stored, settings) == data  # stored encrypted: through the layer
 
 
 def test_file_still_short_after_the_limit_is_taken(settings: Settings, wav: Path) -> None:

@@ -92,3 +92,38 @@ def test_processes_starting_together_migrate_once(tmp_path) -> None:  # type: ig
     ]
     errors = [p.communicate(timeout=120)[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+
+
+@pytest.mark.slow
+def test_processes_writing_one_encrypted_database_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SQLCipher under concurrency: four processes create, migrate and write one encrypted
+    database at once (WAL, busy timeout); every write lands and the audit chain holds."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.core.store import is_encrypted_database
+
+    key_file = tmp_path / "config" / "data.key"
+    code = (
+        "import sys; from pipeline.core import audit; from pipeline.core.settings import "
+        "Settings; from pipeline.core.store import open_store\n"
+        f"s = Settings(data_dir={str(tmp_path / 'var')!r}, key_file={str(key_file)!r}, "
+        "physicians=['dr-x'])\n"
+        "store = open_store(s)\n"
+        "for i in range(15):\n"
+        "    with store.session() as ses:\n"
+        "        audit.record(ses, actor='p' + sys.argv[1], action='view', object_type='draft',"
+        " object_id=str(i))\n"
+    )
+    env = dict(os.environ, DICTATION_KEY_FILE=str(key_file))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(n)], stderr=subprocess.PIPE,
+                              env=env) for n in range(4)]
+    errors = [p.communicate(timeout=180)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    settings = Settings(data_dir=tmp_path / "var", key_file=key_file, physicians=["dr-x"])
+    assert is_encrypted_database(settings.data_path / "dictation.db")
+    with open_store(settings).session() as s:
+        result = audit.verify(s)
+        assert result.ok, result
+        assert result.checked == 60

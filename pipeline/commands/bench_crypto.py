@@ -6,11 +6,21 @@ in ``samples/synthetic_medical``) the crypto work it would cause (audio encrypte
 claimed and decrypted once to transcribe; every output written encrypted) against its
 end-to-end pipeline time with a warm model. Nothing touches the real data directory or key
 file: a temporary data directory and an in-memory key are used.
+
+Also side by side, measured in the same run:
+
+- the database: N single-row insert transactions and N primary-key selects on a plain
+  SQLite file against a SQLCipher one (WAL, synchronous=NORMAL, as the store opens them);
+- one dictation end to end as the service runs it (inbox claim and register, probe,
+  transcribe, normalize, render, queue, archive), alternately with encryption off
+  (``encrypt_files`` and ``encrypt_database`` False) and on, each in a fresh data directory,
+  after one warm-up run (model loaded); medians of ``--repeat-e2e`` runs each.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import statistics
 import tempfile
@@ -94,6 +104,159 @@ def measure(audio: Path, settings: Any, *, repeat: int = 5, e2e: bool = True
     return out
 
 
+def measure_database(rows: int, folder: Path) -> dict[str, Any]:
+    """Seconds for ``rows`` insert transactions and ``rows`` selects, plain vs SQLCipher."""
+    from sqlalchemy import text
+
+    from pipeline.core import crypto, store
+    from pipeline.core.settings import Settings
+
+    key = crypto.generate_key()
+    out: dict[str, Any] = {"db_rows": rows}
+    for label, encrypted in (("plain", False), ("sqlcipher", True)):
+        data = folder / f"db-{label}"
+        settings = Settings(data_dir=data, data_key=base64.b64encode(key).decode(),
+                            encrypt_database=encrypted)
+        engine = store.create_db_engine(settings.db_url, settings)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, "
+                                  "body TEXT)"))
+            body = "x" * 400
+            t0 = time.perf_counter()
+            for i in range(rows):
+                with engine.begin() as conn:
+                    conn.execute(text("INSERT INTO t VALUES (:i, :n, :b)"),
+                                 {"i": i, "n": f"patient {i}", "b": body})
+            t1 = time.perf_counter()
+            with engine.connect() as conn:
+                for i in range(rows):
+                    conn.execute(text("SELECT name, body FROM t WHERE id = :i"),
+                                 {"i": (i * 7919) % rows}).one()
+            t2 = time.perf_counter()
+        finally:
+            engine.dispose()
+        assert store.is_encrypted_database(data / "dictation.db") == encrypted
+        out[f"db_{label}_insert_s"] = round(t1 - t0, 3)
+        out[f"db_{label}_select_s"] = round(t2 - t1, 3)
+    for op in ("insert", "select"):
+        out[f"db_{op}_ratio"] = round(out[f"db_sqlcipher_{op}_s"] / out[f"db_plain_{op}_s"], 2)
+    return out
+
+
+def _one_dictation(audio: Path, settings: Any) -> float:
+    """Seconds for one dictation through the inbox and the pipeline, as the service runs it."""
+    import shutil
+
+    from pipeline.core.store import open_store
+    from pipeline.ingest import inbox
+    from pipeline.service.process import process_file
+
+    inbox.ensure_layout(settings)
+    physician = settings.physicians[0]
+    folder = settings.inbox_dir / physician
+    dropped = folder / ("bench" + audio.suffix)
+    shutil.copy(audio, dropped)
+    dropped.with_suffix(".json").write_text(json.dumps(
+        {"patient_name": "Bench Patient", "mrn": "BENCH-1", "document_type": "progress_note"}),
+        encoding="utf-8")
+    t0 = time.perf_counter()  # from the claim on: the copy above is the recorder's work
+    result = inbox.InboxScanner(settings).take(dropped)
+    if result.outcome != "received" or result.dictation_id is None:
+        raise SystemExit(f"bench dictation not taken in: {result.outcome} {result.reason}")
+    claimed = inbox.claimed_audio(settings.processing_dir / result.dictation_id)
+    assert claimed is not None
+    meta = inbox.load_meta(claimed, physician, settings)
+    process_file(claimed, settings, meta)
+    inbox.archive(settings, result.dictation_id)
+    seconds = time.perf_counter() - t0
+    open_store(settings).engine.dispose()
+    return seconds
+
+
+class _Clock:
+    """Seconds spent inside the wrapped functions (the encryption layer's entry points)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def wrap(self, module: Any, name: str) -> None:
+        inner = getattr(module, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+                self.calls += 1
+
+        setattr(module, name, timed)
+
+
+def measure_end_to_end(audio: Path, settings: Any, folder: Path, repeat: int
+                       ) -> dict[str, Any]:
+    """Median end-to-end seconds of one dictation with encryption off and on (alternating),
+    and, for the encrypted runs, the seconds spent inside the encryption layer (sealing the
+    audio and sidecar, decrypting for every read, opening SQLCipher connections): a figure
+    that the machine's load does not swamp the way the difference of two medians can."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from pipeline.core import crypto, files, store
+
+    key = base64.b64encode(crypto.generate_key()).decode()
+    runs: dict[bool, list[float]] = {False: [], True: []}
+    inside: list[float] = []
+    statements: list[int] = []
+    count = [0]
+
+    def _count(*_args: Any) -> None:
+        count[0] += 1
+
+    # SQL statements per dictation: with the micro-benchmark's per-statement cost, what
+    # SQLCipher's page encryption adds to a dictation (not inside the wrapped functions)
+    event.listen(Engine, "before_cursor_execute", _count)
+    clock = _Clock()
+    for module, name in ((files, "plain_reader"), (files, "seal"), (crypto, "decrypt_bytes"),
+                         (store, "connect_encrypted")):
+        clock.wrap(module, name)
+    n = 0
+
+    def once(on: bool) -> float:
+        nonlocal n
+        n += 1
+        s = settings.model_copy(update={"data_dir": folder / f"e2e-{n}", "data_key": key,
+                                        "encrypt_files": on, "encrypt_database": on,
+                                        "pdf": "never"})
+        clock.seconds = 0.0
+        count[0] = 0
+        seconds = _one_dictation(audio, s)
+        if on:
+            inside.append(clock.seconds)
+            statements.append(count[0])
+        return seconds
+
+    once(True)  # warm-up: model and language stages loaded, as in a running worker
+    inside.clear()
+    statements.clear()
+    for _ in range(repeat):
+        for on in (False, True):
+            runs[on].append(once(on))
+    plain_s, enc_s = statistics.median(runs[False]), statistics.median(runs[True])
+    layer_s = statistics.median(inside)
+    event.remove(Engine, "before_cursor_execute", _count)
+    return {"e2e_runs": repeat, "e2e_plain_s": round(plain_s, 3),
+            "e2e_encrypted_s": round(enc_s, 3),
+            "e2e_overhead_percent": round(100 * (enc_s - plain_s) / plain_s, 2),
+            "e2e_layer_s": round(layer_s, 4),
+            "e2e_layer_percent": round(100 * layer_s / enc_s, 3),
+            "e2e_sql_statements": int(statistics.median(statements)),
+            "e2e_plain_all_s": [round(x, 3) for x in runs[False]],
+            "e2e_encrypted_all_s": [round(x, 3) for x in runs[True]]}
+
+
 def _default_audio(settings: Any) -> Path:
     folder = settings.samples_dir / "synthetic_medical"
     found = sorted(p for p in folder.glob("*") if p.suffix in (".ogg", ".wav", ".mp3", ".flac"))
@@ -107,6 +270,11 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     audio = args.audio or _default_audio(settings)
     figures = measure(audio, settings, repeat=args.repeat, e2e=not args.no_e2e)
+    with tempfile.TemporaryDirectory(prefix="bench-crypto-") as tmp:
+        if args.db_rows:
+            figures.update(measure_database(args.db_rows, Path(tmp)))
+        if not args.no_e2e and args.repeat_e2e:
+            figures.update(measure_end_to_end(audio, settings, Path(tmp), args.repeat_e2e))
     if args.json:
         print(json.dumps(figures))
         return 0
@@ -120,6 +288,28 @@ def run(args: argparse.Namespace) -> int:
               f"(target <= {TARGET_PERCENT:g} %)")
         print(f"10 MB round trip vs that end-to-end time: "
               f"{figures['ten_mb_vs_end_to_end_percent']} %")
+    if "db_rows" in figures:
+        n = figures["db_rows"]
+        print(f"database, {n} insert transactions: plain {figures['db_plain_insert_s']} s | "
+              f"SQLCipher {figures['db_sqlcipher_insert_s']} s "
+              f"(x{figures['db_insert_ratio']})")
+        print(f"database, {n} selects by key:      plain {figures['db_plain_select_s']} s | "
+              f"SQLCipher {figures['db_sqlcipher_select_s']} s "
+              f"(x{figures['db_select_ratio']})")
+    if "e2e_plain_s" in figures:
+        print(f"one dictation through inbox + pipeline (median of {figures['e2e_runs']}): "
+              f"encryption off {figures['e2e_plain_s']} s | on {figures['e2e_encrypted_s']} s "
+              f"= {figures['e2e_overhead_percent']:+} % (target <= {TARGET_PERCENT:g} %)")
+        print(f"  of which inside the encryption layer (seal, decrypt on read, SQLCipher "
+              f"connect): {figures['e2e_layer_s']} s = {figures['e2e_layer_percent']} %; "
+              f"all runs off {figures['e2e_plain_all_s']} on {figures['e2e_encrypted_all_s']}")
+        if "db_rows" in figures:
+            n, sql = figures["db_rows"], figures["e2e_sql_statements"]
+            per = max(figures[f"db_sqlcipher_{op}_s"] - figures[f"db_plain_{op}_s"]
+                      for op in ("insert", "select")) / n
+            print(f"  SQL statements per dictation: {sql}; at the slower micro-benchmark's "
+                  f"extra cost per statement that is {sql * per:.4f} s = "
+                  f"{100 * sql * per / figures['e2e_encrypted_s']:.3f} %")
     return 0
 
 
@@ -135,5 +325,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--model", help="registry name or CTranslate2 folder (default: settings)")
     p.add_argument("--repeat", type=int, default=5, help="crypto rounds (median reported)")
     p.add_argument("--no-e2e", action="store_true", help="throughput only, no pipeline run")
+    p.add_argument("--db-rows", type=int, default=2000,
+                   help="database rows inserted and selected, plain vs SQLCipher (0: skip)")
+    p.add_argument("--repeat-e2e", type=int, default=3,
+                   help="end-to-end runs with encryption off and on, each (0: skip)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=run)

@@ -60,6 +60,8 @@ __all__ = [
     "KeyRing",
     "key_id",
     "generate_key",
+    "derive_subkey",
+    "database_keys",
     "keyring",
     "load_keyring",
     "save_key_file",
@@ -113,6 +115,25 @@ def key_id(key: bytes) -> bytes:
 def generate_key() -> bytes:
     """A new random 256-bit key."""
     return secrets.token_bytes(KEY_BYTES)
+
+
+#: HKDF ``info`` of the SQLCipher database key (a subkey: the raw file key never leaves here)
+DATABASE_KEY_INFO = b"dictation-sqlcipher-database-key-v1"
+
+
+def derive_subkey(key: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
+    """A subkey of the data key ``key`` for one purpose (``info``): HKDF-SHA256 (RFC 5869),
+    so one secret is provisioned and each use (files, the database) has its own key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(key)
+
+
+def database_keys(ring: KeyRing) -> list[bytes]:
+    """The SQLCipher keys derived from every key of ``ring``, current first (an older one
+    opens a database not yet re-keyed after a rotation)."""
+    return [derive_subkey(k, DATABASE_KEY_INFO) for k in [ring.current, *ring.older]]
 
 
 def _decode_key(text: str, where: str) -> bytes:
@@ -630,6 +651,11 @@ def rotate(settings: Settings, roots: list[Path] | None = None, *, stop_after: i
             continue
         _reencrypt(path, ring)
         result.rotated += 1
+    if result.complete and ring.older:
+        from pipeline.core import store  # lazy: the store builds on this module
+
+        if not store.rekey_database(settings, ring):  # the database key is a subkey too
+            result.unreadable += 1
     if result.complete and ring.older and ring.source == "file" and not keep_old:
         assert ring.path is not None
         result.retired = [key_id(k).hex() for k in ring.older]

@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     )
     recovery_max_attempts: int = Field(
         5, ge=0,
-        description="Crashed runs of one dictation before it is quarantined as failed "
+        description="Crashed or failed runs of one dictation before it is quarantined as failed "
         "(0: never give up).",
     )
 
@@ -205,6 +205,14 @@ class Settings(BaseSettings):
     retention_exports_days: int | None = Field(
         None, ge=0, description="Delete delivered export files (route/print, hl7, fhir) this "
         "old (None: keep).",
+    )
+    encrypt_database: bool = Field(
+        True, description="SQLite: a SQLCipher database keyed by a subkey of the data key "
+        "(a plain one is converted once at start). No effect on PostgreSQL.",
+    )
+    encrypt_files: bool = Field(
+        True, description="Audio once claimed (processing, archive, quarantine) and sidecars "
+        "are stored encrypted with the data key (pipeline.core.files).",
     )
 
     @field_validator("practice_email_domains", mode="before")

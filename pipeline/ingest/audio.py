@@ -17,6 +17,11 @@ checks the open descriptor (``fstat``) is a regular file; ``sha256_file`` reads 
 
 ``iter_audio(path, ...)`` decodes to 16 kHz mono float32 and yields chunks of a fixed length,
 so that memory stays bounded for hour-long files. The input file is only ever read.
+
+Stored audio may be encrypted at rest (``pipeline.core.files``): every reader here opens the
+file with ``open_regular`` and hands it to ``files.plain_reader``, which passes a plain file
+through and decrypts an encrypted one into memory (FFmpeg seeks in some formats, and
+``probe`` rewinds). The SHA-256 is always that of the plain audio.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 
+from pipeline.core import files
 from pipeline.core.errors import (
     AudioDecodeError,
     AudioError,
@@ -146,12 +152,21 @@ def open_regular(path: Path) -> BinaryIO:
         raise
 
 
-def sha256_file(path: Path, max_bytes: int | None = None) -> str:
-    """SHA-256 (hex) of a regular file, read in 1 MiB blocks; at most ``max_bytes`` are read
-    (``FileTooLargeError`` beyond). Links and special files raise ``NotRegularFileError``."""
+def _reader(path: Path | files.AudioRef, settings: Settings | None = None) -> BinaryIO:
+    """``path``'s plain bytes, seekable: ``open_regular`` then ``files.plain_reader``."""
+    if isinstance(path, files.AudioRef):
+        settings, path = settings or path.settings, path.path
+    return files.plain_reader(open_regular(Path(path)), Path(path), settings)
+
+
+def sha256_file(path: Path, max_bytes: int | None = None,
+                settings: Settings | None = None) -> str:
+    """SHA-256 (hex) of a regular file's plain bytes (decrypted when encrypted at rest),
+    read in 1 MiB blocks; at most ``max_bytes`` are read (``FileTooLargeError`` beyond).
+    Links and special files raise ``NotRegularFileError``."""
     h = hashlib.sha256()
     read = 0
-    with open_regular(Path(path)) as fh:
+    with _reader(path, settings) as fh:
         while block := fh.read(_BLOCK):
             read += len(block)
             if max_bytes is not None and read > max_bytes:
@@ -219,10 +234,11 @@ class WavHeader:
         return present / self.byte_rate
 
 
-def wav_header(path: Path) -> WavHeader | None:
+def wav_header(path: Path, settings: Settings | None = None) -> WavHeader | None:
     """Parse a RIFF/WAVE header (fmt + data chunk); ``None`` if the file is not a WAV."""
-    with open_regular(path) as fh:
-        size = os.fstat(fh.fileno()).st_size
+    with _reader(path, settings) as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(0)
         head = fh.read(12)
         if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
             return None
@@ -298,7 +314,8 @@ def _present_s(container: av.container.InputContainer, stream: av.audio.AudioStr
     return None if end is None else max(0.0, end - start)
 
 
-def completeness(path: Path | str, options: TruncationOptions | None = None) -> Completeness:
+def completeness(path: Path | str, options: TruncationOptions | None = None,
+                 settings: Settings | None = None) -> Completeness:
     """Compare the duration ``path`` states with what it holds; never decodes.
 
     WAV: the data chunk size in the header against the bytes present (exact). Other formats:
@@ -309,12 +326,12 @@ def completeness(path: Path | str, options: TruncationOptions | None = None) -> 
     """
     options = options or TruncationOptions()
     path = Path(path)
-    wav = wav_header(path)
+    wav = wav_header(path, settings)
     if wav is not None:
         stated = (wav.declared / wav.byte_rate
                   if wav.declared is not None and wav.byte_rate > 0 else None)
         return Completeness(stated, wav.duration_s, wav.truncated)
-    with open_regular(path) as fh:
+    with _reader(path, settings) as fh:
         try:
             with av.open(fh, mode="r", metadata_errors="ignore") as container:
                 if not container.streams.audio:
@@ -331,11 +348,13 @@ def completeness(path: Path | str, options: TruncationOptions | None = None) -> 
     return Completeness(stated, present, options.is_short(present, stated))
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def _open(path: Path, settings: Settings | None = None) -> av.container.InputContainer:
     try:
+        if files.is_encrypted(path):  # decrypted in memory: FFmpeg may seek
+            return av.open(_reader(path, settings), mode="r", metadata_errors="ignore")
         return av.open(str(path), mode="r", metadata_errors="ignore")
     except (av.error.InvalidDataError, av.error.FFmpegError, UnicodeDecodeError) as exc:
-        with open_regular(path) as fh:
+        with _reader(path, settings) as fh:
             head = fh.read(4096)
         raise AudioDecodeError(
             f"{path.name} could not be opened as audio: it {sniff(head)}; expected an audio "
@@ -388,14 +407,14 @@ def probe(path: Path | str, settings: Settings,
             f"{path.name} is {size / 1e9:.1f} GB; at most {settings.max_file_bytes / 1e9:.1f} GB "
             "is accepted."
         )
-    wav = wav_header(src)
+    wav = wav_header(src, settings)
     if wav is not None and wav.available == 0:
         raise EmptyAudioError(f"{path.name} is a WAV header with no audio data in it.")
 
-    with _open(src) as container:
+    with _open(src, settings) as container:
         fmt = container.format.name
         if not container.streams.audio:
-            with open_regular(src) as fh:
+            with _reader(src, settings) as fh:
                 what = sniff(fh.read(4096))
             kind = "" if what.startswith("is not") else f" ({what.removeprefix('looks like ')})"
             raise UnsupportedFormatError(
@@ -459,7 +478,7 @@ def probe(path: Path | str, settings: Settings,
         log.info("truncated WAV: header promises %s bytes, file holds %d", wav.declared,
                  wav.available)
     elif wav is None and stated:
-        comp = completeness(src, truncation)
+        comp = completeness(src, truncation, settings)
         if comp.truncated and comp.present_s is not None:
             truncated = True
             log.info("truncated %s audio: states %.1f s, holds %.1f s", fmt, duration,
@@ -467,7 +486,7 @@ def probe(path: Path | str, settings: Settings,
             duration = comp.present_s
     return AudioInfo(
         path=path,
-        sha256=sha256_file(src, settings.max_file_bytes),
+        sha256=sha256_file(src, settings.max_file_bytes, settings),
         size_bytes=size,
         format=fmt,
         codec=codec,
@@ -496,13 +515,17 @@ def _collect_now_and_then() -> None:
 
 
 def iter_audio(
-    path: Path | str, chunk_seconds: float, sample_rate: int = SAMPLE_RATE
+    path: Path | str | files.AudioRef, chunk_seconds: float, sample_rate: int = SAMPLE_RATE,
+    settings: Settings | None = None,
 ) -> Iterator[np.ndarray]:
     """Decode to mono float32 at ``sample_rate`` and yield chunks of ``chunk_seconds``.
 
-    Only about one chunk is held in memory. Undecodable packets are skipped (counted in the
-    debug log), as faster-whisper does.
+    Only about one chunk is held in memory (plus, for a file encrypted at rest, its plain
+    bytes). Undecodable packets are skipped (counted in the debug log), as faster-whisper
+    does. ``path`` may be a ``files.AudioRef`` (a path with the settings that open it).
     """
+    if isinstance(path, files.AudioRef):
+        settings, path = settings or path.settings, path.path
     path = Path(path)
     chunk_samples = max(int(chunk_seconds * sample_rate), sample_rate)
     # s16 like faster-whisper's own decode_audio, so both give the model identical samples
@@ -520,7 +543,7 @@ def iter_audio(
         return np.ascontiguousarray(out, dtype=np.float32)
 
     try:
-        with _open(path) as container:
+        with _open(path, settings) as container:
             stream = container.streams.audio[0]
             for packet in container.demux(stream):
                 try:

@@ -26,6 +26,17 @@ intakes of the same recording exactly one insert wins, even across machines; the
 ``duplicate`` dictation (``duplicate_of`` set) and its file is archived, not processed.
 Nothing is ever deleted.
 
+Encryption at rest (``settings.encrypt_files``): the claim is still one atomic rename (the
+race between instances is decided by it), and ``register`` then seals the claimed audio and
+its sidecar in place (``pipeline.core.files.seal``: the encrypted copy is written and fsynced
+beside the plain one, then renamed over it), hashing the plain bytes on the way, so the
+idempotency key is the same with encryption on or off. A crash between the claim and the
+seal leaves a plain file in ``processing/``, sealed when ``resume`` registers it again.
+Files quarantined by ``register`` are sealed first unless they could not be read (a link,
+FIFO or device is never opened; a file over ``max_file_bytes`` is not read). Quarantine
+reasons (``<name>.reason.txt``) stay readable: they name the file (as its own name in the
+folder does) and what was wrong, never a sidecar value or the audio's content.
+
 What is taken (the same rule on every path: rescan, watcher event, ``resume``):
 
 - Regular files directly in ``inbox/<physician-id>/`` (or the inbox root: quarantined as having
@@ -77,7 +88,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.core import audit
+from pipeline.core import audit, files
 from pipeline.core.db.core import DictationRow, DraftRow
 from pipeline.core.db.inbox import InboxIntake
 from pipeline.core.errors import PipelineError, SidecarError
@@ -89,6 +100,7 @@ from pipeline.ingest.audio import (
     NotRegularFileError,
     completeness,
     describe_mode,
+    open_regular,
     sha256_file,
 )
 from pipeline.ingest.sidecar import parse_sidecar, read_sidecar_bytes
@@ -312,13 +324,15 @@ def claim_is_stale(folder: Path) -> bool:
     return age > STALE_CLAIM_SECONDS
 
 
-def load_meta(audio_path: Path, physician_id: str | None) -> DictationMeta:
+def load_meta(audio_path: Path, physician_id: str | None,
+              settings: Settings | None = None) -> DictationMeta:
     """Metadata for a claimed file: its sidecar if any (``SidecarError`` if malformed),
-    else the filename convention, else empty; ``physician_id`` is the inbox folder's."""
+    else the filename convention, else empty; ``physician_id`` is the inbox folder's.
+    ``settings`` give the key ring of a sidecar stored encrypted."""
     sidecar = audio_path.with_suffix(".json")
     meta: DictationMeta | None = None
     if sidecar != audio_path and os.path.lexists(sidecar):
-        meta = parse_sidecar(read_sidecar_bytes(sidecar), name=sidecar.name)
+        meta = parse_sidecar(read_sidecar_bytes(sidecar, settings), name=sidecar.name)
     if meta is None:
         meta = parse_filename(audio_path.name) or DictationMeta()
     meta.physician_id = physician_id
@@ -439,6 +453,9 @@ def register(settings: Settings, dictation_id: str) -> IntakeResult:
     }
 
     def _bad(reason: str, code: str) -> IntakeResult:
+        if stat.S_ISREG(st.st_mode) and size <= settings.max_file_bytes:
+            _seal_quietly(settings, audio)  # quarantined encrypted, when it can be read
+        _seal_quietly(settings, audio.with_suffix(".json"))
         with open_store(settings).session() as s:
             if s.get(DictationRow, dictation_id) is None:
                 s.add(DictationRow(status="received", meta={}, **base_row))
@@ -474,7 +491,11 @@ def register(settings: Settings, dictation_id: str) -> IntakeResult:
                 f"{audio.name} is {size / 1e9:.1f} GB; at most "
                 f"{settings.max_file_bytes / 1e9:.1f} GB is accepted (max_file_bytes)."
             )
-        digest = sha256_file(audio, settings.max_file_bytes)
+        with open_regular(audio) as src:  # encrypted in place, the plain bytes hashed
+            digest = files.seal(audio, settings, src, max_bytes=settings.max_file_bytes)
+    except files.LimitExceededError:
+        return _bad(f"{audio.name} grew past {settings.max_file_bytes / 1e9:.1f} GB while it "
+                    "was read; at most that is accepted (max_file_bytes).", "too_large")
     except (NotRegularFileError, FileTooLargeError) as exc:
         return _bad(str(exc), exc.code)
     except OSError as exc:
@@ -486,9 +507,10 @@ def register(settings: Settings, dictation_id: str) -> IntakeResult:
         )
     base_row["sha256"] = digest
     try:
-        meta = load_meta(audio, physician_id)
+        meta = load_meta(audio, physician_id, settings)
     except SidecarError as exc:
         return _bad(str(exc), exc.code)
+    _seal_quietly(settings, audio.with_suffix(".json"))
 
     store = open_store(settings)
     try:
@@ -560,6 +582,15 @@ def register(settings: Settings, dictation_id: str) -> IntakeResult:
     return IntakeResult("duplicate", dictation_id, duplicate_of=dup_of, priority=meta.priority)
 
 
+def _seal_quietly(settings: Settings, path: Path) -> None:
+    """Encrypt a claimed plain file in place if it is a readable regular file (links and
+    special files are never opened; what cannot be read stays as it is)."""
+    if not os.path.lexists(path):
+        return
+    with contextlib.suppress(OSError, PipelineError):
+        files.seal(path, settings, max_bytes=settings.max_file_bytes)
+
+
 def _opaque(path: Path) -> str:
     """A short stable stand-in for a file name in log lines (names may hold an MRN)."""
     return "file-" + hashlib.sha256(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:12]
@@ -574,6 +605,7 @@ def _quarantine_inbox_file(settings: Settings, path: Path, reason: str, code: st
     target.with_name(target.name + ".reason.txt").write_text(reason.strip() + "\n",
                                                              encoding="utf-8")
     os.rename(path, target)
+    _seal_quietly(settings, target)
     with open_store(settings).session() as s:
         audit.record(s, actor="system:inbox", action="quarantine", object_type="inbox_file",
                      object_id=tag, outcome="error", detail={"code": code})
@@ -723,6 +755,7 @@ def attach_late_sidecar(settings: Settings, path: Path, *,
     base = audio_path.stem if audio_path is not None else Path(original).stem
     target = _unique_target(folder, base + ".json", did)
     os.rename(path, target)
+    _seal_quietly(settings, target)
     log.info("late sidecar attached dictation=%s draft=%s status=%s", did, draft_id, status)
     return IntakeResult("late_sidecar", did, priority=meta.priority, draft_id=draft_id)
 
@@ -866,7 +899,7 @@ class InboxScanner:
 
     def __init__(self, settings: Settings, submit: Submit | None = None,
                  rescan_seconds: float = RESCAN_SECONDS,
-                 on_late_sidecar: Callable[[str], None] | None = None) -> None:
+                 on_late_sidecar: Callable[[str], object] | None = None) -> None:
         self.settings = settings
         self.submit = submit
         self.rescan_seconds = rescan_seconds

@@ -9,6 +9,8 @@
 Every key is optional; unknown keys are an error (a typo must not silently drop data).
 A sidecar is read only if it is a regular file (a link is never followed, a FIFO never
 blocks the reader) and at most ``MAX_SIDECAR_BYTES`` (+1, to tell that it is larger) are read.
+Once claimed, a sidecar is stored encrypted (``pipeline.core.files.seal``); reading it
+decrypts it (the header tells), still bounded.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.core import crypto, files
 from pipeline.core.errors import SidecarError
 from pipeline.core.records import DictationMeta
+from pipeline.core.settings import Settings
 
 __all__ = ["SidecarModel", "parse_sidecar", "read_sidecar", "read_sidecar_bytes", "sidecar_path",
            "MAX_SIDECAR_BYTES"]
@@ -98,10 +102,16 @@ def parse_sidecar(raw: bytes | str, *, name: str = "sidecar") -> DictationMeta:
     return DictationMeta(source="sidecar", **model.model_dump())
 
 
-def read_sidecar_bytes(path: Path) -> bytes:
-    """The bytes of the sidecar file ``path``, bounded (at most ``MAX_SIDECAR_BYTES`` + 1).
+#: an encrypted sidecar of MAX_SIDECAR_BYTES + 1 plain bytes: header + one chunk's tag
+_SEALED_OVERHEAD = crypto.HEADER_SIZE + 16
 
-    Raises ``SidecarError`` for a link, a special file or a file that cannot be read.
+
+def read_sidecar_bytes(path: Path, settings: Settings | None = None) -> bytes:
+    """The plain bytes of the sidecar file ``path``, bounded (at most ``MAX_SIDECAR_BYTES``
+    + 1), decrypted with ``settings``' key ring when it is stored encrypted.
+
+    Raises ``SidecarError`` for a link, a special file or a file that cannot be read (or
+    decrypted).
     """
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
@@ -117,12 +127,20 @@ def read_sidecar_bytes(path: Path) -> bytes:
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise SidecarError(f"Sidecar {path.name} is not a regular file (a pipe or device).")
-        return fh.read(MAX_SIDECAR_BYTES + 1)
+        raw = fh.read(MAX_SIDECAR_BYTES + 1 + _SEALED_OVERHEAD)
+    if not raw.startswith(crypto.MAGIC):
+        return raw[: MAX_SIDECAR_BYTES + 1]
+    try:
+        return crypto.decrypt_bytes(raw, files.keys_for(settings),
+                                    name=f"sidecar {path.name}")[: MAX_SIDECAR_BYTES + 1]
+    except crypto.DecryptionError as exc:
+        raise SidecarError(f"Sidecar {path.name} is encrypted and could not be decrypted: "
+                           f"{exc}") from exc
 
 
-def read_sidecar(audio_path: Path) -> DictationMeta | None:
+def read_sidecar(audio_path: Path, settings: Settings | None = None) -> DictationMeta | None:
     """Read the sidecar beside ``audio_path``; ``None`` if there is none."""
     path = sidecar_path(audio_path)
     if not os.path.lexists(path):
         return None
-    return parse_sidecar(read_sidecar_bytes(path), name=path.name)
+    return parse_sidecar(read_sidecar_bytes(path, settings), name=path.name)

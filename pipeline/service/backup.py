@@ -121,10 +121,41 @@ def _sqlite_file(settings: Settings) -> Path | None:
     return None
 
 
-def _snapshot_sqlite(path: Path) -> bytes:
-    """A consistent copy of the database at ``path``, as the bytes of a database file."""
+def _snapshot_sqlcipher(path: Path, settings: Settings) -> bytes:
+    """A consistent copy of the SQLCipher database at ``path``, still encrypted with its
+    key: SQLCipher's backup API copies between databases with the same key only, and
+    sqlcipher3 has no ``serialize``, so the copy goes to a keyed file in a private (0700)
+    temporary folder (cipher text only on disk), is read, and removed."""
+    import tempfile
+
+    from pipeline.core import store
+
+    key = store.opening_key(path, crypto.database_keys(crypto.keyring(settings)))
+    src = store.connect_encrypted(path, [key], timeout=60)
+    try:
+        src.execute("PRAGMA busy_timeout=60000")
+        with tempfile.TemporaryDirectory(prefix="dictation-backup-") as tmp:
+            copy = Path(tmp) / "snapshot.db"
+            dst = store.connect_encrypted(copy, [key])
+            try:
+                src.backup(dst)  # the whole database in one step, one read transaction
+                dst.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                dst.close()
+            return copy.read_bytes()
+    finally:
+        src.close()
+
+
+def _snapshot_sqlite(path: Path, settings: Settings | None = None) -> bytes:
+    """A consistent copy of the database at ``path``, as the bytes of a database file
+    (encrypted with its own key when the database is a SQLCipher one)."""
     if not path.exists():
         raise BackupError(f"The database file {path.name} does not exist in the data directory.")
+    from pipeline.core.store import is_encrypted_database
+
+    if settings is not None and is_encrypted_database(path):
+        return _snapshot_sqlcipher(path, settings)
     src = sqlite3.connect(path, timeout=60)
     dst = sqlite3.connect(":memory:")
     try:
@@ -276,7 +307,7 @@ def backup(settings: Settings, dest: Path, *, keys: crypto.KeyRing | None = None
         )
     db_file = _sqlite_file(settings)
     if db_file is not None:
-        kind, member, db_bytes = "sqlite", _SQLITE_MEMBER, _snapshot_sqlite(db_file)
+        kind, member, db_bytes = "sqlite", _SQLITE_MEMBER, _snapshot_sqlite(db_file, settings)
     else:
         kind, member, db_bytes = "postgresql", _PG_MEMBER, _snapshot_postgres(settings.db_url)
     if after_database is not None:
@@ -503,10 +534,12 @@ def _repoint(settings: Settings, old: str, new: str) -> int:
     """Rewrite stored absolute paths from the old data directory to the new one."""
     if old.rstrip("/") == new.rstrip("/"):
         return 0
-    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy import inspect, text
+
+    from pipeline.core.store import create_db_engine
 
     old_p, new_p = old.rstrip("/") + "/", new.rstrip("/") + "/"
-    engine = create_engine(settings.db_url)
+    engine = create_db_engine(settings.db_url, settings)
     changed = 0
     try:
         tables = set(inspect(engine).get_table_names())

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core import files
 from pipeline.core.records import (
     DROPPED_AUDIO,
     NO_SPEECH,
@@ -797,7 +798,8 @@ def transcribe(
     kwargs = whisper_kwargs(options, language)
     vad = vad_options(options)
     duration = float(dictation.audio.duration_s)
-    path = dictation.audio.path
+    # the stored audio may be encrypted at rest: its key ring travels with the path
+    path = files.AudioRef(dictation.audio.path, settings)
     prompted = bool(options.initial_prompt or options.hotwords)
     t0 = time.perf_counter()
 
