@@ -242,6 +242,7 @@ def test_nightly_keeps_the_newest_n(keyed: Settings, tmp_path: Path) -> None:
     assert first.path.parent == keyed.data_path / "backups"
 
 
+@pytest.mark.slow
 def test_backup_and_restore_commands(keyed: Settings, tmp_path: Path) -> None:
     """``dictation backup`` / ``restore --verify-only`` / ``restore`` in real processes."""
     open_store(keyed)

@@ -38,6 +38,7 @@ def test_pipeline_figures_split_queue_and_pdf(settings: Settings, speech: Path) 
     assert figures.wall_s >= figures.stages["transcribe"]
 
 
+@pytest.mark.slow
 def test_pipeline_figures_without_pdf(settings: Settings, speech: Path) -> None:
     """pdf never: no PDF figure (it is not invented as zero)."""
     figures = RunFigures(**_child("pipeline", settings.model_dump(), str(speech), None))

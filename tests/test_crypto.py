@@ -249,6 +249,7 @@ def test_rotation_with_an_environment_key_list(keyed: Settings) -> None:
         assert crypto.read_decrypted(path, crypto.KeyRing(new)) == data
 
 
+@pytest.mark.slow
 def test_keys_cli_status_and_rotate(keyed: Settings, tmp_path: Path) -> None:
     """``dictation keys status`` / ``keys rotate`` in a real process, figures only."""
     files = _populate(keyed, 2)

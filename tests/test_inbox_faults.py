@@ -91,6 +91,7 @@ else:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
 def test_unreadable_file_is_quarantined_and_resume_survives(wav: Path) -> None:
     """The service without read-override rights: a chmod 000 file is quarantined with one
@@ -249,6 +250,7 @@ def _close_reopen_writer(path: Path, data: bytes, chunks: int, pause: float) -> 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("watcher", "stable", "pause"),
                          [("inotify", 0.3, 2.0), ("polling", 0.6, 1.5)])
+@pytest.mark.slow
 def test_half_written_file_is_taken_only_when_complete(
     settings: Settings, wav: Path, watcher: str, stable: float, pause: float
 ) -> None:
@@ -388,6 +390,7 @@ def test_late_sidecar_is_attached_to_its_draft(settings: Settings, wav: Path) ->
         assert [e.object_id for e in events] == [did]
 
 
+@pytest.mark.slow
 def test_late_sidecar_waits_while_processing_and_orphans_are_quarantined(
     settings: Settings, wav: Path
 ) -> None:
@@ -415,6 +418,7 @@ def test_late_sidecar_waits_while_processing_and_orphans_are_quarantined(
 # --- 8: a move from another folder --------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_file_moved_in_from_another_folder_is_taken_at_once(
     settings: Settings, wav: Path

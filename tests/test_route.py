@@ -192,6 +192,7 @@ def test_failed_after_max_attempts_is_kept_and_retryable(settings, store, tmp_pa
         controller.stop()
 
 
+@pytest.mark.slow
 def test_wrong_smtp_password_is_a_failure(settings, store, tmp_path, tls_files):
     port = free_port()
     controller, inbox = start_smtp(port, tls_files)

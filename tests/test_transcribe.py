@@ -202,6 +202,7 @@ def _short_loops(words: list[Word]) -> list[tuple[int, int, int]]:
     return [r for r in transcribe.find_repeats(tokens) if r[1] <= 3 and r[2] >= 4]
 
 
+@pytest.mark.slow
 def test_loop_repair_decodes_the_looping_stretch_again(settings: Settings) -> None:
     """The repair itself, on real audio, on every CPU: a segment that loops over 12-42 s of
     the shipped dictation (as raw tiny.en decodes it with Intel MKL on AVX2 or AVX-512 VNNI)
