@@ -447,3 +447,31 @@ def test_file_moved_in_from_another_folder_is_taken_at_once(
         observer.stop()
         observer.join(5)
         loop.join(5)
+
+
+@pytest.mark.slow
+def test_late_sidecar_renders_the_queued_draft_again(settings: Settings, wav: Path) -> None:
+    """With the service's callback (``review.versions.rerender_by_id``), the queued draft's
+    .docx is rendered again with the late sidecar's patient name."""
+    import zipfile
+
+    from pipeline.review.versions import rerender_by_id
+
+    inbox.ensure_layout(settings)
+    _did, draft_id = _processed(settings, wav, "late.wav")
+    sidecar = settings.inbox_dir / "dr-smith" / "late.json"
+    sidecar.write_text(json.dumps({"patient_name": "Jane Roe", "mrn": MRN}))
+    os.utime(sidecar, (time.time() - 5, time.time() - 5))
+    done: list[bool] = []
+    scanner = inbox.InboxScanner(
+        settings, rescan_seconds=0.1,
+        on_late_sidecar=lambda d: done.append(rerender_by_id(settings, d)))
+    assert _step_until(scanner, lambda: scanner.stats.late_sidecars >= 1)
+    assert done == [True]
+    with open_store(settings).session() as s:
+        draft = s.get(DraftRow, draft_id)
+        assert draft is not None and draft.docx_path
+        docx = Path(str(draft.docx_path))
+    with zipfile.ZipFile(docx) as z:
+        xml = z.read("word/document.xml").decode()
+    assert "Jane Roe" in xml and MRN in xml
