@@ -1,6 +1,7 @@
 """``dictation run``: the main command. Starts a local Prefect server (SQLite under the data
 directory, telemetry off; or uses ``PREFECT_API_URL``), a warm worker, the inbox watcher and
-the review workbench, and shows the status live. Ctrl-C or SIGTERM stops everything."""
+the review workbench, and shows the status live. Ctrl-C, SIGINT (even when started in the
+background with SIGINT ignored), SIGTERM or SIGHUP stops everything."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import contextlib
 import signal
 from pathlib import Path
 from typing import Any
+
+from pipeline.commands.web import add_tls_arguments, with_tls_args
+from pipeline.web.tls import server_options
 
 __all__ = ["register", "run"]
 
@@ -28,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="with --once: how long idle before exiting (default 3)")
     p.add_argument("--no-web", action="store_true", help="do not start the review workbench")
     p.add_argument("--no-live", action="store_true", help="plain status lines, no live table")
+    add_tls_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -36,21 +41,39 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.commands.transcribe import settings_from_args
     from pipeline.service.supervisor import Service, ServiceOptions
 
-    settings = settings_from_args(args)
+    settings = with_tls_args(settings_from_args(args), args)
+    if not args.no_web:
+        server_options(settings, settings.web_host)  # refuses plain HTTP on a network address
     service = Service(settings, ServiceOptions(
         web=not args.no_web, demo=args.demo, exit_when_idle=args.exit_when_idle,
         idle_seconds=args.idle_seconds, live=not args.no_live,
     ))
 
-    def _stop(_signum: int, _frame: Any) -> None:
+    started = False
+    interrupted: list[int] = []
+
+    def _stop(signum: int, _frame: Any) -> None:
+        # Before the service is up, or a second Ctrl-C while stopping: interrupt at once
+        # (the shutdown below still runs). Otherwise stop the way SIGTERM does.
+        again = bool(interrupted)
+        interrupted.append(signum)
+        if signum == signal.SIGINT and (not started or again):
+            raise KeyboardInterrupt
         service.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGHUP, _stop)
+    # Explicitly, not through Python's default KeyboardInterrupt: a shell starts background
+    # jobs (`dictation run &` in a script) with SIGINT ignored, and Python then leaves it
+    # ignored, so `kill -INT` did nothing (issue #18, 10).
+    signal.signal(signal.SIGINT, _stop)
     try:
         service.start()
+        started = True
         _say("Service running; Ctrl-C stops it.")
         code = service.serve_forever()
+        if signal.SIGINT in interrupted:
+            code = 130
     except KeyboardInterrupt:
         code = 130
     finally:

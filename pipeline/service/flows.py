@@ -12,7 +12,9 @@ the Whisper model, spaCy pipeline and vocabularies loaded between dictations (th
 ``prefect worker start`` process worker starts a fresh Python per run, which costs seconds of
 imports and model loading each time; it still works with the same deployments). It claims a
 run the way Prefect workers do, by proposing ``Pending`` to the server, which accepts that
-for exactly one claimant; STAT runs (queue ``stat``, priority 1) are taken first.
+for exactly one claimant (the state's message names the claimant, ``host:pid``, so a worker
+killed before it records its pid still leaves an identifiable claim; see
+``pipeline.service.recovery``); STAT runs (queue ``stat``, priority 1) are taken first.
 
 ``limit`` (``settings.workers``) is the number of *transcriptions* at once (the CPU-bound
 part): each holds one of the worker's slots. The worker keeps one claimed run waiting per
@@ -120,7 +122,7 @@ def validate(dictation_id: str) -> Dictation | _Rejected:
 
     audio_path = Path(path)
     try:
-        meta = inbox.load_meta(audio_path, physician) if meta_raw else DictationMeta(
+        meta = inbox.load_meta(audio_path, physician, settings) if meta_raw else DictationMeta(
             physician_id=physician)
         return load_dictation(audio_path, settings, meta, dictation_id=dictation_id)
     except (AudioError, PipelineError) as exc:
@@ -404,7 +406,9 @@ class WarmWorker:
         from prefect.states import Pending
 
         from pipeline.service.prefect_env import POOL, QUEUES
+        from pipeline.service.recovery import claim_message
 
+        identity = worker_identity()
         with self._lock:
             # routine: one transcribing and one waiting per slot; STAT: up to ``limit`` more
             free_routine = 2 * self.limit - len(self._before_slot_free)
@@ -441,10 +445,13 @@ class WarmWorker:
                 continue
             if self._flow_name(c, run.flow_id) not in FLOWS:
                 continue
-            result = c.set_flow_run_state(run.id, Pending())
+            # The claimant goes into the Pending state itself, in the same call that claims:
+            # killed before the pid below is recorded, the run is still known to be ours,
+            # and recovery (pipeline.service.recovery) sees that this process is gone.
+            result = c.set_flow_run_state(run.id, Pending(message=claim_message(identity)))
             if result.status != SetStateStatus.ACCEPT:
                 continue  # another worker took it
-            c.update_flow_run(run.id, infrastructure_pid=worker_identity())
+            c.update_flow_run(run.id, infrastructure_pid=identity)
             claimed.append((c.read_flow_run(run.id), stat))
             if stat:
                 free_stat -= 1

@@ -10,9 +10,15 @@ Children (each in its own process group, each told to exit if the supervisor die
 
 In the supervisor itself: the inbox watcher (watchdog observer + scanner thread), the web
 workbench (uvicorn thread, when ``pipeline.web.app`` exists) and the live status.
-On start, work a crash left behind is resumed; if the worker dies it is restarted and its
-runs resubmitted. Ctrl-C / SIGTERM stop every child (SIGTERM to the group, SIGKILL after a
-timeout) and then check that no descendant process is left.
+On start, work a crash left behind is resumed, and a recovery sweep
+(``pipeline.service.recovery``) runs at start and every ``settings.recovery_sweep_seconds``:
+every dictation neither done, nor quarantined, nor truly in flight is submitted again once,
+and flow runs whose claimant died are ended. If the worker dies it is restarted and its runs
+resubmitted. While it runs, ``<data dir>/service.json`` names the supervisor's and the
+worker's pids (``dictation status`` checks them; removed at a clean stop). Ctrl-C, SIGINT
+(also when started in the background, where the shell ignores it), SIGTERM and SIGHUP stop
+every child (SIGTERM to the group, SIGKILL after a timeout) and then check that no
+descendant process is left.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,11 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import memtrim
+from pipeline.core import crypto, memtrim
 from pipeline.core.settings import Settings
 from pipeline.ingest import inbox
 from pipeline.prefect_compat import check_all as check_prefect_patches
-from pipeline.service import prefect_env
+from pipeline.service import prefect_env, recovery
+from pipeline.service.status import remove_service_file, write_service_file
 
 __all__ = ["Service", "ServiceOptions", "demo_sample", "should_resubmit"]
 
@@ -92,37 +98,12 @@ def _drop(src: Path, folder: Path, name: str | None = None) -> Path:
     return target
 
 
-def should_resubmit(api_url: str, run_id: str | None) -> bool:
-    """Whether an unfinished dictation whose flow run is ``run_id`` must be submitted again.
-
-    Scheduled runs are still queued (no). Pending/running runs are alive unless they were
-    claimed by a worker on this host whose process is gone (then marked Crashed: yes).
-    Finished runs of an unfinished dictation: yes.
-    """
-    import psutil
-    from prefect.client.schemas.objects import StateType
-    from prefect.exceptions import ObjectNotFound
-    from prefect.states import Crashed
-
-    if not run_id:
-        return True
-    with prefect_env.client(api_url) as c:
-        try:
-            run = c.read_flow_run(run_id)
-        except ObjectNotFound:
-            return True
-        state = run.state_type
-        if state in (StateType.SCHEDULED, StateType.PAUSED, StateType.CANCELLING):
-            return False
-        if state in (StateType.PENDING, StateType.RUNNING):
-            host, _, pid = (run.infrastructure_pid or "").rpartition(":")
-            if host != socket.gethostname() or not pid.isdigit():
-                return False  # another machine's worker, or not claimed yet
-            if psutil.pid_exists(int(pid)):
-                return False
-            c.set_flow_run_state(run.id, Crashed(message="Worker process died."), force=True)
-            return True
-        return True
+def should_resubmit(api_url: str, run_id: str | None,
+                    options: recovery.RecoveryOptions | None = None) -> bool:
+    """Whether an unfinished dictation whose flow run is ``run_id`` must be submitted again
+    (``recovery.should_resubmit``: queued and alive runs no; missing, finished and abandoned
+    runs yes, an abandoned one being marked Crashed)."""
+    return recovery.should_resubmit(api_url, run_id, options)
 
 
 class Service:
@@ -146,17 +127,20 @@ class Service:
         self._threads: list[threading.Thread] = []
         self.started_at = time.monotonic()
         self.worker_restarts = 0
+        self.recovery = recovery.RecoveryOptions.from_settings(settings)
+        self._last_sweep = time.monotonic()
 
     # -- helpers --------------------------------------------------------------------------
     def _say(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):  # a closed terminal must not stop us
             print(text, file=self.out, flush=True)
 
-    def submit(self, dictation_id: str, priority: str) -> str | None:
+    def submit(self, dictation_id: str, priority: str, *,
+               idempotency_key: str | None = None) -> str | None:
         """Create a ``process-dictation`` flow run for a dictation (the scanner's callback)
         and wake the local worker(s) so they do not wait for their next poll."""
         run_id = prefect_env.submit_dictation(self.api_url, self.deployment_id, dictation_id,
-                                              priority)
+                                              priority, idempotency_key=idempotency_key)
         for proc in self.workers:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -201,17 +185,20 @@ class Service:
             import uvicorn
 
             from pipeline.web.app import create_app
+            from pipeline.web.tls import server_options, web_url
 
+            options = server_options(self.settings, self.settings.web_host)
             app = create_app(self.settings)
             config = uvicorn.Config(app, host=self.settings.web_host, port=self.settings.web_port,
-                                    log_level="warning", access_log=False)
+                                    log_level="warning", access_log=False, **options)
             # uvicorn's main loop wakes every 0.1 s when idle; once a second is enough here
             server = prefect_env.low_tick_server(config)
             server.install_signal_handlers = lambda: None  # type: ignore[attr-defined,method-assign]
             t = threading.Thread(target=server.run, name="web", daemon=True)
             t.start()
             self.web_server = server
-            self.web_url = f"http://{self.settings.web_host}:{self.settings.web_port}/"
+            self.web_url = web_url(self.settings, self.settings.web_host,
+                                   self.settings.web_port)
         except Exception as exc:  # the inbox keeps working without the workbench
             log.error("web workbench did not start: %s", type(exc).__name__)
             self._say(f"warning: the web workbench did not start ({type(exc).__name__}: {exc})")
@@ -222,7 +209,11 @@ class Service:
         s = self.settings
         # a Prefect that our patches no longer match stops here, before anything starts
         check_prefect_patches()
+        fixed = crypto.harden_permissions(s.data_path)  # looser modes left by older versions
+        log.info("permissions: %d folders and %d files tightened (of %d and %d)",
+                 fixed.dirs_fixed, fixed.files_fixed, fixed.dirs, fixed.files)
         inbox.ensure_layout(s)
+        self._write_service_file("starting")
         os.environ.update(prefect_env.prefect_env(s, self.api_url))  # before importing prefect
         if not self.external:
             self._kill_stale_server()
@@ -233,13 +224,21 @@ class Service:
             prefect_env.wait_healthy(self.api_url, timeout=30)
         ids = prefect_env.ensure_deployments(self.api_url, s)
         self.deployment_id = ids[prefect_env.PROCESS_DEPLOYMENT]
-        counts = inbox.resume(s, self.submit,
-                              lambda run_id: should_resubmit(self.api_url, run_id))
+        counts = inbox.resume(s, self.submit, self._should_resubmit)
         if any(counts.values()):
             self._say(f"Resumed after a stop: {counts}")
+        try:
+            self._sweep()
+        except Exception as exc:  # the periodic sweep tries again; intake must start
+            log.error("recovery sweep failed: %s", type(exc).__name__)
         for _ in range(self.options.worker_processes):
             self.workers.append(self._start_worker())
-        self.scanner = inbox.InboxScanner(s, self.submit)
+        self._write_service_file()
+        from pipeline.review.versions import rerender_by_id
+
+        # a late sidecar changes a queued draft's header: its files are rendered again
+        self.scanner = inbox.InboxScanner(
+            s, self.submit, on_late_sidecar=lambda draft_id: rerender_by_id(s, draft_id))
         self.observer = inbox.start_observer(s, self.scanner)
         t = threading.Thread(target=self.scanner.run, name="inbox", daemon=True)
         t.start()
@@ -265,6 +264,23 @@ class Service:
                 if sidecar.exists():
                     _drop(sidecar, target.parent, target.with_suffix(".json").name)
                 self._say(f"demo: dropped {sample.name} into inbox/{s.physicians[0]}/")
+
+    def _should_resubmit(self, run_id: str | None) -> bool:
+        return recovery.should_resubmit(self.api_url, run_id, self.recovery)
+
+    def _sweep(self) -> None:
+        """One recovery sweep (see ``pipeline.service.recovery``); reported when it acted."""
+        self._last_sweep = time.monotonic()
+        report = recovery.sweep(self.settings, self.api_url, self.submit, self.recovery)
+        if report.any():
+            self._say(f"Recovery: resubmitted {len(report.resubmitted)}, ended "
+                      f"{len(report.ended_runs)} abandoned runs, gave up "
+                      f"{len(report.given_up)}")
+
+    def _write_service_file(self, phase: str = "running") -> None:
+        with contextlib.suppress(OSError):
+            write_service_file(self.settings, api_url=self.api_url,
+                               worker_pids=[p.pid for p in self.workers], phase=phase)
 
     def _deliver_loop(self) -> None:
         """Send signed documents that are due (new, or whose retry back-off has passed)."""
@@ -292,14 +308,17 @@ class Service:
             self.worker_restarts += 1
             self._say(f"worker exited with status {proc.returncode}; restarting it")
             prefect_env.stop_process_group(proc, timeout=1)
-            inbox.resume(self.settings, self.submit,
-                         lambda run_id: should_resubmit(self.api_url, run_id))
+            inbox.resume(self.settings, self.submit, self._should_resubmit)
             time.sleep(min(5.0, 0.5 * self.worker_restarts))
             self.workers[i] = self._start_worker()
+            self._write_service_file()
         if self.server is not None and self.server.poll() is not None and not self._stop.is_set():
             self._say(f"Prefect server exited with status {self.server.returncode}; restarting")
             self.server = prefect_env.start_server(self.settings)
             prefect_env.wait_healthy(self.api_url, proc=self.server)
+        if time.monotonic() - self._last_sweep >= self.settings.recovery_sweep_seconds \
+                and not self._stop.is_set():
+            self._sweep()
 
     def is_idle(self) -> bool:
         """Nothing in the inbox and no dictation received/processing."""
@@ -379,6 +398,7 @@ class Service:
         for t in self._threads:
             t.join(5)
         _reap_descendants()
+        remove_service_file(self.settings)
 
 
 def _reap_descendants() -> None:
