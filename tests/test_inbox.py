@@ -365,7 +365,7 @@ def test_resume_after_crash(settings: Settings, wav: Path) -> None:
     # 2. finished, crashed before archiving
     done = inbox.InboxScanner(settings).take(
         _variant(wav, settings.inbox_dir / "dr-patel" / "done.wav", 3))
-    claim_file = settings.processing_dir / done.dictation_id / "claim.json"
+    claim_file = settings.processing_dir / done.dictation_id / ".claim"
     claim_file.write_text(json.dumps({**json.loads(claim_file.read_text()), **dead}))
     with open_store(settings).session() as s:
         s.get(DictationRow, done.dictation_id).status = "done"
@@ -476,3 +476,32 @@ def test_idle_scanner_sleeps_until_the_rescan_and_wakes_on_a_poke(
     scanner._last_scan -= 100  # a rescan long overdue: never a negative or zero wait
     scanner._candidates.clear()
     assert scanner._next_wait() == settings.poll_interval_seconds
+
+
+def test_recording_named_claim_is_not_confused_with_the_claim_record(
+    settings: Settings, wav: Path
+) -> None:
+    """Regression: the claim record was ``claim.json``, so a recording named ``claim.wav``
+    without a sidecar had the record read as its sidecar (quarantined: "physician_folder is
+    not a known field"), and one with a sidecar lost the record under it. The record is
+    ``.claim`` now: no sidecar is read for the first, the second's own sidecar is read and
+    the record kept."""
+    inbox.ensure_layout(settings)
+    scanner = inbox.InboxScanner(settings)
+    bare = settings.inbox_dir / "dr-smith" / "claim.wav"
+    shutil.copy(wav, bare)
+    taken = scanner.take(bare)
+    folder = settings.processing_dir / taken.dictation_id
+    audio = inbox.claimed_audio(folder)
+    assert audio is not None and audio.name == "claim.wav"
+    assert inbox.load_meta(audio, "dr-smith", settings).mrn is None
+
+    with_sidecar = settings.inbox_dir / "dr-patel" / "claim.wav"
+    _variant(wav, with_sidecar, 5)
+    with_sidecar.with_suffix(".json").write_text(json.dumps({"mrn": "Z12345"}))
+    taken = scanner.take(with_sidecar)
+    folder = settings.processing_dir / taken.dictation_id
+    audio = inbox.claimed_audio(folder)
+    assert audio is not None
+    assert inbox.load_meta(audio, "dr-patel", settings).mrn == "Z12345"
+    assert json.loads((folder / ".claim").read_text())["original_name"] == "claim.wav"

@@ -4,7 +4,7 @@ Layout under ``settings.data_dir``::
 
     inbox/<physician-id>/<name>.<ext>   files dropped by physicians (or their sync software)
     inbox/<physician-id>/<name>.json    optional sidecar with patient and document metadata
-    processing/<dictation-id>/          claimed files being processed (+ claim.json)
+    processing/<dictation-id>/          claimed files being processed (+ .claim)
     archive/<dictation-id>/             audio after success (the workbench plays it) or duplicates
     quarantine/<name>                   files that could not be processed, with <name>.reason.txt
 
@@ -164,7 +164,21 @@ _FILENAME_RE = re.compile(
     r"(?:_(?P<priority>stat|routine))?$",
     re.IGNORECASE,
 )
-_CLAIM_FILE = "claim.json"
+#: the claim record in ``processing/<id>/``; no sidecar can have this name (sidecars end in
+#: ``.json``), so a recording named ``claim.wav`` keeps its ``claim.json`` sidecar
+_CLAIM_FILE = ".claim"
+#: the name older versions used; still read, so folders left by them are resumed
+_LEGACY_CLAIM_FILE = "claim.json"
+_CLAIM_NAMES = (_CLAIM_FILE, _LEGACY_CLAIM_FILE)
+
+
+def _claim_path(folder: Path) -> Path:
+    """The claim record of a ``processing/<id>/`` folder (the legacy name when only it
+    exists)."""
+    current = folder / _CLAIM_FILE
+    if not current.exists() and (folder / _LEGACY_CLAIM_FILE).exists():
+        return folder / _LEGACY_CLAIM_FILE
+    return current
 
 Submit = Callable[[str, str], "str | None"]  # (dictation_id, priority) -> flow run id
 
@@ -284,7 +298,7 @@ def claimed_audio(folder: Path) -> Path | None:
     if info and os.path.lexists(folder / str(info["original_name"])):
         return folder / str(info["original_name"])
     for p in sorted(folder.iterdir()):
-        if p.name == _CLAIM_FILE or p.suffix.lower() == ".json":
+        if p.name in _CLAIM_NAMES or p.suffix.lower() == ".json":
             continue
         with contextlib.suppress(OSError):
             if not stat.S_ISDIR(p.lstat().st_mode):  # links and special files count
@@ -294,7 +308,7 @@ def claimed_audio(folder: Path) -> Path | None:
 
 def _read_claim(folder: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads((folder / _CLAIM_FILE).read_text(encoding="utf-8"))
+        data = json.loads(_claim_path(folder).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -318,7 +332,7 @@ def claim_is_stale(folder: Path) -> bool:
             return False
         return False
     try:
-        age = time.time() - (folder / _CLAIM_FILE).stat().st_mtime
+        age = time.time() - _claim_path(folder).stat().st_mtime
     except FileNotFoundError:
         return True
     return age > STALE_CLAIM_SECONDS
@@ -373,11 +387,12 @@ def quarantine(
             sidecar = audio.with_suffix(".json")
             if os.path.lexists(sidecar) and sidecar != audio:
                 os.rename(sidecar, audio_target.with_suffix(".json"))
-        leftovers = [p for p in folder.iterdir() if p.name != _CLAIM_FILE]
+        claim = _claim_path(folder)
+        leftovers = [p for p in folder.iterdir() if p != claim]
         if leftovers:  # never delete: keep anything unexpected beside the quarantined file
             os.rename(folder, _unique_target(settings.quarantine_dir, dictation_id, dictation_id))
         else:
-            (folder / _CLAIM_FILE).unlink(missing_ok=True)
+            claim.unlink(missing_ok=True)
             folder.rmdir()
     with open_store(settings).session() as s:
         row = s.get(DictationRow, dictation_id)
