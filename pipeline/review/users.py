@@ -51,6 +51,8 @@ __all__ = [
     "user_count",
     "set_password",
     "set_physicians",
+    "set_role",
+    "set_user_physicians",
     "set_active",
     "end_user_sessions",
     "check_password_strength",
@@ -240,6 +242,54 @@ def set_active(session: Session, username: str, active: bool) -> int:
     ended = 0 if active else end_user_sessions(session, user.id)
     log.info("user id=%s active=%s sessions_ended=%d", user.id, active, ended)
     return ended
+
+
+def _only_admin_left(session: Session, user: User) -> bool:
+    admins = session.scalar(select(func.count()).select_from(User).where(
+        User.role == "admin", User.active.is_(True)))
+    return user.role == "admin" and user.active and (admins or 0) <= 1
+
+
+def set_role(session: Session, username: str, role: str) -> int:
+    """Change a user's role; their sessions end when it changes (they log in again with the
+    new rights). Returns how many sessions ended. The last active administrator keeps the
+    role, and a physician needs a physician assignment."""
+    if role not in ROLES:
+        raise ConfigError(f"Role {role!r} is unknown; expected one of {', '.join(ROLES)}.")
+    user = _user(session, username)
+    if user.role == role:
+        return 0
+    if _only_admin_left(session, user):
+        raise ConflictError(f"{username!r} is the only active administrator; expected another "
+                            "active administrator before changing this one's role.")
+    if role == "physician" and not session.scalar(
+            select(func.count()).select_from(UserPhysician).where(
+                UserPhysician.user_id == user.id)):
+        raise ConflictError(f"{username!r} has no physician assigned; expected the physician "
+                            "they sign for to be assigned first.")
+    old, user.role = user.role, role
+    session.flush()
+    ended = end_user_sessions(session, user.id)
+    log.info("user id=%s role %s -> %s sessions_ended=%d", user.id, old, role, ended)
+    return ended
+
+
+def set_user_physicians(session: Session, username: str, physician_ids: list[str]) -> list[str]:
+    """Replace the physicians a user is assigned to (validated); returns the new list. A
+    physician user keeps at least one."""
+    user = _user(session, username)
+    pids = list(dict.fromkeys(physician_ids))
+    known = set(session.scalars(select(Physician.id).where(Physician.id.in_(pids))))
+    unknown = [p for p in pids if p not in known]
+    if unknown:
+        raise NotFoundError(f"Physician id(s) {', '.join(unknown)} arrived; expected physicians "
+                            "configured in settings (DICTATION_PHYSICIANS).")
+    if user.role == "physician" and not pids:
+        raise ConflictError(f"{username!r} is a physician; expected at least the physician "
+                            "they sign for.")
+    set_physicians(session, user.id, pids)
+    log.info("user id=%s physicians=%d", user.id, len(pids))
+    return pids
 
 
 def set_physicians(session: Session, user_id: int, physician_ids: list[str]) -> None:

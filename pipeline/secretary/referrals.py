@@ -9,14 +9,19 @@ back), report received 3 (file it and close). ``ReferralOptions`` changes them.
 
 from __future__ import annotations
 
+import io
 import logging
+import re
+import uuid
+import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from pipeline.core import audit
+from pipeline.core import audit, files
 from pipeline.core.db.schedule import (
     Recipient,
     Referral,
@@ -25,6 +30,7 @@ from pipeline.core.db.schedule import (
     Task,
 )
 from pipeline.core.errors import ConflictError, NotFoundError
+from pipeline.core.settings import Settings
 from pipeline.secretary import task_states
 from pipeline.secretary.schedule.timeutil import as_utc, to_utc
 
@@ -36,6 +42,11 @@ __all__ = [
     "create_referral",
     "advance",
     "attach_document",
+    "attach_upload",
+    "read_attachment",
+    "attachments_dir",
+    "MAX_ATTACHMENT_BYTES",
+    "ATTACHMENT_TYPES",
     "is_overdue",
     "referral_board",
     "ReferralView",
@@ -183,6 +194,95 @@ def attach_document(session: Session, referral_id: int, role: str, *, actor: str
                  object_id=str(ref.id), patient_ref=ref.mrn, detail={"role": role})
     session.flush()
     return doc
+
+
+#: The largest file a referral accepts from the browser (a scanned report of a few pages).
+MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
+#: Accepted files: extension -> media type. The content is checked too (``_sniff``).
+ATTACHMENT_TYPES = {
+    ".pdf": "application/pdf",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+}
+_ACCEPTED = "PDF, PNG, JPEG, TIFF or Word (.docx)"
+
+
+def attachments_dir(settings: Settings) -> Path:
+    """Where uploaded referral documents are stored (encrypted when the setting is on)."""
+    return settings.data_path / "referrals"
+
+
+def _sniff(data: bytes) -> str | None:
+    """The extension family the bytes really are (magic numbers), or ``None``."""
+    if data.startswith(b"%PDF-"):
+        return ".pdf"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return ".png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return ".jpg"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return ".tif"
+    if data.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                if "word/document.xml" in zf.namelist():
+                    return ".docx"
+        except zipfile.BadZipFile:
+            return None
+    return None
+
+
+def _clean_name(filename: str) -> str:
+    base = Path(filename.replace("\\", "/")).name.strip()
+    return re.sub(r"[^\w .()-]", "_", base)[:200] or "document"
+
+
+def attach_upload(session: Session, settings: Settings, referral_id: int, filename: str,
+                  data: bytes, *, role: str = "report", name: str = "",
+                  actor: str) -> ReferralDocument:
+    """Store an uploaded file with the referral through ``pipeline.core.files`` (encrypted
+    at rest when ``settings.encrypt_files``) and attach it. ``ConflictError`` with one clear
+    sentence for an empty, too large or unaccepted file (extension and content must agree)."""
+    shown = _clean_name(filename)
+    ext = Path(shown).suffix.lower()
+    if not data:
+        raise ConflictError(f"the file {shown!r} arrived empty; expected a {_ACCEPTED} file")
+    if len(data) > MAX_ATTACHMENT_BYTES:
+        raise ConflictError(
+            f"the file {shown!r} arrived with {len(data) // (1024 * 1024)} MB; expected at most "
+            f"{MAX_ATTACHMENT_BYTES // (1024 * 1024)} MB")
+    kind = _sniff(data)
+    family = {".jpeg": ".jpg", ".tiff": ".tif"}.get(ext, ext)
+    if ext not in ATTACHMENT_TYPES or kind != family:
+        raise ConflictError(f"the file {shown!r} arrived; expected a {_ACCEPTED} file")
+    ref = _get(session, referral_id)
+    folder = attachments_dir(settings) / str(ref.id)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stored = folder / f"{uuid.uuid4().hex}{ext}"
+    files.write_bytes(stored, data, settings)
+    doc = attach_document(session, ref.id, role, actor=actor, path=str(stored),
+                          name=(name.strip() or shown)[:300])
+    log.info("referral=%s document=%s stored (%d bytes)", ref.id, doc.id, len(data))
+    return doc
+
+
+def read_attachment(session: Session, settings: Settings, document_id: int
+                    ) -> tuple[ReferralDocument, str, bytes]:
+    """An uploaded document's row, media type and plain bytes. Only files inside
+    ``attachments_dir`` are served (older rows may name any path on the server)."""
+    doc = session.get(ReferralDocument, document_id)
+    if doc is None or not doc.path:
+        raise NotFoundError(f"referral document {document_id} does not exist as a file")
+    root = attachments_dir(settings).resolve()
+    path = Path(doc.path).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise NotFoundError(f"referral document {document_id} is not stored by the practice")
+    media = ATTACHMENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return doc, media, files.read_bytes(path, settings, max_bytes=MAX_ATTACHMENT_BYTES)
 
 
 def is_overdue(ref: Referral, now: datetime | None = None) -> bool:

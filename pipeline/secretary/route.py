@@ -28,6 +28,7 @@ import json
 import logging
 import re
 import smtplib
+import socket
 import ssl
 import time
 import uuid
@@ -43,7 +44,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from pipeline.core import audit
+from pipeline.core import audit, files
 from pipeline.core.db.core import DraftRow
 from pipeline.core.db.schedule import Delivery, DeliveryAttempt, Recipient, Task
 from pipeline.core.errors import ConflictError, DeliveryError, NotFoundError, PermissionDeniedError
@@ -69,6 +70,7 @@ __all__ = [
     "deliveries_for",
     "attempts_for",
     "check_can_leave",
+    "explain_failure",
 ]
 
 log = logging.getLogger(__name__)
@@ -326,6 +328,12 @@ class _Job:
     mrn: str | None
     document_type: str
     text: str
+    #: opens the draft's files (encrypted at rest): set by ``deliver_due``
+    settings: Settings | None = None
+
+    def read(self, path: Path) -> bytes:
+        """The plain bytes of one of the draft's stored files (through ``core.files``)."""
+        return files.read_bytes(path, self.settings)
 
 
 @dataclass
@@ -382,7 +390,7 @@ def _mdm(job: _Job, options: RouteOptions) -> bytes:
 
 def _fhir_document(job: _Job) -> bytes:
     if job.outputs.get("fhir") and Path(job.outputs["fhir"]).is_file():
-        return Path(job.outputs["fhir"]).read_bytes()
+        return job.read(Path(job.outputs["fhir"]))
     doc: dict[str, Any] = {
         "resourceType": "DocumentReference",
         "id": job.draft_id,
@@ -412,7 +420,7 @@ def _send_email(job: _Job, options: RouteOptions) -> str:
         "confidential medical information intended only for the addressee.\n")
     if job.document is None:
         raise DeliveryError(f"draft {job.draft_id} has no rendered document to attach")
-    data = job.document.read_bytes()
+    data = job.read(job.document)
     maintype, subtype = {
         ".pdf": ("application", "pdf"),
         ".docx": ("application",
@@ -459,13 +467,13 @@ def _send(job: _Job, options: RouteOptions) -> str:
         folder = Path(job.address) if job.channel == "pdf_folder" else Path(options.print_dir
                                                                           or ".")
         name = f"{job.draft_id}-{job.delivery_id}{job.document.suffix.lower()}"
-        return str(_atomic_write(folder, name, job.document.read_bytes()))
+        return str(_atomic_write(folder, name, job.read(job.document)))
     if job.channel == "email":
         return _send_email(job, options)
     if job.channel == "hl7":
         folder = Path(job.address) if job.address else Path(options.hl7_dir or ".")
         rendered = Path(job.outputs["hl7"]) if job.outputs.get("hl7") else None
-        data = rendered.read_bytes() if rendered and rendered.is_file() else b""
+        data = job.read(rendered) if rendered and rendered.is_file() else b""
         if b"MDM^T02" not in data[:300]:  # the renderer's full MDM when present
             data = _mdm(job, options)
         return str(_atomic_write(folder, f"{job.draft_id}-{job.delivery_id}.hl7", data))
@@ -484,6 +492,56 @@ def _send(job: _Job, options: RouteOptions) -> str:
                                 "expected 2xx")
         return resp.headers.get("Location", job.address)
     raise DeliveryError(f"channel {job.channel!r} arrived; expected one of {', '.join(CHANNELS)}")
+
+
+def explain_failure(exc: BaseException, channel: str, address: str,
+                    options: RouteOptions) -> str:
+    """What failed and what to do, in one or two sentences for the routing page (the
+    exception text itself goes to the log and the attempt history)."""
+    if isinstance(exc, DeliveryError):
+        return str(exc)[:1000]
+    if channel == "email":
+        where = f"{options.smtp_host}:{options.smtp_port}"
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            return (f"The mail server at {where} refused the log-in: check smtp_user and "
+                    "smtp_password.")
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            return (f"The mail server at {where} refused the address {address!r}: check the "
+                    "recipient's e-mail address in the directory.")
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return (f"The mail server at {where} does not offer STARTTLS: set smtp_security "
+                    "to ssl, or ask its administrator to enable TLS.")
+        if isinstance(exc, ssl.SSLError):
+            return (f"The secure connection to the mail server at {where} failed (TLS "
+                    "certificate or protocol): check smtp_security, smtp_cafile and the "
+                    "server's certificate.")
+        if isinstance(exc, ConnectionRefusedError):
+            return (f"Connection refused by the mail server at {where}: check that it runs "
+                    "and the SMTP settings (smtp_host, smtp_port).")
+        if isinstance(exc, TimeoutError):
+            return (f"The mail server at {where} did not answer in time: check the network "
+                    "and the SMTP settings; the delivery is retried.")
+        if isinstance(exc, socket.gaierror):
+            return (f"The mail server name {options.smtp_host!r} could not be found: check "
+                    "smtp_host.")
+        if isinstance(exc, smtplib.SMTPException | OSError):
+            return (f"Sending through the mail server at {where} failed: check that it runs "
+                    "and the SMTP settings; the delivery is retried.")
+    if channel == "fhir_http" and (isinstance(exc, OSError) or type(exc).__module__.startswith(
+            ("httpx", "httpcore"))):
+        return (f"The FHIR server at {address} could not be reached: check that it runs "
+                "and the recipient's URL.")
+    if isinstance(exc, PermissionError):
+        return (f"The {channel.replace('_', ' ')} folder cannot be written to: check that it "
+                "exists and that the service may write there.")
+    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+        return (f"The {channel.replace('_', ' ')} folder does not exist: create it or fix "
+                "the recipient's address.")
+    if isinstance(exc, OSError):
+        return (f"Writing the document for the {channel.replace('_', ' ')} channel failed "
+                f"({exc.strerror or 'system error'}): check the folder and the disk space.")
+    return ("The delivery failed unexpectedly: the details are in the service log; retry, "
+            "and tell the administrator if it fails again.")
 
 
 def _backoff(attempt: int, options: RouteOptions) -> timedelta:
@@ -561,19 +619,22 @@ def deliver_due(settings: Settings, options: RouteOptions | None = None, *,
                 continue
             job = _claim(s, delivery, now)
             if job is not None:
+                job.settings = settings
                 jobs.append(job)
     for job in jobs:
         t0 = time.perf_counter()
         error: str | None = None
-        err_kind = ""
         target: str | None = None
+        tech = ""
         try:
             target = _send(job, options)
         except (OSError, smtplib.SMTPException, DeliveryError) as exc:
-            error, err_kind = f"{type(exc).__name__}: {exc}"[:1000], type(exc).__name__
+            error = explain_failure(exc, job.channel, job.address, options)
+            tech = f"{type(exc).__name__}: {exc}"[:1000]
         except Exception as exc:  # an unexpected failure must not drop the delivery
             log.exception("delivery=%s unexpected error", job.delivery_id)
-            error, err_kind = f"{type(exc).__name__}: {exc}"[:1000], type(exc).__name__
+            error = explain_failure(exc, job.channel, job.address, options)
+            tech = f"{type(exc).__name__}: {exc}"[:1000]
         ms = int((time.perf_counter() - t0) * 1000)
         with store.session() as s:
             row = s.get(Delivery, job.delivery_id)
@@ -581,7 +642,7 @@ def deliver_due(settings: Settings, options: RouteOptions | None = None, *,
             delivery = row
             s.add(DeliveryAttempt(delivery_id=delivery.id, at=now,
                                   outcome="delivered" if error is None else "error",
-                                  error=error, duration_ms=ms))
+                                  error=tech or error, duration_ms=ms))
             detail = {"delivery_id": delivery.id, "recipient_id": delivery.recipient_id,
                       "channel": job.channel, "attempt": job.attempt}
             if error is None:
@@ -611,8 +672,9 @@ def deliver_due(settings: Settings, options: RouteOptions | None = None, *,
                 audit.record(s, actor=actor, action="document_delivery_failed",
                              object_type="draft", object_id=job.draft_id, patient_ref=job.mrn,
                              outcome="error", detail={**detail, "status": delivery.status})
+                # the technical detail (exception text: hosts, ports, paths; no patient data)
                 log.warning("delivery=%s draft=%s channel=%s attempt %d failed (%s)",
-                            delivery.id, job.draft_id, job.channel, job.attempt, err_kind)
+                            delivery.id, job.draft_id, job.channel, job.attempt, tech)
     return report
 
 

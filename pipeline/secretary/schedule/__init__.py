@@ -34,6 +34,8 @@ from pipeline.secretary.schedule.calendars import (
     busy_items,
     master_schedule,
     physician_zone,
+    remove_availability,
+    remove_block,
 )
 from pipeline.secretary.schedule.conflicts import Conflict, check_conflicts
 from pipeline.secretary.schedule.export import export_ics, fhir_appointment, fhir_bundle, fhir_slots
@@ -63,6 +65,8 @@ __all__ = [
     "add_time_off",
     "add_on_call",
     "add_meeting",
+    "remove_availability",
+    "remove_block",
     "availability",
     "busy_items",
     "master_schedule",

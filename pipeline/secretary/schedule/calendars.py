@@ -53,6 +53,8 @@ __all__ = [
     "add_exception",
     "add_block",
     "add_time_off",
+    "remove_availability",
+    "remove_block",
     "add_on_call",
     "add_meeting",
     "availability",
@@ -231,6 +233,29 @@ def add_meeting(session: Session, physician_ids: list[str], start: datetime, end
     """A meeting for one or several physicians (one block each)."""
     return [add_block(session, "meeting", start, end, physician_id=p, title=title, actor=actor)
             for p in physician_ids]
+
+
+def remove_availability(session: Session, rule_id: int) -> AvailabilityRule:
+    """Delete one weekly working-hours window; returns the deleted row."""
+    rule = session.get(AvailabilityRule, rule_id)
+    if rule is None:
+        raise NotFoundError(f"working-hours rule {rule_id} arrived; expected an existing one")
+    session.delete(rule)
+    session.flush()
+    return rule
+
+
+def remove_block(session: Session, block_id: int, *, actor: str = "system") -> CalendarBlock:
+    """Delete a calendar block (time off, on-call...): audited; returns the deleted row."""
+    block = session.get(CalendarBlock, block_id)
+    if block is None:
+        raise NotFoundError(f"calendar block {block_id} arrived; expected an existing one")
+    session.delete(block)
+    session.flush()
+    audit.record(session, actor=actor, action=f"calendar_{block.kind}_removed",
+                 object_type="calendar_block", object_id=str(block_id),
+                 detail={"physician_id": block.physician_id, "resource_id": block.resource_id})
+    return block
 
 
 # --- availability -----------------------------------------------------------------------

@@ -10,13 +10,15 @@ every change is written to the audit log. Times are shown in the practice time z
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from pathlib import PurePath
 from typing import Any
 from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -44,6 +46,8 @@ router = APIRouter(prefix="/schedule")
 #: Button labels for moving an appointment to a status.
 ACTIONS = {"confirmed": "confirm", "arrived": "check in", "completed": "complete",
            "cancelled": "cancel", "no_show": "no-show"}
+#: Status changes that ask "are you sure?" first (they tell the patient's slot is lost).
+CONFIRM_STATUSES = ("cancelled", "no_show")
 
 register_nav("Calendar", "/schedule/week")
 register_nav("Tasks", "/schedule/tasks")
@@ -114,6 +118,22 @@ def _parse_day(value: str | None, tz: ZoneInfo) -> date:
 def _view_audit(session: Session, user: UserInfo, what: str, **detail: Any) -> None:
     audit.record(session, actor=user.username, action="view", object_type=what,
                  detail={k: v for k, v in detail.items() if v is not None})
+
+
+def _patients(s: Session, user: UserInfo, draft_ids: list[str | None]
+              ) -> dict[str, dict[str, str]]:
+    """Patient name and MRN of the drafts the user may see (the worklist's rule: an admin
+    all, anyone else the drafts of their physicians), by draft id."""
+    ids = sorted({d for d in draft_ids if d})
+    if not ids:
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for did, pid, name, mrn in s.execute(
+            select(DraftRow.id, DraftRow.physician_id, DraftRow.patient_name, DraftRow.mrn)
+            .where(DraftRow.id.in_(ids))):
+        if user.may_see_physician(pid):
+            out[did] = {"name": name or "", "mrn": mrn or ""}
+    return out
 
 
 def _back(url: str, **params: str) -> RedirectResponse:
@@ -370,14 +390,27 @@ def book_submit(
 
 @router.post("/appointments/{appointment_id}/status", dependencies=[Depends(csrf_protect)])
 def appointment_status(request: Request, appointment_id: int, status: str = Form(...),
-                       back: str = Form(""), user: UserInfo = Depends(current_user)) -> Response:
-    """Move an appointment along booked -> confirmed -> arrived -> completed (or cancel...)."""
+                       back: str = Form(""), confirmed: str = Form(""),
+                       user: UserInfo = Depends(current_user)) -> Response:
+    """Move an appointment along booked -> confirmed -> arrived -> completed (or cancel...).
+    Cancel and no-show first show a confirmation step (``confirmed=1`` carries them out)."""
     settings = get_settings_dep(request)
     with open_store(settings).session() as s:
         appt = s.get(Appointment, appointment_id)
         if appt is None:
             raise NotFoundError(f"appointment {appointment_id} does not exist")
         _check(user, appt.physician_id, s)
+        if status in CONFIRM_STATUSES and confirmed != "1":
+            tz = physician_zone(s, appt.physician_id, _options(settings))
+            audit.record(s, actor=user.username, action="view", object_type="appointment",
+                         object_id=str(appt.id), patient_ref=appt.mrn,
+                         detail={"confirm": status})
+            ctx = {"title": f"{ACTIONS.get(status, status).capitalize()} appointment {appt.id}?",
+                   "a": appt, "status": status, "label": STATUS_LABELS.get(status, status),
+                   "verb": ACTIONS.get(status, status),
+                   "start": as_utc(appt.start_utc).astimezone(tz), "tz": tz.key,
+                   "back": _safe_back(back, "/schedule/day")}
+            return _render(request, "schedule/confirm_status.html", ctx)
         schedule.set_status(s, appointment_id, status, actor=user.username)
     return _back(_safe_back(back, "/schedule/day"),
                  notice=f"Appointment {appointment_id}: {STATUS_LABELS.get(status, status)}.")
@@ -527,7 +560,10 @@ def task_page(request: Request, show: str = "open", mine: int = 0,
             items.append({"t": t, "overdue": tasks.is_overdue(t, today),
                           "next": tasks.FLOWS[t.kind].get(t.status, ()),
                           "proposals": proposals, "delivery": delivery})
-        _view_audit(s, user, "task_list", count=len(items))
+        patients = _patients(s, user, [t.draft_id for t in rows])
+        for t, it in zip(rows, items, strict=True):
+            it["patient"] = patients.get(t.draft_id or "")
+        _view_audit(s, user, "task_list", count=len(items), patients=len(patients))
         ctx = {"title": "Tasks", "items": items, "show": show, "mine": mine,
                "notice": request.query_params.get("notice", ""),
                "error": request.query_params.get("error", "")}
@@ -590,8 +626,18 @@ def referral_page(request: Request, show: str = "open",
     with open_store(settings).session() as s:
         scope = visible_physicians(s, user)
         board = referrals.referral_board(s, physician_ids=scope, include_closed=show == "all")
-        _view_audit(s, user, "referral_list", count=len(board))
-        ctx = {"title": "Referrals", "board": board, "show": show, "physicians": scope,
+        patients = _patients(s, user, [v.referral.draft_id for v in board])
+        shown = {}
+        for v in board:
+            r = v.referral
+            p = dict(patients.get(r.draft_id or "", {}))
+            if r.mrn and user.may_see_physician(r.physician_id):
+                p["mrn"] = r.mrn
+            shown[r.id] = p
+        _view_audit(s, user, "referral_list", count=len(board),
+                    patients=sum(1 for p in shown.values() if p))
+        ctx = {"title": "Referrals", "board": board, "patients": shown, "show": show,
+               "physicians": scope,
                "transitions": referrals.TRANSITIONS, "labels": referrals.LABELS,
                "recipients": list(s.scalars(select(Recipient).where(Recipient.active)
                                             .order_by(Recipient.name))),
@@ -654,20 +700,65 @@ def referral_advance(request: Request, referral_id: int, status: str = Form(...)
 
 
 @router.post("/referrals/{referral_id}/attach", dependencies=[Depends(csrf_protect)])
-def referral_attach(request: Request, referral_id: int, role: str = Form("report"),
-                    name: str = Form(""), path: str = Form(""), draft_id: str = Form(""),
-                    user: UserInfo = Depends(current_user)) -> Response:
-    """Attach a document (the report back, a file path or a draft id) to a referral."""
-    with open_store(get_settings_dep(request)).session() as s:
+async def referral_attach(request: Request, referral_id: int, role: str = Form("report"),
+                          name: str = Form(""), draft_id: str = Form(""),
+                          file: UploadFile | None = File(None),
+                          user: UserInfo = Depends(current_user)) -> Response:
+    """Attach a document to a referral: a file uploaded from the browser (the report back:
+    PDF, image or Word, stored encrypted with the referral) or one of the practice's
+    drafts. A file that is refused comes back as one sentence on the page."""
+    settings = get_settings_dep(request)
+    data = b""
+    filename = ""
+    if file is not None and file.filename:
+        filename = file.filename
+        data = await file.read(referrals.MAX_ATTACHMENT_BYTES + 1)
+        await file.close()
+    return _attach(settings, user, referral_id, role, name, draft_id, filename, data)
+
+
+def _attach(settings: Settings, user: UserInfo, referral_id: int, role: str, name: str,
+            draft_id: str, filename: str, data: bytes) -> Response:
+    with open_store(settings).session() as s:
         _referral_for(s, user, referral_id)
-        if draft_id:
-            draft = s.get(DraftRow, draft_id)
-            if draft is None:
-                raise NotFoundError(f"draft {draft_id} does not exist")
-            _check(user, draft.physician_id, s)
-        referrals.attach_document(s, referral_id, role, actor=user.username,
-                                  draft_id=draft_id or None, path=path or None, name=name)
+        try:
+            if filename:
+                referrals.attach_upload(s, settings, referral_id, filename, data, role=role,
+                                        name=name, actor=user.username)
+            elif draft_id:
+                draft = s.get(DraftRow, draft_id)
+                if draft is None:
+                    raise NotFoundError(f"draft {draft_id} does not exist")
+                _check(user, draft.physician_id, s)
+                referrals.attach_document(s, referral_id, role, actor=user.username,
+                                          draft_id=draft_id, name=name)
+            else:
+                raise ConflictError("no file arrived; choose the report's file (PDF, image or "
+                                    "Word) and attach it again")
+        except ConflictError as exc:
+            s.rollback()
+            return _back("/schedule/referrals", error=f"Not attached to referral {referral_id}: "
+                         f"{exc}.")
     return _back("/schedule/referrals", notice=f"Document attached to referral {referral_id}.")
+
+
+@router.get("/referrals/documents/{document_id}")
+def referral_document(request: Request, document_id: int,
+                      user: UserInfo = Depends(current_user)) -> Response:
+    """Download an uploaded referral document (decrypted through the files layer; audited)."""
+    settings = get_settings_dep(request)
+    with open_store(settings).session() as s:
+        doc, media, data = referrals.read_attachment(s, settings, document_id)
+        ref = _referral_for(s, user, doc.referral_id)
+        audit.record(s, actor=user.username, action="download", object_type="referral_document",
+                     object_id=str(doc.id), patient_ref=ref.mrn,
+                     detail={"referral_id": ref.id, "role": doc.role})
+        filename = re.sub(r"[^\w.()-]", "_", doc.name or f"document-{doc.id}")
+        if not filename.lower().endswith(PurePath(doc.path or "").suffix.lower()):
+            filename += PurePath(doc.path or "").suffix.lower()
+    return Response(data, media_type=media, headers={
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 
 # --- routing ----------------------------------------------------------------------------
@@ -688,8 +779,9 @@ def routing_page(request: Request, user: UserInfo = Depends(current_user)) -> Re
                  "delivered": 5}
         rows = sorted(s.execute(stmt).all(), key=lambda r: order.get(r[0].status, 9))
         recipients = {r.id: r for r in s.scalars(select(Recipient).order_by(Recipient.name))}
-        _view_audit(s, user, "routing", count=len(rows))
-        ctx = {"title": "Routing", "rows": rows, "recipients": recipients,
+        patients = _patients(s, user, [r[0].draft_id for r in rows])
+        _view_audit(s, user, "routing", count=len(rows), patients=len(patients))
+        ctx = {"title": "Routing", "rows": rows, "patients": patients, "recipients": recipients,
                "channels": route.CHANNELS, "kinds": route.RECIPIENT_KINDS,
                "notice": request.query_params.get("notice", ""),
                "error": request.query_params.get("error", "")}

@@ -23,11 +23,13 @@ from pipeline.review.users import UserInfo
 from pipeline.web.auth import current_user, get_settings_dep
 from pipeline.web.templating import STATUS_LABELS, render
 
-__all__ = ["router", "worklist_rows", "TURNAROUND", "PER_PAGE"]
+__all__ = ["router", "worklist_rows", "TURNAROUND", "PER_PAGE", "POLL_SECONDS"]
 
 router = APIRouter()
 
 PER_PAGE = 50
+#: The worklist table refreshes itself this often (htmx polling of the table partial).
+POLL_SECONDS = 10
 #: Turnaround targets: a draft older than this is shown overdue.
 TURNAROUND = {"stat": timedelta(hours=1), "routine": timedelta(hours=24)}
 _OPEN = ("queued_for_review", "in_review", "awaiting_signature")
@@ -171,8 +173,12 @@ def worklist(
     q: str = "",
     page: int = 1,
     sent: str = "",
+    poll: int = 0,
+    seen_stat: str = "",
 ) -> Response:
-    """The worklist page (or only its table for an htmx request)."""
+    """The worklist page (or only its table for an htmx request). The table polls itself
+    every ``POLL_SECONDS`` with its filters (``poll=1``) and the STAT drafts it showed
+    (``seen_stat``): a STAT draft not seen before is announced in the page's live region."""
     status = status if status in _STATUS_FILTERS else _default_status(user)
     page = max(1, min(page, 100000))
     settings = get_settings_dep(request)
@@ -186,7 +192,7 @@ def worklist(
         doctypes = sorted(set(s.scalars(select(DraftRow.document_type).distinct())))
         audit.record(s, actor=user.username, action="worklist_view", object_type="worklist",
                      detail={"rows": len(rows), "page": page, "status": status,
-                             "search": bool(q)})
+                             "search": bool(q), "poll": bool(poll)})
     pages = max(1, (total + PER_PAGE - 1) // PER_PAGE)
     ctx = {
         "title": "Worklist",
@@ -201,7 +207,14 @@ def worklist(
         "doctypes": doctypes,
         "now": datetime.now(UTC),
         "sent": sent[:32],
+        "poll_seconds": POLL_SECONDS,
+        "stat_ids": ",".join(r["id"] for r in rows if r["priority"] == "stat"),
+        "new_stat": [],
     }
+    if poll:
+        seen = set(seen_stat.split(","))
+        ctx["new_stat"] = [r for r in rows if r["priority"] == "stat" and r["id"] not in seen
+                           and r["status"] in _OPEN]
     if request.headers.get("hx-request") and request.headers.get("hx-target") == "worklist-table":
         return render(request, "_worklist_table.html", ctx)
     return render(request, "worklist.html", ctx)
