@@ -453,6 +453,7 @@ def test_file_moved_in_from_another_folder_is_taken_at_once(
 def test_late_sidecar_renders_the_queued_draft_again(settings: Settings, wav: Path) -> None:
     """With the service's callback (``review.versions.rerender_by_id``), the queued draft's
     .docx is rendered again with the late sidecar's patient name."""
+    import io
     import zipfile
 
     from pipeline.review.versions import rerender_by_id
@@ -472,6 +473,6 @@ def test_late_sidecar_renders_the_queued_draft_again(settings: Settings, wav: Pa
         draft = s.get(DraftRow, draft_id)
         assert draft is not None and draft.docx_path
         docx = Path(str(draft.docx_path))
-    with zipfile.ZipFile(docx) as z:
+    with zipfile.ZipFile(io.BytesIO(files.read_bytes(docx, settings))) as z:
         xml = z.read("word/document.xml").decode()
     assert "Jane Roe" in xml and MRN in xml

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core import files
 from pipeline.core.db.core import DraftRow
 from pipeline.core.errors import PdfConversionError
 from pipeline.core.records import DictationMeta
@@ -45,7 +46,8 @@ def test_pdf_is_made_after_the_draft_is_queued_and_recorded(settings: Settings,
     assert list(result.timings)[-2:] == ["enqueue", "pdf"]
     assert result.queued_s >= sum(v for k, v in result.timings.items() if k != "pdf")
     pdf = result.draft.outputs["pdf"]
-    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.parent == result.draft.docx_path.parent
+    assert files.read_bytes(pdf, settings)[:5] == b"%PDF-"
+    assert pdf.parent == result.draft.docx_path.parent
     row = _stored(settings, result.draft.id)
     assert row.status == "queued_for_review"
     assert row.outputs["pdf"] == str(pdf)

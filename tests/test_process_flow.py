@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 from test_flows import _row, _take, flow_settings, prefect_api  # noqa: F401 (fixtures)
 
+from pipeline.core import files
 from pipeline.core.db.core import DraftRow
 from pipeline.core.settings import Settings
 from pipeline.core.store import open_store
@@ -35,7 +36,7 @@ def test_flow_records_the_pdf_after_the_queue(flow_settings: Settings,  # noqa: 
     assert process_dictation(did) == "done"
     draft = _draft(flow_settings, did)
     assert draft.status == "queued_for_review"
-    assert Path(draft.outputs["pdf"]).read_bytes()[:5] == b"%PDF-"
+    assert files.read_bytes(Path(draft.outputs["pdf"]), flow_settings)[:5] == b"%PDF-"
     assert Path(draft.outputs["pdf"]).parent == Path(draft.outputs["docx"]).parent
 
 

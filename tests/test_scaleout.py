@@ -3,6 +3,11 @@ server, and two service instances (each a watcher + a warm worker) sharing one d
 directory. A batch of dictations is processed exactly once: each file claimed by one
 instance, one dictation row, one flow run, one draft.
 
+Encryption at rest is on (the default): both instances get the data key through their
+environment (``DICTATION_KEY_FILE``, a secret file outside the shared folder, set by the tests'
+conftest and passed on by ``prefect_env.child_env``), and the archived audio, the sidecars and
+every file of the drafts are asserted to be encrypted.
+
 Needs PostgreSQL 15 server binaries (Debian: ``apt-get install -y postgresql``)."""
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import pytest
 from pgserver import free_port, postgres_server
 from sqlalchemy import func, select
 
+from pipeline.core import crypto, files
 from pipeline.core.db.core import DictationRow, DraftRow
 from pipeline.core.settings import PROJECT_ROOT, Settings
 from pipeline.core.store import open_store
@@ -55,6 +61,10 @@ def test_two_instances_share_one_prefect_server_exactly_once(
         prefect_port=free_port(),
         database_url=f"postgresql+psycopg2://postgres@{postgres}/dictation",
     )
+    assert settings.encrypt_files and not settings.data_key
+    key_file = settings.key_file.expanduser().resolve()
+    assert settings.data_path not in key_file.parents  # a secret file, not the shared folder
+    crypto.load_keyring(settings)  # provisioned before the instances start (no race)
     pg_prefect = f"postgresql+asyncpg://postgres@{postgres}/prefect"
     server = prefect_env.start_server(
         settings, extra_env={"PREFECT_API_DATABASE_CONNECTION_URL": pg_prefect})
@@ -75,6 +85,7 @@ def test_two_instances_share_one_prefect_server_exactly_once(
             names.append(f"batch{i:02d}.wav")
         env = prefect_env.child_env(settings, api)
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = pg_prefect
+        assert Path(env["DICTATION_KEY_FILE"]).resolve() == key_file
         for k in range(2):
             log = open(tmp_path / f"instance{k}.log", "wb")  # noqa: SIM115
             instances.append(subprocess.Popen(
@@ -92,9 +103,20 @@ def test_two_instances_share_one_prefect_server_exactly_once(
         with open_store(settings).session() as s:
             rows = list(s.scalars(select(DictationRow)))
             drafts = s.scalar(select(func.count()).select_from(DraftRow))
+            outputs = [Path(p) for d in s.scalars(select(DraftRow))
+                       for p in (d.outputs or {}).values()]
         assert sorted(r.original_name for r in rows) == sorted(names), logs[-3000:]
         assert {r.status for r in rows} == {"done"}, [(r.status, r.error_code) for r in rows]
         assert drafts == n
+        # sealed at rest by both instances, and readable with the one provisioned key
+        audio = [Path(r.audio_path or "") for r in rows]
+        assert all(settings.archive_dir in a.parents and files.is_encrypted(a) for a in audio)
+        assert all(files.is_encrypted(a.with_suffix(".json")) for a in audio
+                   if a.with_suffix(".json").exists())
+        assert len(outputs) >= 4 * n and all(files.is_encrypted(p) for p in outputs)
+        assert files.read_bytes(audio[0], settings)[:4] == b"RIFF"
+        assert b"Dictated by Dr." in files.read_bytes(
+            next(p for p in outputs if p.suffix == ".txt"), settings)
         # one flow run per dictation, all completed; both workers took part
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 

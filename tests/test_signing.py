@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DatabaseError
 
+from pipeline.core import files
 from pipeline.core.db.core import AuditEvent, DraftRow
 from pipeline.core.db.review import Addendum, DraftAccuracy, Signature
 from pipeline.core.errors import ConflictError, PermissionDeniedError
@@ -83,7 +84,7 @@ def test_sign_stores_signature_accuracy_and_outputs(world) -> None:  # type: ign
     if importlib.util.find_spec("pipeline.documents.render") is not None:
         assert result.problems == [], result.problems
         assert Path(result.outputs["docx"]).is_file()
-        signed_txt = Path(result.outputs["txt"]).read_text()
+        signed_txt = files.read_bytes(Path(result.outputs["txt"]), world["settings"]).decode()
         assert "3 days" in signed_txt and "three days" not in signed_txt
     else:
         assert any("render" in p for p in result.problems)
@@ -133,4 +134,5 @@ def test_addendum_has_its_own_signature(world) -> None:  # type: ignore[no-untyp
         assert sigs[1].text_sha256 == signing.text_sha256("Late result: chest X-ray clear.")
         assert s.get(DraftRow, world["draft"]).text == before
     if result.outputs:
-        assert "chest X-ray clear" in Path(result.outputs["txt"]).read_text()
+        assert "chest X-ray clear" in files.read_bytes(Path(result.outputs["txt"]),
+                                                  world["settings"]).decode()

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from pipeline.core import files
 from pipeline.core.db.core import AuditEvent, DictationRow, DraftRow
 from pipeline.core.records import AudioInfo, Dictation, DictationMeta, Note
 from pipeline.core.settings import Settings
@@ -271,7 +272,7 @@ def test_header_correction_is_audited_and_rendered_again(world) -> None:  # type
         meta = s.get(DictationRow, draft.dictation_id).meta
         assert meta["date_of_birth"] == "1979-07-22"
         assert meta["sidecar_original"]["mrn"] == "055781"  # the first form is kept
-        printed = Path(draft.outputs["txt"]).read_text(encoding="utf-8")
+        printed = files.read_bytes(Path(draft.outputs["txt"]), world["settings"]).decode()
         assert "MRN: 055718" in printed and "Date of birth: July 22, 1979" in printed
         assert Path(draft.outputs["docx"]).is_file()
         ev = s.scalars(select(AuditEvent).where(AuditEvent.action == "header_correct")).one()
@@ -296,7 +297,8 @@ def test_reassignment_moves_the_draft_to_another_physician(world) -> None:  # ty
         assert s.get(DictationRow, draft.dictation_id).physician_id == "dr-patel"
         ev = s.scalars(select(AuditEvent).where(AuditEvent.action == "reassign")).one()
         assert ev.detail == {"from": "dr-smith", "to": "dr-patel"}
-        assert "Dr. Patel" in Path(draft.outputs["txt"]).read_text(encoding="utf-8")
+        assert "Dr. Patel" in files.read_bytes(Path(draft.outputs["txt"]),
+                                         world["settings"]).decode()
         with pytest.raises(Exception, match="not assigned"):
             wf.load_draft(s, world["sec"], draft_id)  # sec works for dr-smith only
 

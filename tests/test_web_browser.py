@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from pipeline.core import files
 from pipeline.core.db.core import DraftRow
 from pipeline.core.db.review import DraftAccuracy, DraftVersion, Signature
 from pipeline.core.settings import PROJECT_ROOT, Settings
@@ -270,6 +271,7 @@ def test_secretary_corrects_and_physician_signs(server, browser) -> None:  # typ
     if importlib.util.find_spec("pipeline.documents.render") is not None:
         # Final outputs were rendered again from the signed text.
         signed_txt = Path(outputs["txt"])
-        assert signed_txt.parent.name == "signed" and "Corrected" in signed_txt.read_text()
+        assert signed_txt.parent.name == "signed"
+        assert "Corrected" in files.read_bytes(signed_txt, server["settings"]).decode()
         assert Path(outputs["docx"]).is_file()
     assert errors == []

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from pipeline.core import files
 from pipeline.core.db.core import DraftRow
 from pipeline.core.records import DictationMeta
 from pipeline.core.settings import Settings
@@ -100,7 +101,7 @@ def test_pipeline_draft_in_the_workbench(settings: Settings, tmp_path: Path) -> 
     with open_store(settings).session() as s:
         signed = s.get(DraftRow, draft.id)
         assert signed.status == "signed"
-        txt = Path(signed.outputs["txt"]).read_text()
+        txt = files.read_bytes(Path(signed.outputs["txt"]), settings).decode()
     assert "Chest X-ray ordered." in txt
     assert "signed by smith" in txt.lower()
     assert doc.get(f"/drafts/{draft.id}/outputs/docx").status_code == 200

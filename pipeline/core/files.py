@@ -12,7 +12,10 @@ a file. Writers encrypt when ``settings.encrypt_files``.
   only, so an encrypted file is decrypted into memory: the compressed file's size (a
   14.6-minute WAV at 16 kHz is 28 MB; the decode itself peaks far above that), never a
   decrypted copy on disk. Measured in docs/measurements.md.
-- ``read_bytes`` / ``write_bytes``: small files (sidecars, exports).
+- ``read_bytes`` / ``write_bytes``: small files (sidecars, the drafts' outputs, exports).
+- ``seals(path, settings)``: whether a file written at ``path`` is encrypted: inside the
+  data directory when ``settings.encrypt_files``; outside it (``dictation render TEXT --out
+  DIR``, an export the user asked for) it is written plain.
 - ``seal(path, settings, src)``: encrypt a claimed plain file in place (a 0600 temporary
   file beside it, fsync, atomic rename over the plain one, so the clear bytes are gone only
   once the encrypted copy is durable) and return the SHA-256 of the *plain* bytes (the
@@ -46,6 +49,7 @@ __all__ = [
     "read_bytes",
     "write_bytes",
     "seal",
+    "seals",
     "sha256_plain",
     "plain_size",
 ]
@@ -130,10 +134,19 @@ def read_bytes(path: Path, settings: Settings | None = None, *,
             return bytes(out[: max_bytes + 1])
 
 
-def write_bytes(path: Path, data: bytes, settings: Settings) -> None:
-    """Write ``data`` to ``path`` atomically (0600): encrypted when
-    ``settings.encrypt_files``."""
-    if settings.encrypt_files:
+def seals(path: Path, settings: Settings) -> bool:
+    """True when a file written at ``path`` is to be encrypted: ``settings.encrypt_files``
+    and ``path`` lies under the data directory (see the module docstring)."""
+    if not settings.encrypt_files:
+        return False
+    return Path(path).expanduser().resolve().is_relative_to(settings.data_path)
+
+
+def write_bytes(path: Path, data: bytes, settings: Settings, *,
+                encrypt: bool | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (0600): encrypted when ``encrypt`` (default
+    ``settings.encrypt_files``)."""
+    if settings.encrypt_files if encrypt is None else encrypt:
         crypto.write_encrypted(Path(path), data, keys_for(settings))
     else:
         with crypto.atomic_output(Path(path)) as fh:

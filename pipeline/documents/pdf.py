@@ -5,6 +5,14 @@ Each conversion runs ``soffice --headless --convert-to pdf`` with a user profile
 with ``flock``, so concurrent conversions in threads or processes never share one), and with a
 timeout that kills LibreOffice's whole process group. Slots are reused, so only a slot's first
 conversion pays the profile set-up.
+
+Drafts are encrypted at rest, but LibreOffice needs a clear .docx on disk: ``convert_bytes``
+writes it into a private folder (0700, ``conv-*`` under ``work_root``: the data directory's
+``cache/tmp``, itself 0700, so a clear file never lands outside the protected tree or on a
+shared ``/tmp``), points LibreOffice's own temporary files there too (``TMPDIR``), reads the
+PDF back and removes the folder in a ``finally`` (also after a timeout, when the process group
+has been killed). A worker killed outright cannot run its ``finally``: the next conversion
+removes ``conv-*`` folders older than any conversion can last.
 """
 
 from __future__ import annotations
@@ -15,14 +23,17 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.core import crypto
 from pipeline.core.errors import PdfConversionError
 
-__all__ = ["PdfConversionError", "find_soffice", "convert_to_pdf", "SOFFICE_MISSING"]
+__all__ = ["PdfConversionError", "find_soffice", "convert_to_pdf", "convert_bytes",
+           "SOFFICE_MISSING"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +49,8 @@ SOFFICE_MISSING = (
     "'auto' or 'never'."
 )
 
+#: Prefix of the private conversion folders under ``work_root``.
+WORK_PREFIX = "conv-"
 
 
 def find_soffice() -> str | None:
@@ -57,6 +70,46 @@ def convert_to_pdf(docx: Path, out_dir: Path, *, profile_root: Path, timeout: fl
     out_dir.mkdir(parents=True, exist_ok=True)
     with _profile_slot(Path(profile_root)) as profile:
         return _convert(soffice, profile, docx, out_dir, timeout)
+
+
+def convert_bytes(docx: bytes, *, profile_root: Path, work_root: Path, timeout: float = 90.0
+                  ) -> bytes:
+    """The PDF of the .docx ``docx`` (bytes in, bytes out); ``PdfConversionError`` on failure.
+
+    The clear .docx, the PDF and LibreOffice's temporary files exist only in a private
+    folder under ``work_root`` that is removed before this returns or raises (see the module
+    docstring)."""
+    soffice = find_soffice()
+    if soffice is None:
+        raise PdfConversionError(SOFFICE_MISSING)
+    work_root = crypto.private_mkdir(Path(work_root))
+    with _profile_slot(Path(profile_root)) as profile:
+        _sweep(work_root, max(2 * timeout, 600.0))
+        folder = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=work_root))  # 0700
+        try:
+            src = folder / "document.docx"
+            fd = os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(docx)
+            scratch = folder / "tmp"
+            scratch.mkdir(mode=0o700)
+            out = folder / "out"
+            out.mkdir(mode=0o700)
+            return _convert(soffice, profile, src, out, timeout, scratch).read_bytes()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _sweep(work_root: Path, max_age: float) -> None:
+    """Remove conversion folders a killed worker left behind (older than ``max_age`` s)."""
+    cutoff = time.time() - max_age
+    for child in work_root.glob(f"{WORK_PREFIX}*"):
+        try:
+            if child.is_dir() and not child.is_symlink() and child.stat().st_mtime < cutoff:
+                shutil.rmtree(child, ignore_errors=True)
+                log.info("pdf: removed a stale conversion folder")
+        except OSError:
+            continue
 
 
 @contextmanager
@@ -93,7 +146,8 @@ def _profile_slot(root: Path) -> Iterator[Path]:
         time.sleep(0.2)
 
 
-def _convert(soffice: str, profile: Path, docx: Path, out_dir: Path, timeout: float) -> Path:
+def _convert(soffice: str, profile: Path, docx: Path, out_dir: Path, timeout: float,
+             scratch: Path | None = None) -> Path:
     cmd = [
         soffice,
         f"-env:UserInstallation={profile.resolve().as_uri()}",
@@ -108,9 +162,11 @@ def _convert(soffice: str, profile: Path, docx: Path, out_dir: Path, timeout: fl
     nice = shutil.which("nice")
     if nice and NICENESS:
         cmd = [nice, "-n", str(NICENESS), *cmd]
+    env = {**os.environ, "HOME": str(profile)}
+    if scratch is not None:  # LibreOffice's own temporary files stay in the private folder
+        env.update(TMPDIR=str(scratch), TMP=str(scratch), TEMP=str(scratch))
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        env={**os.environ, "HOME": str(profile)},
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env,
     )
     try:
         _, stderr = proc.communicate(timeout=timeout)

@@ -14,10 +14,16 @@ writes, for one draft:
   LibreOffice is missing) or ``auto`` (skipped with a log line when it is missing).
 
 All files are written into a temporary folder next to ``out_dir`` that is renamed into place at
-the end, so a crash never leaves a half-written draft. Re-rendering after signing: call again
-with ``final=True, signed_by="Dr. ...", signed_at=datetime`` (same ``out_dir``): the footer,
-signature line, FHIR ``docStatus`` (final) and HL7 TXA-17 (``AU``) change accordingly. Files in
-``out_dir`` that this module did not write are kept.
+the end, so a crash never leaves a half-written draft. Every file goes through
+``pipeline.core.files``: encrypted when ``out_dir`` lies under the data directory and
+``settings.encrypt_files`` (``files.seals``); plain outside it (``dictation render --out DIR``,
+an export the user asked for). The PDF is converted from the .docx's bytes in a private
+folder that is removed at once (``pdf.convert_bytes``), so no clear copy stays on disk.
+
+Re-rendering after signing: call again with ``final=True, signed_by="Dr. ...",
+signed_at=datetime`` (same ``out_dir``): the footer, signature line, FHIR ``docStatus``
+(final) and HL7 TXA-17 (``AU``) change accordingly. Files in ``out_dir`` that this module did
+not write are kept.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jinja2
 from docxtpl import DocxTemplate
 
+from pipeline.core import files
 from pipeline.core.errors import TemplateFieldError
 from pipeline.core.records import Dictation, Document, Section
 from pipeline.core.settings import Settings
@@ -375,16 +382,22 @@ def render_outputs(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    seal = files.seals(out_dir, settings)
     try:
-        (tmp / OUTPUT_NAMES["docx"]).write_bytes(docx_bytes)
-        (tmp / OUTPUT_NAMES["txt"]).write_text(text, encoding="utf-8")
-        (tmp / OUTPUT_NAMES["fhir"]).write_text(
-            json.dumps(resource, indent=2, ensure_ascii=False), encoding="utf-8")
-        (tmp / OUTPUT_NAMES["hl7"]).write_bytes(message.encode("utf-8"))
+        blobs = {
+            "docx": docx_bytes,
+            "txt": text.encode("utf-8"),
+            "fhir": json.dumps(resource, indent=2, ensure_ascii=False).encode("utf-8"),
+            "hl7": message.encode("utf-8"),
+        }
+        for kind, data in blobs.items():
+            files.write_bytes(tmp / OUTPUT_NAMES[kind], data, settings, encrypt=seal)
         kinds = ["docx", "txt", "fhir", "hl7"]
         mode = pdf or settings.pdf
         try:
-            if _pdf_into(tmp / OUTPUT_NAMES["docx"], tmp, settings, mode, draft_id):
+            made = _pdf_bytes(docx_bytes, settings, mode, draft_id)
+            if made is not None:
+                files.write_bytes(tmp / OUTPUT_NAMES["pdf"], made, settings, encrypt=seal)
                 kinds.append("pdf")
         except pdf_mod.PdfConversionError:
             if mode == "always":
@@ -400,18 +413,18 @@ def render_outputs(
     return {kind: out_dir / OUTPUT_NAMES[kind] for kind in kinds}
 
 
-def _pdf_into(docx: Path, folder: Path, settings: Settings, mode: str, draft_id: str) -> bool:
-    """Convert ``docx`` into ``folder`` per ``mode``; False when no PDF is wanted or possible
-    (``never``, or ``auto`` without LibreOffice). Raises ``PdfConversionError`` when a wanted
-    conversion fails (``always`` without LibreOffice included)."""
+def _pdf_bytes(docx: bytes, settings: Settings, mode: str, draft_id: str) -> bytes | None:
+    """The PDF of the .docx bytes ``docx`` per ``mode``; None when no PDF is wanted or
+    possible (``never``, or ``auto`` without LibreOffice). Raises ``PdfConversionError`` when a
+    wanted conversion fails (``always`` without LibreOffice included)."""
     if mode == "never":
-        return False
+        return None
     if mode == "auto" and not pdf_mod.find_soffice():
         log.info("pdf skipped draft=%s reason=soffice_missing", draft_id)
-        return False
-    pdf_mod.convert_to_pdf(docx, folder, profile_root=settings.cache_dir / "soffice",
-                           timeout=settings.pdf_timeout_seconds)
-    return True
+        return None
+    return pdf_mod.convert_bytes(docx, profile_root=settings.cache_dir / "soffice",
+                                 work_root=settings.cache_dir / "tmp",
+                                 timeout=settings.pdf_timeout_seconds)
 
 
 def _fingerprint(path: Path) -> tuple[int, int] | None:
@@ -433,12 +446,13 @@ def render_pdf(
     """Make the PDF of a draft already rendered into ``out_dir`` (from its .docx); return its
     path, or None when no PDF is wanted (``never``) or possible (``auto`` without LibreOffice).
 
-    The PDF is converted in a temporary folder and renamed into place, so a reader never sees
-    a half-written file; if the .docx changed while LibreOffice ran (the draft was re-rendered,
-    e.g. signed) or ``still_current()`` says False, the PDF is discarded and None returned.
-    Raises ``PdfConversionError`` when LibreOffice fails (for ``auto`` and ``always``) or is
-    missing (``always``): the draft's other files are never touched. ``pdf`` overrides
-    ``settings.pdf``.
+    The PDF is converted from the .docx's plain bytes (``pdf.convert_bytes``: a private
+    folder, removed at once) and written atomically (encrypted as the other outputs), so a
+    reader never sees a half-written file; if the .docx changed while LibreOffice ran (the
+    draft was re-rendered, e.g. signed) or ``still_current()`` says False, the PDF is
+    discarded and None returned. Raises ``PdfConversionError`` when LibreOffice fails (for
+    ``auto`` and ``always``) or is missing (``always``): the draft's other files are never
+    touched. ``pdf`` overrides ``settings.pdf``.
     """
     mode = pdf or settings.pdf
     out_dir = Path(out_dir)
@@ -452,18 +466,13 @@ def render_pdf(
             "draft before its PDF."
         )
     t0 = time.perf_counter()
-    tmp = out_dir.parent / f".{out_dir.name}.pdf-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        if not _pdf_into(docx, tmp, settings, mode, draft_id):
-            return None
-        made = tmp / f"{docx.stem}.pdf"
-        if _fingerprint(docx) != before or (still_current is not None and not still_current()):
-            log.info("pdf discarded draft=%s reason=draft_rerendered", draft_id)
-            return None
-        target = out_dir / OUTPUT_NAMES["pdf"]
-        made.replace(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    made = _pdf_bytes(files.read_bytes(docx, settings), settings, mode, draft_id)
+    if made is None:
+        return None
+    if _fingerprint(docx) != before or (still_current is not None and not still_current()):
+        log.info("pdf discarded draft=%s reason=draft_rerendered", draft_id)
+        return None
+    target = out_dir / OUTPUT_NAMES["pdf"]
+    files.write_bytes(target, made, settings, encrypt=files.seals(out_dir, settings))
     log.info("pdf made draft=%s seconds=%.2f", draft_id, time.perf_counter() - t0)
     return target
