@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.core import audit
 from pipeline.core.db.core import DictationRow, DraftRow, Physician
-from pipeline.core.db.review import DraftClaim, DraftVersion
+from pipeline.core.db.review import DraftAutosave, DraftClaim, DraftVersion
 from pipeline.core.errors import ConflictError, NotFoundError, PermissionDeniedError
 from pipeline.core.settings import Settings
 from pipeline.core.times import as_utc
@@ -33,6 +33,9 @@ __all__ = [
     "ensure_initial_version",
     "latest_version",
     "save_text",
+    "autosave_text",
+    "pending_autosave",
+    "discard_autosave",
     "send_for_signature",
     "return_to_review",
     "may_edit",
@@ -182,6 +185,7 @@ def save_text(
             "reload it and apply your change again."
         )
     text = _clean(text)
+    discard_autosave(session, user, draft)
     if text == _clean(draft.text):
         return current
     version = current + 1
@@ -194,6 +198,70 @@ def save_text(
                  detail={"version": version, "chars": len(text)})
     log.info("draft=%s saved version=%d by user=%s", draft.id, version, user.id)
     return version
+
+
+def autosave_text(session: Session, user: UserInfo, draft: DraftRow, text: str,
+                  base_version: int | None) -> bool:
+    """Keep the editor's unsaved ``text`` as ``user``'s autosave of ``draft`` (version kind
+    ``autosave``: one row per draft and user, replaced each time, never counted as a saved
+    version); audited as an edit. Same rights as saving: the role may edit in this status
+    and holds the claim. Returns False when the text equals the saved one (nothing kept)."""
+    if draft.status in ("signed", "delivered"):
+        raise ConflictError("This draft is signed and cannot change; write an addendum instead.")
+    if not may_edit(user, draft):
+        raise PermissionDeniedError(
+            f"A {user.role} may not edit a draft that is {draft.status.replace('_', ' ')}."
+        )
+    state = claim(session, user, draft)
+    if not state.mine:
+        raise ConflictError(f"This draft is claimed by {state.holder}; it cannot be saved.")
+    text = _clean(text)
+    row = session.scalar(select(DraftAutosave).where(DraftAutosave.draft_id == draft.id,
+                                                     DraftAutosave.user_id == user.id))
+    if text == _clean(draft.text):
+        if row is not None:
+            session.delete(row)
+            session.flush()
+        return False
+    current = latest_version(session, draft.id)
+    base = base_version if base_version is not None else current
+    now = datetime.now(UTC)
+    if row is None:
+        session.add(DraftAutosave(draft_id=draft.id, user_id=user.id, username=user.username,
+                                  kind="autosave", base_version=base, text=text, saved_at=now))
+    elif row.text == text:
+        return True
+    else:
+        row.text, row.base_version, row.saved_at = text, base, now
+    session.flush()
+    audit.record(session, actor=user.username, action="edit", object_type="draft",
+                 object_id=draft.id, patient_ref=draft.mrn,
+                 detail={"kind": "autosave", "base_version": base, "chars": len(text)})
+    log.info("draft=%s autosaved by user=%s", draft.id, user.id)
+    return True
+
+
+def pending_autosave(session: Session, user: UserInfo, draft: DraftRow) -> DraftAutosave | None:
+    """``user``'s autosave of ``draft`` when it is newer than the last saved version (and the
+    draft is still editable); else None."""
+    row = session.scalar(select(DraftAutosave).where(DraftAutosave.draft_id == draft.id,
+                                                     DraftAutosave.user_id == user.id))
+    if row is None or not may_edit(user, draft) or row.text == _clean(draft.text):
+        return None
+    last_saved = session.scalar(select(func.max(DraftVersion.created_at))
+                                .where(DraftVersion.draft_id == draft.id))
+    if last_saved is not None and as_utc(last_saved) > as_utc(row.saved_at):
+        return None
+    return row
+
+
+def discard_autosave(session: Session, user: UserInfo, draft: DraftRow) -> None:
+    """Drop ``user``'s autosave of ``draft`` (after a save, or when the user discards it)."""
+    row = session.scalar(select(DraftAutosave).where(DraftAutosave.draft_id == draft.id,
+                                                     DraftAutosave.user_id == user.id))
+    if row is not None:
+        session.delete(row)
+        session.flush()
 
 
 def send_for_signature(session: Session, user: UserInfo, draft: DraftRow) -> None:

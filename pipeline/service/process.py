@@ -38,6 +38,7 @@ __all__ = [
     "load_dictation",
     "transcribe_stage",
     "normalize_stage",
+    "load_autotexts",
     "structure_stage",
     "render_stage",
     "enqueue_stage",
@@ -102,15 +103,36 @@ def transcribe_stage(
     return transcribe.transcribe(dictation, settings, options, progress=progress)
 
 
+def load_autotexts(physician_id: str | None, settings: Settings) -> dict[str, str]:
+    """The active auto-texts a dictation of ``physician_id`` may insert ("insert normal
+    exam"): trigger phrase -> body, the physician's own over the practice's."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipeline.core.store import open_store
+    from pipeline.review.autotexts import active_autotexts
+
+    try:
+        with open_store(settings).session() as s:
+            return active_autotexts(s, physician_id)
+    except SQLAlchemyError as exc:  # the dictation is still written out without them
+        log.warning("auto-texts could not be loaded (%s); none inserted", type(exc).__name__)
+        return {}
+
+
 def normalize_stage(transcript: Transcript, dictation: Dictation, settings: Settings) -> Note:
-    """Turn Whisper's words into what a medical transcriptionist would type."""
+    """Turn Whisper's words into what a medical transcriptionist would type (with the
+    physician's auto-texts for "insert <trigger>")."""
     from pipeline.language import normalize
 
+    # only a dictation that says "insert ..." needs them (and the database for them)
+    wants = "insert" in transcript.raw_text.lower()
+    autotexts = load_autotexts(dictation.meta.physician_id, settings) if wants else {}
     return normalize.normalize(
         transcript,
         settings,
         document_type=dictation.meta.document_type,
         physician_id=dictation.meta.physician_id,
+        autotexts=autotexts,
     )
 
 

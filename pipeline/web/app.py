@@ -49,6 +49,7 @@ _ROUTERS = (
     "pipeline.web.routes.accuracy",
     "pipeline.web.routes.admin",
     "pipeline.web.routes.schedule",
+    "pipeline.web.routes.autotexts",
 )
 
 

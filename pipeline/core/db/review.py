@@ -1,5 +1,5 @@
 """Workbench tables: users, assignments, web sessions, draft versions, claims, signatures,
-addenda and correction statistics.
+addenda, correction statistics, editor autosaves, auto-texts and per-user key bindings.
 
 Foreign keys point at core tables by name only (no ORM relationships across areas).
 """
@@ -7,6 +7,7 @@ Foreign keys point at core tables by name only (no ORM relationships across area
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -34,6 +35,10 @@ __all__ = [
     "DraftAccuracy",
     "CorrectionStat",
     "AuthFailure",
+    "DraftAutosave",
+    "AutoText",
+    "AutoTextVersion",
+    "UserPreference",
     "ROLES",
 ]
 
@@ -179,3 +184,68 @@ class AuthFailure(Base):
     scope: Mapped[str] = mapped_column(String(10))  # login | sign
     username_hash: Mapped[str] = mapped_column(String(64))
     client: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+
+class DraftAutosave(Base):
+    """The editor's autosaved text of a draft, one row per draft and user (kind
+    ``autosave``): written every few seconds of inactivity and before a log-out; it is not
+    a saved version (``draft_versions`` holds those) but is restored into the editor when it
+    is newer than the last saved version."""
+
+    __tablename__ = "draft_autosaves"
+    __table_args__ = (UniqueConstraint("draft_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    draft_id: Mapped[str] = mapped_column(ForeignKey("drafts.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    username: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20), default="autosave")
+    base_version: Mapped[int] = mapped_column(Integer, default=0)
+    text: Mapped[str] = mapped_column(Text)
+    saved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AutoText(Base):
+    """An auto-text ("normal"): a standard text block inserted by a spoken command ("insert
+    normal exam") or an editor shortcut. ``owner`` is ``practice`` or a physician id; the
+    current name, trigger and body are copied from the newest ``AutoTextVersion``."""
+
+    __tablename__ = "autotexts"
+    __table_args__ = (Index("ix_autotexts_owner_trigger", "owner", "trigger"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    trigger: Mapped[str] = mapped_column(String(100))
+    body: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AutoTextVersion(Base):
+    """Every version of an auto-text (each edit adds one; old ones are kept)."""
+
+    __tablename__ = "autotext_versions"
+    __table_args__ = (UniqueConstraint("autotext_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    autotext_id: Mapped[int] = mapped_column(ForeignKey("autotexts.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    trigger: Mapped[str] = mapped_column(String(100))
+    body: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    author: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UserPreference(Base):
+    """Per-user editor settings: the transcription key bindings (JSON: action -> key)."""
+
+    __tablename__ = "user_preferences"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    keys: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 from pipeline.core.records import Note, Transcript
 from pipeline.core.settings import Settings
@@ -23,6 +24,7 @@ from pipeline.language.normalize.abbreviations import (
     SigStyle,
     Titles,
 )
+from pipeline.language.normalize.autotexts import InsertAutoText
 from pipeline.language.normalize.commands import DropAutoPunctuation, NumberedLists, SpokenCommands
 from pipeline.language.normalize.compose import Compose, Transform
 from pipeline.language.normalize.numbers import LetterSequences, SpokenNumbers, ZeroSafety
@@ -75,6 +77,7 @@ MAX_INPUT_CHARS = LanguageOptions().max_input_chars
 DICTATION = Compose(
     [
         SpokenCommands(),
+        InsertAutoText(),  # after the commands: a body is never read as one
         DropAutoPunctuation(),
         NumberedLists(),
         LetterSequences(),
@@ -93,6 +96,7 @@ DICTATION = Compose(
 TEXT_ONLY = Compose(
     [
         SpokenCommands(),
+        InsertAutoText(),  # after the commands: a body is never read as one
         DropAutoPunctuation(),
         NumberedLists(),
         LetterSequences(),
@@ -107,7 +111,7 @@ TEXT_ONLY = Compose(
     ]
 )
 #: Commands and casing only (what a formatting-only evaluation would apply).
-COMMANDS_ONLY = Compose([SpokenCommands(), DropAutoPunctuation(), Casing()])
+COMMANDS_ONLY = Compose([SpokenCommands(), InsertAutoText(), DropAutoPunctuation(), Casing()])
 
 
 def warm_up(settings: Settings) -> float:
@@ -147,10 +151,12 @@ def normalize(
     physician_id: str | None = None,
     chain: Compose | None = None,
     options: LanguageOptions | None = None,
+    autotexts: Mapping[str, str] | None = None,
 ) -> Note:
     """Whisper's transcript -> the note a medical transcriptionist would type.
 
-    ``options`` tunes the thresholds of every transform (default: the measured values).
+    ``options`` tunes the thresholds of every transform (default: the measured values);
+    ``autotexts`` (trigger phrase -> body) are what "insert <trigger>" may insert.
     """
     options = options or _DEFAULT_OPTIONS
     toks = from_transcript(transcript)
@@ -162,6 +168,7 @@ def normalize(
         physician_id=physician_id,
         physician_terms=physician_terms(settings, physician_id),
         options=options,
+        autotexts=dict(autotexts or {}),
     )
     if sum(len(t.text) + 1 for t in toks) > options.max_input_chars:
         state.flags.append("text_too_long")
@@ -177,8 +184,10 @@ def normalize_text(
     physician_id: str | None = None,
     chain: Compose | None = None,
     options: LanguageOptions | None = None,
+    autotexts: Mapping[str, str] | None = None,
 ) -> Note:
-    """Plain text (e.g. a raw transcript string) -> normalised ``Note`` (text-only path)."""
+    """Plain text (e.g. a raw transcript string) -> normalised ``Note`` (text-only path);
+    ``autotexts`` (trigger phrase -> body) are what "insert <trigger>" may insert."""
     options = options or _DEFAULT_OPTIONS
     text = text or ""
     toks = from_text(text)
@@ -190,6 +199,7 @@ def normalize_text(
         physician_id=physician_id,
         physician_terms=physician_terms(settings, physician_id),
         options=options,
+        autotexts=dict(autotexts or {}),
     )
     if len(text) > options.max_input_chars:
         state.flags.append("text_too_long")

@@ -58,6 +58,7 @@ LABELS = {
     "abbreviation": "abbreviation expanded",
     "safety": "dose written safely (trailing or leading zero)",
     "quiet": "formatting command",
+    "autotext": "auto-text inserted",
 }
 
 _LETTERS = re.compile(r"[A-Za-z']+")
@@ -79,12 +80,15 @@ def _is_drug(text: str, index: VocabIndex | None) -> bool:
 def classify(correction: Mapping[str, Any], index: VocabIndex | None = None) -> str:
     """The review class of one correction (a ``Correction`` as a dict): ``quiet``, ``side``,
     ``dose``, ``drug`` (a repair whose result is a drug name in ``index``'s drug list),
-    ``term`` (another repaired term), ``number``, ``abbreviation`` or ``safety``."""
+    ``term`` (another repaired term), ``number``, ``abbreviation``, ``safety`` or
+    ``autotext`` (an auto-text inserted by "insert <trigger>")."""
     kind = str(correction.get("kind") or "term")
     original = str(correction.get("original") or "")
     replacement = str(correction.get("replacement") or "")
     if kind in QUIET_KINDS:
         return "quiet"
+    if kind == "autotext":  # the practice's own text, not heard: shown, never a dose or side
+        return "autotext"
     sides_before = {m.group(0).lower()[0] for m in _SIDE.finditer(original)}
     sides_after = {m.group(0).lower()[0] for m in _SIDE.finditer(replacement)}
     if sides_before != sides_after and (sides_before or sides_after):

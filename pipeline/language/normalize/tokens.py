@@ -75,6 +75,8 @@ class TextState:
     deletions: list[tuple[int, str, float | None, float | None]] = field(default_factory=list)
     defined_abbreviations: set[str] = field(default_factory=set)
     options: LanguageOptions = field(default_factory=LanguageOptions)
+    #: auto-texts the dictation may insert ("insert normal exam"): trigger phrase -> body
+    autotexts: dict[str, str] = field(default_factory=dict)
 
     def review(self, kind: str, tok: Tok, message: str, **extra: Any) -> None:
         """Ask the reviewer to check ``tok`` (stored on the note, with its audio time)."""

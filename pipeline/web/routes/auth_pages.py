@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
+from starlette.routing import Match
 
 from pipeline.core import audit
 from pipeline.core.db.review import User
@@ -35,10 +37,36 @@ __all__ = ["router"]
 
 router = APIRouter()
 
-def _safe_next(value: str | None) -> str:
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return "/worklist"
+_HOME = "/worklist"
+
+
+def _get_route_exists(request: Request, path: str) -> bool:
+    scope = {"type": "http", "path": path, "method": "GET", "root_path": ""}
+    return any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes)
+
+
+def _safe_next(request: Request, value: str | None) -> str:
+    """Where to go after log-in: ``value`` when it is a path on this site that a browser can
+    open (a GET page); a form's POST target ("/drafts/x/save", where an idle log-out
+    caught a save) becomes the nearest page above it ("/drafts/x"), since a redirect is a GET
+    (it used to answer 405). Anything else (another site, "//host", "/\\host", control
+    characters, which browsers strip into "//host") goes to the worklist: no open redirect."""
+    if (not value or not value.startswith("/") or value.startswith("//") or "\\" in value
+            or any(ord(ch) < 33 or ord(ch) == 127 for ch in value) or len(value) > 2000):
+        return _HOME
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return _HOME
+    path = parts.path
+    if path in ("/login", "/logout"):
+        return _HOME
+    if _get_route_exists(request, path):
+        return path + (f"?{parts.query}" if parts.query else "")
+    while "/" in path.rstrip("/"):
+        path = path.rstrip("/").rsplit("/", 1)[0]
+        if path and _get_route_exists(request, path):
+            return path
+    return _HOME
 
 
 @router.get("/")
@@ -63,7 +91,8 @@ def login_page(request: Request, next: str | None = None, idle: int = 0,
         message = (f"Your session reached its maximum length ({settings.session_max_hours:g} "
                    "hours); log in again.")
     return render(request, "login.html",
-                  {"next": _safe_next(next), "error": "", "message": message, "title": "Log in"})
+                  {"next": _safe_next(request, next), "error": "", "message": message,
+                   "title": "Log in"})
 
 
 @router.post("/login", dependencies=[Depends(csrf_protect)])
@@ -103,9 +132,9 @@ def login(
                          outcome="ok" if user else "failed", detail={"client": client})
     if user is None:
         return render(request, "login.html",
-                      {"next": _safe_next(next), "error": error, "message": "",
+                      {"next": _safe_next(request, next), "error": error, "message": "",
                        "title": "Log in"}, status_code=429 if wait > 0 else 401)
-    response = RedirectResponse(_safe_next(next), status_code=303)
+    response = RedirectResponse(_safe_next(request, next), status_code=303)
     start_session(request, response, user)
     return response
 

@@ -22,6 +22,7 @@ from pipeline.documents.header import HEADER_LABELS, describe_mismatch
 from pipeline.documents.templates import list_templates
 from pipeline.language.normalize.review_flags import review_corrections, unknown_word
 from pipeline.language.vocab import get_index
+from pipeline.review import autotexts as at
 from pipeline.review import signoff
 from pipeline.review import versions as wf
 from pipeline.review.signing import signed_text_with_addenda
@@ -104,6 +105,9 @@ def editor_context(session: Any, user: UserInfo, draft: DraftRow, *, claim: bool
     editable = wf.may_edit(user, draft)
     state = wf.claim(session, user, draft) if (claim and editable) else \
         wf.claim_state(session, user, draft.id)
+    # the user's autosaved text (typed, not saved: e.g. before an idle log-out) comes back
+    pending = wf.pending_autosave(session, user, draft) if (editable and state.mine) else None
+    text = pending.text if pending is not None else draft.text
     versions = session.execute(
         select(DraftVersion.version, DraftVersion.author, DraftVersion.created_at)
         .where(DraftVersion.draft_id == draft.id).order_by(DraftVersion.version)
@@ -118,7 +122,7 @@ def editor_context(session: Any, user: UserInfo, draft: DraftRow, *, claim: bool
     ) or []
     dictation = session.get(DictationRow, draft.dictation_id)
     # command conversions ("period" -> ".") are shown quietly: not marked, F2 skips them
-    tokens = map_words(draft.text, base_text if base_text is not None else draft.text,
+    tokens = map_words(text, base_text if base_text is not None else draft.text,
                        segments, review_corrections(list(draft.corrections or [])))
     signatures = session.execute(
         select(Signature.username, Signature.signed_at, Signature.version,
@@ -155,6 +159,10 @@ def editor_context(session: Any, user: UserInfo, draft: DraftRow, *, claim: bool
                           Path(dictation.audio_path).is_file()),
         "duration_s": dictation.duration_s if dictation else None,
         "issues": _issues(draft),
+        "text": text,
+        "autosave": pending,
+        "keys": at.get_keys(session, user.id),
+        "autotexts": at.active_autotexts(session, draft.physician_id),
     }
 
 
@@ -169,6 +177,7 @@ def editor(request: Request, draft_id: str, user: UserInfo = Depends(current_use
                      object_id=draft.id, patient_ref=draft.mrn)
         ctx = editor_context(s, user, draft, claim=True, settings=settings)
     ctx.update({"title": f"Draft {draft_id[:8]}", "saved": saved, "signed": signed,
+                "idle_seconds": settings.session_idle_minutes * 60,
                 "addendum_added": addendum,
                 "header_saved": request.query_params.get("header", ""),
                 "acknowledged": request.query_params.get("ack", "")})
@@ -241,6 +250,37 @@ def save(
     if action == "submit":
         return RedirectResponse(f"/worklist?sent={draft_id}", status_code=303)
     return RedirectResponse(f"/drafts/{draft_id}?saved={version}", status_code=303)
+
+
+@router.post("/drafts/{draft_id}/autosave", dependencies=[Depends(csrf_protect)])
+def autosave(
+    request: Request,
+    draft_id: str,
+    user: UserInfo = Depends(current_user),
+    text: str = Form(...),
+    base_version: int | None = Form(None),
+) -> Response:
+    """Keep the editor's unsaved text (every few seconds of inactivity and before a
+    log-out; ``navigator.sendBeacon`` posts here when the page goes away). 204 when kept,
+    409 when another user holds the draft."""
+    settings = get_settings_dep(request)
+    with open_store(settings).session() as s:
+        draft = wf.load_draft(s, user, draft_id, action="edit")
+        wf.autosave_text(s, user, draft, text, base_version)
+    return Response(status_code=204)
+
+
+@router.post("/drafts/{draft_id}/autosave/discard", dependencies=[Depends(csrf_protect)])
+def discard_autosave(request: Request, draft_id: str,
+                     user: UserInfo = Depends(current_user)) -> Response:
+    """Throw away the restored autosave and show the last saved version again."""
+    with open_store(get_settings_dep(request)).session() as s:
+        draft = wf.load_draft(s, user, draft_id)
+        wf.discard_autosave(s, user, draft)
+        audit.record(s, actor=user.username, action="edit", object_type="draft",
+                     object_id=draft.id, patient_ref=draft.mrn,
+                     detail={"kind": "autosave_discarded"})
+    return RedirectResponse(f"/drafts/{draft_id}", status_code=303)
 
 
 @router.post("/drafts/{draft_id}/release", dependencies=[Depends(csrf_protect)])
@@ -367,4 +407,8 @@ def export(request: Request, draft_id: str, kind: str,
                      detail={"kind": kind, "status": draft.status})
     name = f"{draft_id[:8]}-{'signed' if draft.status in ('signed', 'delivered') else 'draft'}"
     suffix = {"fhir": ".fhir.json", "hl7": ".hl7"}.get(kind, f".{kind}")
-    return FileResponse(path, media_type=_EXPORT_TYPES[kind], filename=name + suffix)
+    # encrypted at rest: decrypted into memory and served from there, never a clear copy
+    data = files.read_bytes(path, get_settings_dep(request))
+    return Response(data, media_type=_EXPORT_TYPES[kind], headers={
+        "Content-Disposition": f'attachment; filename="{name}{suffix}"',
+        "Cache-Control": "private, no-store"})
