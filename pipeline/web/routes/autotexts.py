@@ -17,11 +17,14 @@ from pipeline.core.store import open_store
 from pipeline.review import autotexts as at
 from pipeline.review.users import UserInfo
 from pipeline.web.auth import csrf_protect, current_user, get_settings_dep
-from pipeline.web.templating import render
+from pipeline.web.templating import register_nav, render
 
 __all__ = ["router"]
 
 router = APIRouter()
+
+register_nav("Auto-texts", "/autotexts")
+register_nav("Keys", "/settings/keys")
 
 
 def _list_page(request: Request, user: UserInfo, *, notice: str = "", error: str = "",
