@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.settings import PROJECT_ROOT
+from pipeline.core import files as stored
+from pipeline.core.settings import PROJECT_ROOT, Settings
 
 sys.path.insert(0, str(Path(__file__).parent / "data" / "speech"))
 import speechgen as gen
@@ -27,7 +28,8 @@ CONTRACT_KEYS = {"id", "audio", "duration_s", "model", "raw_text", "text", "segm
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICTATION_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("DICTATION_") or k.endswith("KEY_FILE")}  # keys: conftest
     env.update(
         DICTATION_DATA_DIR=str(data_dir),
         DICTATION_MODEL="tiny.en",
@@ -133,13 +135,16 @@ def test_summary_lines_and_malformed_sidecar(files: dict[str, Path], tmp_path: P
 @pytest.mark.skipif(shutil.which("soffice") is None, reason="LibreOffice is not installed")
 def test_pdf_is_made_after_the_draft_and_reported(files: dict[str, Path], tmp_path: Path) -> None:
     """DICTATION_PDF=auto with LibreOffice: the draft is queued, then its PDF is made and
-    reported beside the draft (``pdf_path``; its own time in ``timings``)."""
+    reported beside the draft (``pdf_path``; its own time in ``timings``), sealed like every
+    file under the data directory (read back through the storage layer)."""
     proc = _run(["transcribe", "--json", str(files["good"])], tmp_path / "var", cwd=tmp_path,
                 DICTATION_PDF="auto")
     assert proc.returncode == 0, proc.stderr
     (obj,) = _lines(proc.stdout)
     pdf = Path(obj["pdf_path"])
-    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.parent == Path(obj["draft_path"]).parent
+    assert stored.is_encrypted(pdf)
+    plain = stored.read_bytes(pdf, Settings(data_dir=tmp_path / "var"))
+    assert plain[:5] == b"%PDF-" and pdf.parent == Path(obj["draft_path"]).parent
     assert list(obj["timings"])[-2:] == ["enqueue", "pdf"]
 
 

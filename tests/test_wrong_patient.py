@@ -138,7 +138,8 @@ def test_transcribe_json_lists_the_wrong_patient_blockers(tmp_path: Path) -> Non
     (tmp_path / "wrong.json").write_text(json.dumps({
         "patient_name": "Daniel Okonkwo", "date_of_birth": "1979-03-04", "mrn": "055781",
         "document_type": "progress_note", "physician_id": "dr-smith"}), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICTATION_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("DICTATION_") or k.endswith("KEY_FILE")}  # keys: conftest
     env.update(DICTATION_DATA_DIR=str(tmp_path / "var"), DICTATION_MODEL="tiny.en",
                DICTATION_DEVICE="cpu", DICTATION_COMPUTE_TYPE="int8", DICTATION_PDF="never",
                DICTATION_PHYSICIANS='["dr-smith"]')
