@@ -224,3 +224,45 @@ def test_secretary_day_and_practice_admin(server, browser, tmp_path: Path) -> No
     admin.wait_for_selector("text=sec is assigned to dr-patel, dr-smith.")
     _shot(admin, "sec-06-admin-users-roles")
     assert errors == [], errors
+
+
+def test_routing_failure_reads_as_words_in_the_browser(server, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A delivery to a mail server that refuses the connection: the routing page tells the
+    secretary what failed and what to do, with no Python exception text."""
+    import uuid
+
+    from pipeline.core.db.core import DictationRow
+    from pipeline.core.db.schedule import Delivery
+    from pipeline.secretary import route
+
+    base, settings = server["url"], server["settings"]
+    port = _free_port()  # nothing listens there
+    doc = tmp_path / "letter.txt"
+    doc.write_text("Signed letter.\n")
+    with open_store(settings).session() as s:
+        did = uuid.uuid4().hex
+        s.add(DictationRow(id=did, sha256=did * 2, physician_id="dr-smith"))
+        draft = DraftRow(id=uuid.uuid4().hex, dictation_id=did, physician_id="dr-smith",
+                         document_type="consultation_letter", status="signed",
+                         audio_sha256=did * 2, text="Signed letter.", mrn="MRN-R9",
+                         patient_name="Dora Routepatient", outputs={"txt": str(doc)})
+        s.add(draft)
+        s.flush()
+        rec = route.add_recipient(s, "Lab", "department", "email", "lab@clinic.example")
+        delivery_id = route.route_draft(s, draft.id, recipient_id=rec.id).id
+        draft_id = draft.id
+    opts = route.RouteOptions(smtp_host="localhost", smtp_port=port, smtp_security="starttls",
+                              smtp_timeout_s=5)
+    route.deliver_due(settings, opts, draft_id=draft_id)
+    with open_store(settings).session() as s:
+        assert s.get(Delivery, delivery_id).last_error  # it did fail
+
+    page = browser.new_context(viewport={"width": 1360, "height": 900}).new_page()
+    _login(page, base, "sec")
+    page.goto(f"{base}/schedule/routing")
+    body = page.locator("body").inner_text()
+    assert f"Connection refused by the mail server at localhost:{port}" in body
+    assert "check that it runs and the SMTP settings" in body
+    assert "Errno" not in body and "ConnectionRefusedError" not in body
+    assert "Dora Routepatient" in body
+    _shot(page, "sec-07-routing-failure-explained")
