@@ -505,3 +505,17 @@ def test_recording_named_claim_is_not_confused_with_the_claim_record(
     assert audio is not None
     assert inbox.load_meta(audio, "dr-patel", settings).mrn == "Z12345"
     assert json.loads((folder / ".claim").read_text())["original_name"] == "claim.wav"
+
+
+def test_claim_folder_without_its_record_yet_is_not_taken_over(settings: Settings) -> None:
+    """Regression (scale-out, two instances starting together): a claim folder another
+    instance has just made, before it wrote the record, counted as a crash's leftover; the
+    second instance took it over and the file was registered twice (a duplicate row). Such a
+    folder is left alone until it is older than ``CLAIM_RECORD_GRACE_SECONDS``."""
+    inbox.ensure_layout(settings)
+    folder = settings.processing_dir / ("b" * 32)
+    folder.mkdir()
+    assert not inbox.claim_is_stale(folder)
+    old = time.time() - inbox.CLAIM_RECORD_GRACE_SECONDS - 5
+    os.utime(folder, (old, old))
+    assert inbox.claim_is_stale(folder)

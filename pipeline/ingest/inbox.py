@@ -137,6 +137,9 @@ log = logging.getLogger(__name__)
 RESCAN_SECONDS = 10.0
 #: A claim by another host that is older than this is treated as abandoned by ``resume``.
 STALE_CLAIM_SECONDS = 600.0
+#: a claim folder is made and its record written within milliseconds; one without a record
+#: is left alone this long before it counts as a crash's leftover
+CLAIM_RECORD_GRACE_SECONDS = 60.0
 #: Dictations still to be processed.
 ACTIVE_STATUSES = ("received", "processing")
 #: A sidecar modified more recently than this may still be being written.
@@ -316,10 +319,16 @@ def _read_claim(folder: Path) -> dict[str, Any] | None:
 
 def claim_is_stale(folder: Path) -> bool:
     """True if the process that claimed ``folder`` is gone: a dead pid on this host, or a
-    claim older than ``STALE_CLAIM_SECONDS`` from another host (scale-out)."""
+    claim older than ``STALE_CLAIM_SECONDS`` from another host (scale-out). A folder whose
+    record is missing or unreadable is stale only once the folder is older than
+    ``CLAIM_RECORD_GRACE_SECONDS``: another instance may have just made it and not yet
+    written the record (taking it over then registered the file twice: a duplicate row)."""
     info = _read_claim(folder)
     if info is None:
-        return True
+        try:
+            return time.time() - folder.stat().st_mtime > CLAIM_RECORD_GRACE_SECONDS
+        except FileNotFoundError:
+            return False  # gone meanwhile: nothing to take over
     if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
         pid = int(info["pid"])
         if pid == os.getpid():
