@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -18,10 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_support import shot as _shot
+from pgserver import free_port as _free_port
 from sqlalchemy import select
 
 from pipeline.core.db.review import AutoText, DraftAutosave
-from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.core.settings import Settings
 from pipeline.core.store import open_store
 from pipeline.review.users import create_user
 from pipeline.web.seed import add_draft
@@ -37,16 +38,9 @@ pytestmark = [
                        reason="Debian chromium is not installed"),
 ]
 
-ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 PASSWORD = "correct-horse-9"
 TEXT = "The patient is a fifty year old man with chest pain since this morning.\n"
 EXAM = "Lungs clear to auscultation bilaterally. Heart regular rate and rhythm."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -98,11 +92,6 @@ def _login(page, base: str, username: str, path: str = "/login") -> None:  # typ
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
-
-
-def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 @pytest.mark.timeout(240)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,12 +16,14 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from browser_support import shot as _shot
+from pgserver import free_port as _free_port
 from sqlalchemy import select
 
 from pipeline.core.db.core import DraftRow
 from pipeline.core.db.schedule import Appointment, AvailabilityRule, CalendarBlock
 from pipeline.core.records import Instruction, to_jsonable
-from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.core.settings import Settings
 from pipeline.core.store import open_store
 from pipeline.review.users import create_user
 from pipeline.secretary import schedule, tasks
@@ -39,16 +40,9 @@ pytestmark = [
                        reason="Debian chromium is not installed"),
 ]
 
-ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 PASSWORD = "correct-horse-9"
 TZ = ZoneInfo("America/New_York")
 PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<<>>\n%%EOF\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -113,11 +107,6 @@ def _login(page, base: str, username: str) -> None:  # type: ignore[no-untyped-d
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{base}/worklist**")
-
-
-def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def test_secretary_day_and_practice_admin(server, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

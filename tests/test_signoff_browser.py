@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_support import shot as _shot
+from pgserver import free_port as _free_port
 
 from pipeline.core.db.core import DictationRow, DraftRow
 from pipeline.core.records import to_jsonable
-from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.core.settings import Settings
 from pipeline.core.store import open_store
 from pipeline.review import signoff
 from pipeline.review.users import create_user
@@ -32,18 +33,11 @@ pytestmark = [
                        reason="Debian chromium is not installed"),
 ]
 
-ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 PASSWORD = "correct-horse-9"
 TEXT = ("Clinic note for patient Daniel Okonkwo, MRN 055718.\n\n"
         "Subjective: ear pain for 2 days. Objective: the left tympanic membrane is red.\n\n"
         "Plan: amoxicillin 500 mg three times daily for 10 days.\n\n"
         "Assessment: [MISSING: Assessment]\n")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -101,11 +95,6 @@ def _login(page, base: str, username: str) -> None:  # type: ignore[no-untyped-d
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{base}/worklist**")
-
-
-def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def test_blockers_preview_and_signing_in_the_browser(server, browser) -> None:  # type: ignore[no-untyped-def]

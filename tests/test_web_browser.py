@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -20,12 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_support import shot as _shot
+from pgserver import free_port as _free_port
 from sqlalchemy import select
 
 from pipeline.core import files
 from pipeline.core.db.core import DraftRow
 from pipeline.core.db.review import DraftAccuracy, DraftVersion, Signature
-from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.core.settings import Settings
 from pipeline.core.store import open_store
 from pipeline.review.users import create_user
 from pipeline.web.seed import add_draft
@@ -41,17 +42,10 @@ pytestmark = [
                        reason="Debian chromium is not installed"),
 ]
 
-ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 PASSWORD = "correct-horse-9"
 SPOKEN = ("The patient is a fifty year old man with chest pain since this morning. "
           "Blood pressure is one hundred twenty over eighty. "
           "Plan: start aspirin and follow up in two weeks.")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _real_transcript(wav: Path, settings: Settings) -> tuple[str, list[dict], float]:  # type: ignore[type-arg]
@@ -131,11 +125,6 @@ def _login(page, base: str, username: str) -> None:  # type: ignore[no-untyped-d
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{base}/worklist**")
-
-
-def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def test_secretary_corrects_and_physician_signs(server, browser) -> None:  # type: ignore[no-untyped-def]

@@ -855,7 +855,8 @@ def resume(settings: Settings, submit: Submit | None = None,
             action = _resume_one(settings, folder, submit)
         except Exception as exc:  # one bad entry must never stop the service from starting
             # ids and error kinds only: a message or traceback may hold a file name (an MRN)
-            log.error("resume left dictation=%s in processing: %s errno=%s", folder.name,
+            dictation_id = folder.name  # processing/<dictation id>/: an opaque id
+            log.error("resume left dictation=%s in processing: %s errno=%s", dictation_id,
                       type(exc).__name__, getattr(exc, "errno", None))
             counts["errors"] = counts.get("errors", 0) + 1
             continue
