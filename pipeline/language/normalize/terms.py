@@ -26,15 +26,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import spacy
 from rapidfuzz import fuzz, process
-from spacy.language import Language
-from spacy.tokens import Doc
 
 from pipeline.language.normalize.compose import Transform
 from pipeline.language.normalize.options import TermOptions
 from pipeline.language.normalize.tokens import TextState, Tok, merge
+from pipeline.language.spacy_import import spacy  # imported without torch: see there
 from pipeline.language.vocab import VocabIndex, _cached_index, phonetic_key
+
+Language = spacy.language.Language
+Doc = spacy.tokens.Doc
 
 __all__ = [
     "TermCorrection",
