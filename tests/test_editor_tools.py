@@ -320,4 +320,4 @@ def test_migration_leaves_one_head() -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(migrations.__path__[0])))
-    assert ScriptDirectory.from_config(cfg).get_heads() == ["0007_autotexts"]
+    assert len(ScriptDirectory.from_config(cfg).get_heads()) == 1  # one chain of revisions

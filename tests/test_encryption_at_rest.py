@@ -328,8 +328,9 @@ def test_encryption_off_stores_plain_files(settings: Settings, speech: Path) -> 
     result = inbox.InboxScanner(settings).take(_drop(settings, speech, "plain"))
     assert result.outcome == "received"
     folder = settings.processing_dir / (result.dictation_id or "")
-    assert not files.is_encrypted(folder / "plain.wav")
-    assert (folder / "plain.wav").read_bytes() == speech.read_bytes()
+    stored = folder / f"{result.dictation_id}.wav"  # opaque name, plain content
+    assert not files.is_encrypted(stored)
+    assert stored.read_bytes() == speech.read_bytes()
     hits = _hits(settings.data_path, [NAME.encode()])
     assert "processing" in hits and any(top.startswith("dictation.db") for top in hits)
 
@@ -341,7 +342,7 @@ def test_a_claim_interrupted_before_sealing_is_sealed_on_resume(
     inbox.ensure_layout(keyed)
     did = inbox.claim(_drop(keyed, speech, "crash"), keyed, "dr-smith")
     assert did is not None
-    claimed = keyed.processing_dir / did / "crash.wav"
+    claimed = keyed.processing_dir / did / f"{did}.wav"
     assert not files.is_encrypted(claimed)  # claimed, not yet sealed
     result = inbox.register(keyed, did)
     assert result.outcome == "received"
@@ -362,8 +363,9 @@ def test_quarantined_audio_is_encrypted_and_its_reason_holds_no_patient_data(
     result = inbox.InboxScanner(keyed).take(bad)
     assert result.outcome == "quarantined"  # malformed sidecar
     q = keyed.quarantine_dir
-    assert files.is_encrypted(q / "note.wav") and files.is_encrypted(q / "note.json")
-    reason = (q / "note.wav.reason.txt").read_text()
+    did = result.dictation_id
+    assert files.is_encrypted(q / f"{did}.wav") and files.is_encrypted(q / f"{did}.json")
+    reason = (q / f"{did}.wav.reason.txt").read_text()
     assert "bogus_field" in reason and NAME not in reason and MRN not in reason
     assert _hits(keyed.data_path, [NAME.encode(), MRN.encode()]) == {}
 

@@ -121,9 +121,11 @@ def test_claim_register_and_duplicate_under_another_name(settings: Settings, wav
     assert rows[ra.dictation_id].status == "received"
     assert rows[rb.dictation_id].status == "duplicate"
     assert rows[rb.dictation_id].duplicate_of == ra.dictation_id
-    # the duplicate is archived (kept, not processed); the original waits in processing/
-    assert (settings.archive_dir / rb.dictation_id / "second name.wav").exists()
-    assert (settings.processing_dir / ra.dictation_id / "first.wav").exists()
+    # the duplicate is archived (kept, not processed); the original waits in processing/;
+    # both under their opaque stored names, the recorder's names in the rows only
+    assert (settings.archive_dir / rb.dictation_id / f"{rb.dictation_id}.wav").exists()
+    assert (settings.processing_dir / ra.dictation_id / f"{ra.dictation_id}.wav").exists()
+    assert rows[rb.dictation_id].original_name == "second name.wav"
     assert rows[rb.dictation_id].audio_path.startswith(str(settings.archive_dir))
     assert not list(folder.iterdir())
 
@@ -220,15 +222,16 @@ def test_bad_input_is_quarantined_with_reason(
         path = Path(shutil.copy(wav, settings.inbox_dir / "root.wav"))
     result = inbox.InboxScanner(settings).take(path)
     assert result.outcome == "quarantined"
-    quarantined = settings.quarantine_dir / path.name
+    quarantined = settings.quarantine_dir / f"{result.dictation_id}.wav"  # opaque name
     assert quarantined.exists(), list(settings.quarantine_dir.iterdir())
-    reason = (settings.quarantine_dir / f"{path.name}.reason.txt").read_text()
+    reason = (settings.quarantine_dir / f"{quarantined.name}.reason.txt").read_text()
     assert reason_part in reason and reason.count("\n") == 1
+    assert path.name not in reason
     if case.endswith("sidecar"):
         assert quarantined.with_suffix(".json").exists()  # the sidecar is kept beside it
     (row,) = _rows(settings)
     assert row.status == "quarantined" and row.error_code == code
-    assert row.audio_path == str(quarantined)
+    assert row.audio_path == str(quarantined) and row.original_name == path.name
     with open_store(settings).session() as s:
         actions = list(s.scalars(select(AuditEvent.action).where(AuditEvent.object_id == row.id)))
     assert "quarantine" in actions
@@ -254,7 +257,8 @@ def test_sidecar_metadata_and_grace_period(settings: Settings, wav: Path) -> Non
     (row,) = _rows(settings)
     assert row.meta["mrn"] == "A777" and row.meta["source"] == "sidecar"
     assert row.document_type == "operative_report" and row.physician_id == "dr-patel"
-    assert (settings.processing_dir / row.id / "visit.json").exists()
+    assert (settings.processing_dir / row.id / f"{row.id}.json").exists()
+    assert row.original_name == "visit.wav"
 
 
 def test_no_sidecar_uses_filename_after_grace(settings: Settings, wav: Path) -> None:
@@ -323,7 +327,7 @@ def test_slow_writer_is_taken_only_when_complete(
     assert not loop.is_alive()
     rows = _rows(settings)
     assert len(rows) == 1 and rows[0].status == "received"
-    claimed = settings.processing_dir / rows[0].id / "slow.wav"
+    claimed = settings.processing_dir / rows[0].id / f"{rows[0].id}.wav"
     assert files.is_encrypted(claimed)  # stored encrypted; read through the layer
     assert files.read_bytes(claimed, settings) == data
     # hashed at claim time: equal only if the file was complete when it was claimed
@@ -382,11 +386,12 @@ def test_resume_after_crash(settings: Settings, wav: Path) -> None:
     counts = inbox.resume(settings, lambda did, prio: submitted.append((did, prio)) or "run-1",
                           should_resubmit=lambda run_id: run_id == "crashed-run")
     assert counts == {"registered": 1, "archived": 1, "resubmitted": 1}
-    assert (settings.archive_dir / done.dictation_id / "done.wav").exists()
+    assert (settings.archive_dir / done.dictation_id / f"{done.dictation_id}.wav").exists()
     assert [d for d, _ in submitted] == ["a" * 32, stuck.dictation_id]  # once each
     assert live.dictation_id not in [d for d, _ in submitted]
     with open_store(settings).session() as s:
-        assert s.get(DictationRow, "a" * 32).flow_run_id == "run-1"
+        legacy = s.get(DictationRow, "a" * 32)  # an older version's clear claim record
+        assert legacy.flow_run_id == "run-1" and legacy.original_name == "crash.wav"
 
 
 def test_redrop_after_failure_is_a_retry_not_a_duplicate(settings: Settings, wav: Path) -> None:
@@ -396,12 +401,15 @@ def test_redrop_after_failure_is_a_retry_not_a_duplicate(settings: Settings, wav
         wav, settings.inbox_dir / "dr-smith" / "again.wav")))
     inbox.quarantine(settings, first.dictation_id, "Disk was full.", code="OSError",
                      status="failed")
-    back = Path(shutil.copy(settings.quarantine_dir / "again.wav",
-                            settings.inbox_dir / "dr-smith" / "again.wav"))
+    # moved back under its stored (opaque) name: registered under the recorder's name again
+    stored = f"{first.dictation_id}.wav"
+    back = Path(shutil.copy(settings.quarantine_dir / stored,
+                            settings.inbox_dir / "dr-smith" / stored))
     second = inbox.InboxScanner(settings).take(back)
     assert second.outcome == "received" and second.dictation_id != first.dictation_id
     with open_store(settings).session() as s:
         assert s.scalar(select(InboxIntake.dictation_id)) == second.dictation_id
+        assert s.get(DictationRow, second.dictation_id).original_name == "again.wav"
 
 
 def test_status_counts_and_recent_hold_no_names(settings: Settings, wav: Path) -> None:
@@ -493,7 +501,7 @@ def test_recording_named_claim_is_not_confused_with_the_claim_record(
     taken = scanner.take(bare)
     folder = settings.processing_dir / taken.dictation_id
     audio = inbox.claimed_audio(folder)
-    assert audio is not None and audio.name == "claim.wav"
+    assert audio is not None and audio.name == f"{taken.dictation_id}.wav"
     assert inbox.load_meta(audio, "dr-smith", settings).mrn is None
 
     with_sidecar = settings.inbox_dir / "dr-patel" / "claim.wav"
@@ -504,7 +512,9 @@ def test_recording_named_claim_is_not_confused_with_the_claim_record(
     audio = inbox.claimed_audio(folder)
     assert audio is not None
     assert inbox.load_meta(audio, "dr-patel", settings).mrn == "Z12345"
-    assert json.loads((folder / ".claim").read_text())["original_name"] == "claim.wav"
+    record = json.loads((folder / ".claim").read_text())
+    assert "claim.wav" not in json.dumps(record)  # the recorder's name is sealed in it
+    assert inbox.original_name(folder, settings) == "claim.wav"
 
 
 def test_claim_folder_without_its_record_yet_is_not_taken_over(settings: Settings) -> None:

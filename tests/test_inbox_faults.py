@@ -60,7 +60,13 @@ def _step_until(scanner: inbox.InboxScanner, pred, timeout: float = 10.0) -> boo
 
 
 def _reason(settings: Settings, name: str) -> str:
-    return (settings.quarantine_dir / f"{name}.reason.txt").read_text(encoding="utf-8")
+    """The quarantine reason of the dictation the recorder named ``name`` (stored under its
+    opaque name: the row's audio path), or of the quarantined inbox file ``name``."""
+    for row in _rows(settings):
+        if row.original_name == name and row.audio_path:
+            return Path(f"{row.audio_path}.reason.txt").read_text(encoding="utf-8")
+    (found,) = settings.quarantine_dir.glob("*.reason.txt")
+    return found.read_text(encoding="utf-8")
 
 
 # --- 2: a file the service cannot read ---------------------------------------------------------
@@ -198,12 +204,12 @@ def test_links_and_special_files_are_quarantined_unopened(
         assert _step_until(scanner, lambda: scanner.stats.quarantined >= 1)
         shutil.copy(wav, settings.inbox_dir / "dr-smith" / "good.wav")
         assert _step_until(scanner, lambda: scanner.stats.received >= 1)
-    quarantined = settings.quarantine_dir / name
-    assert os.path.lexists(quarantined)
+    row = next(r for r in _rows(settings) if r.original_name == name)
+    quarantined = settings.quarantine_dir / f"{row.id}.wav"  # opaque, even for an old claim
+    assert row.audio_path == str(quarantined) and os.path.lexists(quarantined)
     if what == "symbolic link":
         assert quarantined.is_symlink()  # the link itself was moved
-    assert what in _reason(settings, name)
-    row = next(r for r in _rows(settings) if r.original_name == name)
+    assert what in _reason(settings, name) and MRN not in _reason(settings, name)
     assert (row.status, row.error_code) == ("quarantined", "not_a_regular_file")
     assert not os.path.lexists(settings.inbox_dir / "dr-smith" / name)
 
@@ -278,7 +284,7 @@ def test_half_written_file_is_taken_only_when_complete(
         loop.join(5)
     rows = _rows(settings)
     assert [r.status for r in rows] == ["received"]
-    stored = settings.processing_dir / rows[0].id / "chunked.wav"
+    stored = settings.processing_dir / rows[0].id / f"{rows[0].id}.wav"
     assert files.read_bytes(stored, settings) == data  # stored encrypted: through the layer
 
 
@@ -376,7 +382,7 @@ def test_late_sidecar_is_attached_to_its_draft(settings: Settings, wav: Path) ->
     assert _step_until(scanner, lambda: scanner.stats.late_sidecars >= 1)
     assert rerendered == [draft_id]
     assert not sidecar.exists()
-    assert (settings.archive_dir / did / "late.json").is_file()
+    assert (settings.archive_dir / did / f"{did}.json").is_file()  # beside its audio, opaque
     with open_store(settings).session() as s:
         row = s.get(DictationRow, did)
         draft = s.get(DraftRow, draft_id)

@@ -181,9 +181,10 @@ def test_bad_input_is_quarantined_and_service_keeps_running(
     for name, (code, words) in expected.items():
         row = service.final(name)
         assert row.status == "quarantined" and row.error_code == code, (name, row.error_code)
-        reason = (s.quarantine_dir / f"{name}.reason.txt").read_text()
-        assert words in reason, (name, reason)
-        assert (s.quarantine_dir / name).exists()
+        stored = s.quarantine_dir / f"{row.id}.wav"  # opaque name; the recorder's in the row
+        reason = Path(f"{stored}.reason.txt").read_text()
+        assert words in reason and name not in reason, (name, reason)
+        assert stored.exists() and row.audio_path == str(stored)
     trunc = service.final("truncated.wav")
     assert trunc.status == "done", (trunc.error_code, trunc.error_message)
     with open_store(s).session() as sess:
@@ -279,7 +280,7 @@ def test_worker_killed_mid_transcription_completes_once(
         drafts = list(s.scalars(select(DraftRow).where(DraftRow.dictation_id == did)))
     assert len(drafts) == 1 and drafts[0].id == draft_id_for(did)
     assert (service.settings.drafts_dir / draft_id_for(did)).is_dir()
-    assert (service.settings.archive_dir / did / "killed.wav").exists()
+    assert (service.settings.archive_dir / did / f"{did}.wav").exists()
 
 
 def test_sigterm_stops_every_child(service: Running) -> None:

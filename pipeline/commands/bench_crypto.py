@@ -18,7 +18,13 @@ Also side by side, measured in the same run:
   (model loaded); medians of ``--repeat-e2e`` runs each. With encryption on every draft file
   is sealed (``files.write_bytes``) and the PDF stage reads the sealed .docx back
   (``files.read_bytes``): both are inside the layer's clock, which therefore includes the
-  atomic write's fsync that the plain runs pay too (an upper bound of the crypto's share).
+  atomic write's fsync that the plain runs pay too (an upper bound of the crypto's share);
+- the PostgreSQL patient columns (``pipeline.core.db.encrypted``): microseconds to seal and
+  open one value (a name, an MRN sealed deterministically, a 3 KB draft text), and the
+  worklist's name search done in Python over ``--column-rows`` sealed names; with
+  ``--pg-url`` (a server where the user may create databases) also on a real PostgreSQL:
+  ``--column-rows`` drafts inserted, an MRN lookup, a name search and a worklist page, each
+  through ``worklist_rows``, with ``encrypt_columns`` off and on (two throwaway databases).
 """
 
 from __future__ import annotations
@@ -263,6 +269,119 @@ def measure_end_to_end(audio: Path, settings: Any, folder: Path, repeat: int,
             "e2e_encrypted_all_s": [round(x, 3) for x in runs[True]]}
 
 
+def _micros(fn: Any, number: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return round((time.perf_counter() - t0) / number * 1e6, 2)
+
+
+def measure_columns(rows: int, pg_url: str | None = None) -> dict[str, Any]:
+    """Column encryption: per-value cost, the Python name search over ``rows`` sealed
+    names, and (``pg_url``) the worklist on a real PostgreSQL, sealed against plain."""
+    from pipeline.core import crypto
+    from pipeline.core.db import encrypted
+
+    ring = crypto.KeyRing(crypto.generate_key(), source="memory")
+    cipher = encrypted.ColumnCipher(lambda: ring)
+    name, mrn = "Jane Q. Public", "A1234567"
+    body = ("The patient was seen today for follow-up of hypertension. " * 52)[:3000]
+    sealed_name, sealed_body = cipher.seal(name), cipher.seal(body)
+    out: dict[str, Any] = {
+        "col_rows": rows,
+        "col_seal_name_us": _micros(lambda: cipher.seal(name), 2000),
+        "col_open_name_us": _micros(lambda: cipher.open(sealed_name), 2000),
+        "col_seal_mrn_deterministic_us": _micros(
+            lambda: cipher.seal(mrn, deterministic=True), 2000),
+        "col_seal_3kb_us": _micros(lambda: cipher.seal(body), 500),
+        "col_open_3kb_us": _micros(lambda: cipher.open(sealed_body), 500),
+        "col_name_bytes": len(name), "col_sealed_name_chars": len(sealed_name),
+        "col_mrn_bytes": len(mrn),
+        "col_sealed_mrn_chars": len(cipher.seal(mrn, deterministic=True)),
+    }
+    names = [cipher.seal(f"Patient{i:05d} Surname{i % 97}") for i in range(rows)]
+    runs = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        hits = [i for i, v in enumerate(names) if "surname42" in cipher.open(v).lower()]
+        runs.append(time.perf_counter() - t0)
+    out["col_python_search_ms"] = round(1000 * statistics.median(runs), 2)
+    out["col_python_search_hits"] = len(hits)
+    if pg_url:
+        out.update(_measure_pg_columns(rows, pg_url))
+    return out
+
+
+def _measure_pg_columns(rows: int, pg_url: str) -> dict[str, Any]:
+    """The worklist on PostgreSQL with ``rows`` drafts, encrypt_columns off and on."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from pipeline.core import crypto, store
+    from pipeline.core.db.core import DictationRow, DraftRow
+    from pipeline.core.settings import Settings
+    from pipeline.review.users import UserInfo
+    from pipeline.web.routes.worklist import worklist_rows
+
+    key = base64.b64encode(crypto.generate_key()).decode()
+    admin_url = make_url(pg_url)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    reviewer = UserInfo(0, "bench", "admin")
+    out: dict[str, Any] = {"col_pg_rows": rows}
+
+    def median_ms(fn: Any, n: int) -> float:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return round(1000 * statistics.median(times), 2)
+
+    try:
+        for label, on in (("plain", False), ("sealed", True)):
+            name = f"bench_columns_{label}_{uuid.uuid4().hex[:8]}"
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            url = admin_url.set(database=name).render_as_string(hide_password=False)
+            with tempfile.TemporaryDirectory(prefix="bench-columns-") as tmp:
+                settings = Settings(data_dir=Path(tmp), database_url=url, data_key=key,
+                                    encrypt_columns=on, physicians=["dr-bench"])
+                st = store.open_store(settings)
+                t0 = time.perf_counter()
+                for start in range(0, rows, 1000):
+                    with st.session() as s:
+                        for i in range(start, min(rows, start + 1000)):
+                            did = f"{i:032x}"
+                            s.add(DictationRow(id=did, sha256=did * 2, physician_id="dr-bench",
+                                               original_name=f"Surname{i % 97}_{i}.wav",
+                                               meta={"mrn": f"M{i:07d}"}))
+                            s.add(DraftRow(id=did, dictation_id=did, physician_id="dr-bench",
+                                           document_type="progress_note", audio_sha256=did * 2,
+                                           text="The patient was seen today. " * 100,
+                                           patient_name=f"Patient{i:05d} Surname{i % 97}",
+                                           mrn=f"M{i:07d}", document={"sections": []}))
+                out[f"col_pg_{label}_insert_s"] = round(time.perf_counter() - t0, 2)
+
+                def search(q: str, status: str = "all", st: Any = st) -> int:
+                    with st.session() as s:
+                        return len(worklist_rows(s, reviewer, status=status, q=q)[0])
+
+                assert search(f"M{rows // 2:07d}") == 1
+                out[f"col_pg_{label}_mrn_lookup_ms"] = median_ms(
+                    lambda: search(f"M{rows // 2:07d}"), 20)
+                out[f"col_pg_{label}_name_search_ms"] = median_ms(
+                    lambda: search("surname42"), 5)
+                out[f"col_pg_{label}_page_ms"] = median_ms(lambda: search("", "open"), 20)
+                st.engine.dispose()
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return out
+
+
 def _default_audio(settings: Any) -> Path:
     folder = settings.samples_dir / "synthetic_medical"
     found = sorted(p for p in folder.glob("*") if p.suffix in (".ogg", ".wav", ".mp3", ".flac"))
@@ -282,6 +401,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_e2e and args.repeat_e2e:
             figures.update(measure_end_to_end(audio, settings, Path(tmp), args.repeat_e2e,
                                               pdf=args.e2e_pdf))
+    if args.column_rows:
+        figures.update(measure_columns(args.column_rows, args.pg_url))
     if args.json:
         print(json.dumps(figures))
         return 0
@@ -303,6 +424,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"database, {n} selects by key:      plain {figures['db_plain_select_s']} s | "
               f"SQLCipher {figures['db_sqlcipher_select_s']} s "
               f"(x{figures['db_select_ratio']})")
+    if "col_rows" in figures:
+        print(f"database columns (PostgreSQL): seal a {figures['col_name_bytes']}-byte name "
+              f"{figures['col_seal_name_us']} us (-> {figures['col_sealed_name_chars']} chars), "
+              f"open {figures['col_open_name_us']} us; an MRN, deterministic "
+              f"{figures['col_seal_mrn_deterministic_us']} us (-> "
+              f"{figures['col_sealed_mrn_chars']} chars); 3 KB text seal "
+              f"{figures['col_seal_3kb_us']} us, open {figures['col_open_3kb_us']} us")
+        print(f"  name search in Python over {figures['col_rows']} sealed names: "
+              f"{figures['col_python_search_ms']} ms")
+    if "col_pg_rows" in figures:
+        for what, label in (("insert_s", "insert (s)"), ("mrn_lookup_ms", "MRN lookup (ms)"),
+                            ("name_search_ms", "name search (ms)"),
+                            ("page_ms", "worklist page (ms)")):
+            print(f"  PostgreSQL, {figures['col_pg_rows']} drafts, {label}: plain "
+                  f"{figures[f'col_pg_plain_{what}']} | sealed "
+                  f"{figures[f'col_pg_sealed_{what}']}")
     if "e2e_plain_s" in figures:
         print(f"one dictation through inbox + pipeline, pdf={figures['e2e_pdf']} "
               f"(median of {figures['e2e_runs']}): "
@@ -340,5 +477,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="end-to-end runs with encryption off and on, each (0: skip)")
     p.add_argument("--e2e-pdf", choices=("auto", "never"), default="auto",
                    help="PDF stage in the end-to-end runs (auto: when LibreOffice is installed)")
+    p.add_argument("--column-rows", type=int, default=10000,
+                   help="sealed patient names searched in Python, and drafts with --pg-url "
+                   "(0: skip the column figures)")
+    p.add_argument("--pg-url", help="PostgreSQL URL whose user may create databases: the "
+                   "worklist with encrypt_columns off and on, on two throwaway databases")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=run)

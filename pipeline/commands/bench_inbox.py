@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.model:
         overrides["model"] = args.model
+        overrides["adapted_models"] = False  # the model asked for, not an adapted one
     if args.workers:
         overrides["workers"] = args.workers
     settings = Settings(**{**base.model_dump(), **overrides})
@@ -243,11 +244,12 @@ def run(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and len(done) < len(names):
             with store.session() as s:
+                # matched here, not in SQL: on PostgreSQL the names are sealed (randomized)
                 for name, status in s.execute(
                     select(DictationRow.original_name, DictationRow.status)
-                    .where(DictationRow.original_name.in_(names))
                 ):
-                    if status in ("done", "failed", "quarantined", "duplicate"):
+                    if name in names and status in ("done", "failed", "quarantined",
+                                                    "duplicate"):
                         done.setdefault(name, time.perf_counter())
             time.sleep(0.05 if len(names) < 10 else 0.5)
         return done

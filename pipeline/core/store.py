@@ -12,8 +12,15 @@ connection tries the current key's subkey first, then the older keys of the ring
 in progress); ``rekey_database`` moves the database to the current key. A plain database
 found at start is converted once (``sqlcipher_export`` into a new file, swapped in under the
 migration lock, logged with counts only). A database that is already encrypted is always
-opened encrypted, whatever the setting. PostgreSQL is not encrypted here (server-side
-options: docs/operations.md). Why SQLCipher and not column encryption: docs/decisions.md.
+opened encrypted, whatever the setting. Why SQLCipher and not column encryption on SQLite:
+docs/decisions.md.
+
+PostgreSQL (``settings.encrypt_columns``, default on): the engine carries a column cipher
+(``pipeline.core.db.encrypted``) and the patient columns are sealed with HKDF subkeys of the
+data key before they are sent; the server's own options (volume encryption, TLS) are in
+docs/operations.md. ``rekey_database`` moves every sealed value to the ring's current key
+(a rotation), ``encrypt_columns`` seals plain values left from before (an upgrade, or the
+setting turned on later), ``column_status`` counts them per key id.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ __all__ = [
     "rekey_database",
     "connect_encrypted",
     "opening_key",
+    "encrypt_columns",
+    "column_status",
 ]
 
 log = logging.getLogger(__name__)
@@ -166,7 +175,27 @@ def _build_engine(url: str, settings: Settings | None, encrypted: bool) -> Engin
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
+    elif engine.dialect.name == "postgresql":
+        _attach_column_cipher(engine, settings)
     return engine
+
+
+def _attach_column_cipher(engine: Engine, settings: Settings | None) -> None:
+    """PostgreSQL: seal the patient columns (``pipeline.core.db.encrypted``) when
+    ``encrypt_columns``; sealed values are opened either way."""
+    from pipeline.core import crypto
+    from pipeline.core.db import encrypted
+    from pipeline.core.settings import get_settings
+
+    resolved = settings or get_settings()
+
+    def ring() -> crypto.KeyRing:
+        if not resolved.encrypt_columns and not resolved.data_key:
+            # reading only: never create a key file for a database that holds nothing sealed
+            return crypto.load_keyring(resolved, create=False)
+        return crypto.keyring(resolved)
+
+    encrypted.attach(engine, ring, writes=resolved.encrypt_columns)
 
 
 def get_engine(url: str, settings: Settings | None = None) -> Engine:
@@ -259,12 +288,23 @@ def _encrypt_at_start(url: str, settings: Settings) -> None:
 
 
 def rekey_database(settings: Settings, ring: Any = None) -> bool:
-    """Move an encrypted SQLite database to the subkey of the ring's current key (after a
-    key rotation). True when done or nothing to do; False when no key of the ring opens it.
-    Connections cached in this process are dropped; other processes must reconnect
-    (rotate with the service stopped, docs/operations.md)."""
+    """Move the database to the ring's current key (after a key rotation): an encrypted
+    SQLite database is re-keyed to the current key's subkey; on PostgreSQL every sealed
+    column value is sealed again with it (and plain ones sealed, when ``encrypt_columns``).
+    True when done or nothing to do; False when no key of the ring opens it. Connections
+    cached in this process are dropped; other processes must reconnect (rotate with the
+    service stopped, docs/operations.md)."""
     from pipeline.core import crypto
 
+    if not settings.db_url.startswith("sqlite"):
+        try:
+            _reencrypt_columns(settings, ring or crypto.keyring(settings),
+                               only_plain=False, seal_plain=settings.encrypt_columns)
+        except crypto.DecryptionError as exc:
+            log.error("database re-key: a column value does not open with the ring: %s",
+                      exc.code)
+            return False
+        return True
     path = sqlite_path(settings.db_url)
     if path is None or not is_encrypted_database(path):
         return True
@@ -284,6 +324,53 @@ def rekey_database(settings: Settings, ring: Any = None) -> bool:
         conn.close()
     log.info("database re-keyed to the current data key")
     return True
+
+
+def _reencrypt_columns(settings: Settings, ring: Any, *, only_plain: bool,
+                       seal_plain: bool = True) -> Any:
+    """Seal the patient columns of a PostgreSQL database with ``ring``'s current key, in one
+    transaction (see ``encrypted.reencrypt``); ``seal_plain`` False leaves plain values."""
+    from pipeline.core.db import encrypted
+
+    migrate(settings.db_url, settings)
+    engine = create_db_engine(settings.db_url, settings)
+    try:
+        cipher = encrypted.ColumnCipher(lambda: ring)
+        with engine.begin() as conn:  # writing off: sealed values move, plain ones stay
+            counts = encrypted.reencrypt(conn, cipher, encrypted.encrypted_columns(),
+                                         only_plain=only_plain, skip_plain=not seal_plain)
+    finally:
+        engine.dispose()
+    return counts
+
+
+def encrypt_columns(settings: Settings) -> Any:
+    """PostgreSQL: seal every plain value of the patient columns with the current key (an
+    upgrade from a version without column encryption, or ``encrypt_columns`` turned on
+    later); values already sealed are left as they are. Returns ``encrypted.ColumnCounts``.
+    SQLite: nothing to do (``ConfigError``: the SQLCipher file holds these columns)."""
+    from pipeline.core import crypto
+    from pipeline.core.errors import ConfigError
+
+    if settings.db_url.startswith("sqlite"):
+        raise ConfigError("The database is SQLite: its columns are inside the SQLCipher file "
+                          "(DICTATION_ENCRYPT_DATABASE); column encryption is for PostgreSQL.")
+    if not settings.encrypt_columns:
+        raise ConfigError("DICTATION_ENCRYPT_COLUMNS is off: turn it on (on every machine) "
+                          "before sealing the stored values.")
+    return _reencrypt_columns(settings, crypto.keyring(settings), only_plain=True)
+
+
+def column_status(settings: Settings) -> Any:
+    """PostgreSQL: how many patient column values are plain and how many are sealed per key
+    id (``encrypted.ColumnCounts``); None for SQLite."""
+    from pipeline.core.db import encrypted
+
+    if settings.db_url.startswith("sqlite"):
+        return None
+    migrate(settings.db_url, settings)
+    with get_engine(settings.db_url, settings).connect() as conn:
+        return encrypted.count_values(conn, encrypted.encrypted_columns())
 
 
 def alembic_config(url: str) -> Config:

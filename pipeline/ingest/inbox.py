@@ -4,9 +4,25 @@ Layout under ``settings.data_dir``::
 
     inbox/<physician-id>/<name>.<ext>   files dropped by physicians (or their sync software)
     inbox/<physician-id>/<name>.json    optional sidecar with patient and document metadata
-    processing/<dictation-id>/          claimed files being processed (+ .claim)
+    processing/<dictation-id>/          claimed files being processed: <dictation-id>.<ext>,
+                                        <dictation-id>.json, and the claim record .claim
     archive/<dictation-id>/             audio after success (the workbench plays it) or duplicates
-    quarantine/<name>                   files that could not be processed, with <name>.reason.txt
+    quarantine/<dictation-id>.<ext>     files that could not be processed, with
+                                        <dictation-id>.<ext>.reason.txt
+
+Names on disk are opaque. A recorder's file name may hold an MRN or a patient's name (the
+convention below does), so the claim renames the file to the dictation id and a cleaned
+extension (``stored_name``: a known audio extension, else ``.audio``) in the same atomic
+rename that claims it; the sidecar becomes ``<dictation-id>.json``. The original name is kept
+in the database only (``DictationRow.original_name``, sealed on PostgreSQL) and, until the
+row exists, in the claim record sealed with the data key (``name``: base64 of an encrypted
+blob, ``crypto.encrypt_bytes``), so a claim resumed after a crash still registers it and
+reads the filename convention. Quarantine reasons written beside a file name it by its
+stored name; the full reason (with the original name) is the row's ``error_message``. A
+quarantined file moved back into the inbox under its stored name is recognised (its stem is
+the earlier dictation's id) and registered under that dictation's original name. Files
+stored by older versions keep their names and are read as before (``original_name`` in the
+claim record).
 
 A file is picked up only when it is complete: inotify events (or a polling observer on network
 shares) wake the scanner, and the file's size and mtime must stay unchanged for
@@ -59,7 +75,7 @@ What is taken (the same rule on every path: rescan, watcher event, ``resume``):
 Logs name dictations by their opaque id only: file names (which carry MRNs under the naming
 convention below) appear in quarantine reasons and the database, never in a log line.
 
-Filename convention (used when there is no sidecar)::
+Filename convention (used when there is no sidecar; read from the original name)::
 
     <YYYYMMDD>_<MRN>_<document_type>[_stat].<ext>     e.g. 20261120_A12345_operative_report_stat.wav
 
@@ -68,6 +84,8 @@ The date is the date of service; names that do not match are fine (no metadata i
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import json
@@ -88,10 +106,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.core import audit, files
+from pipeline.core import audit, crypto, files
 from pipeline.core.db.core import DictationRow, DraftRow
 from pipeline.core.db.inbox import InboxIntake
-from pipeline.core.errors import PipelineError, SidecarError
+from pipeline.core.errors import ConfigError, PipelineError, SidecarError
 from pipeline.core.records import DictationMeta, to_jsonable
 from pipeline.core.settings import Settings
 from pipeline.core.store import open_store
@@ -123,6 +141,8 @@ __all__ = [
     "load_meta",
     "claimed_audio",
     "claim_is_stale",
+    "stored_name",
+    "original_name",
     "status_counts",
     "recent",
     "ACTIVE_STATUSES",
@@ -173,6 +193,12 @@ _CLAIM_FILE = ".claim"
 #: the name older versions used; still read, so folders left by them are resumed
 _LEGACY_CLAIM_FILE = "claim.json"
 _CLAIM_NAMES = (_CLAIM_FILE, _LEGACY_CLAIM_FILE)
+#: extensions kept on the stored (opaque) name; anything else becomes ``.audio`` (a name
+#: like ``Smith.A12345`` would otherwise carry its MRN into the stored name)
+_STORED_SUFFIXES = frozenset((".wav", ".mp3", ".m4a", ".mp4", ".aac", ".flac", ".ogg", ".oga",
+                              ".opus", ".webm", ".wma", ".amr", ".aif", ".aiff", ".caf",
+                              ".3gp", ".dss", ".ds2", ".mka"))
+_OPAQUE_STEM = re.compile(r"^[0-9a-f]{32}$")
 
 
 def _claim_path(folder: Path) -> Path:
@@ -258,9 +284,52 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
+#: names of the files this process claimed and has not registered yet (dictation id -> name)
+_claimed_names: dict[str, str] = {}
+_claimed_lock = threading.Lock()
+
+
+def stored_name(dictation_id: str, name: str) -> str:
+    """The opaque name a claimed file is stored under: the dictation id and ``name``'s
+    extension when it is a known audio one (lower case), else ``.audio``."""
+    suffix = Path(name).suffix.lower()
+    return dictation_id + (suffix if suffix in _STORED_SUFFIXES else ".audio")
+
+
+def _seal_name(name: str, settings: Settings) -> str:
+    """``name`` encrypted with the data key (for the claim record): base64 text."""
+    blob = crypto.encrypt_bytes(name.encode("utf-8", "surrogateescape"),
+                                files.keys_for(settings))
+    return base64.b64encode(blob).decode("ascii")
+
+
+def original_name(folder: Path, settings: Settings | None = None,
+                  info: dict[str, Any] | None = None) -> str | None:
+    """The recorder's file name from the claim record of ``folder`` (processing/ or
+    archive/<id>/): opened with the data key ring, or the clear name an older version
+    wrote. None when there is no record or the name cannot be opened (logged by id)."""
+    info = info if info is not None else _read_claim(folder)
+    if not info:
+        return None
+    sealed = info.get("name")
+    if isinstance(sealed, str):
+        try:
+            blob = base64.b64decode(sealed, validate=True)
+            return crypto.decrypt_bytes(blob, files.keys_for(settings)).decode(
+                "utf-8", "surrogateescape")
+        except (binascii.Error, ValueError, crypto.DecryptionError, ConfigError) as exc:
+            log.warning("claim record of dictation=%s: its file name cannot be opened (%s)",
+                        folder.name, getattr(exc, "code", type(exc).__name__))
+            return None
+    legacy = info.get("original_name")
+    return str(legacy) if legacy else None
+
+
 def claim(path: Path, settings: Settings, physician_folder: str | None,
           in_subfolder: bool = False) -> str | None:
-    """Atomically move ``path`` (and its sidecar) into ``processing/<new id>/``.
+    """Atomically move ``path`` (and its sidecar) into ``processing/<new id>/``, renamed to
+    the opaque ``stored_name`` in the same rename; the original name goes into the claim
+    record sealed with the data key.
 
     ``path`` is moved as it is: a link is moved, not followed; nothing is opened.
 
@@ -268,11 +337,21 @@ def claim(path: Path, settings: Settings, physician_folder: str | None,
     first.
     """
     did = _new_id()
+    try:
+        sealed: str | None = _seal_name(path.name, settings)
+    except (OSError, PipelineError) as exc:
+        # the data key cannot be read here: the claim goes on (register, in this process,
+        # has the name from memory); only a resume after a crash would miss it
+        sealed = None
+        log.warning("claim of dictation=%s: the data key is not readable (%s); its claim "
+                    "record holds no file name", did, getattr(exc, "code", type(exc).__name__))
+    stored = stored_name(did, path.name)
     target_dir = settings.processing_dir / did
     target_dir.mkdir(parents=True, exist_ok=False)
     claim_info: dict[str, Any] = {
         "physician_folder": physician_folder,
-        "original_name": path.name,
+        "stored_name": stored,
+        "name": sealed,
         "in_subfolder": in_subfolder,
         "claimed_at": datetime.now(UTC).isoformat(),
         "host": socket.gethostname(),
@@ -280,7 +359,7 @@ def claim(path: Path, settings: Settings, physician_folder: str | None,
     }
     (target_dir / _CLAIM_FILE).write_text(json.dumps(claim_info), encoding="utf-8")
     try:
-        os.rename(path, target_dir / path.name)  # moves a link itself, opens nothing
+        os.rename(path, target_dir / stored)  # moves a link itself, opens nothing
     except OSError as exc:
         (target_dir / _CLAIM_FILE).unlink()
         target_dir.rmdir()
@@ -288,18 +367,22 @@ def claim(path: Path, settings: Settings, physician_folder: str | None,
             # Lost the race (another instance claimed it) or the file was removed: move on.
             return None
         raise  # cannot be moved (permissions): the scanner leaves it and reports it
+    with _claimed_lock:
+        _claimed_names[did] = path.name  # for register in this process (no decryption)
     sidecar = path.with_suffix(".json")
     if sidecar != path:
         with contextlib.suppress(FileNotFoundError):
-            os.rename(sidecar, target_dir / sidecar.name)
+            os.rename(sidecar, target_dir / f"{did}.json")
     return did
 
 
 def claimed_audio(folder: Path) -> Path | None:
     """The audio file inside a ``processing/<id>/`` (or archive) folder."""
     info = _read_claim(folder)
-    if info and os.path.lexists(folder / str(info["original_name"])):
-        return folder / str(info["original_name"])
+    for key in ("stored_name", "original_name"):  # the latter: folders of older versions
+        name = (info or {}).get(key)
+        if name and os.path.lexists(folder / str(name)):
+            return folder / str(name)
     for p in sorted(folder.iterdir()):
         if p.name in _CLAIM_NAMES or p.suffix.lower() == ".json":
             continue
@@ -348,16 +431,19 @@ def claim_is_stale(folder: Path) -> bool:
 
 
 def load_meta(audio_path: Path, physician_id: str | None,
-              settings: Settings | None = None) -> DictationMeta:
+              settings: Settings | None = None, name: str | None = None) -> DictationMeta:
     """Metadata for a claimed file: its sidecar if any (``SidecarError`` if malformed),
-    else the filename convention, else empty; ``physician_id`` is the inbox folder's.
-    ``settings`` give the key ring of a sidecar stored encrypted."""
+    else the filename convention read from the recorder's name (``name``, else the claim
+    record beside the file, else the file's own name), else empty; ``physician_id`` is the
+    inbox folder's. ``settings`` give the key ring of what is stored encrypted."""
     sidecar = audio_path.with_suffix(".json")
     meta: DictationMeta | None = None
     if sidecar != audio_path and os.path.lexists(sidecar):
         meta = parse_sidecar(read_sidecar_bytes(sidecar, settings), name=sidecar.name)
     if meta is None:
-        meta = parse_filename(audio_path.name) or DictationMeta()
+        if name is None and (audio_path.parent / _CLAIM_FILE).exists():
+            name = original_name(audio_path.parent, settings)
+        meta = parse_filename(name or audio_path.name) or DictationMeta()
     meta.physician_id = physician_id
     return meta
 
@@ -388,9 +474,13 @@ def quarantine(
     if folder.is_dir():
         audio = claimed_audio(folder)
         if audio is not None:
-            audio_target = _unique_target(settings.quarantine_dir, audio.name, dictation_id)
+            # opaque, also for a folder an older version claimed under the recorder's name
+            audio_target = _unique_target(settings.quarantine_dir,
+                                          stored_name(dictation_id, audio.name), dictation_id)
             audio_target.with_name(audio_target.name + ".reason.txt").write_text(
-                reason.strip() + "\n", encoding="utf-8"
+                _opaque_reason(reason, audio_target.name, original_name(folder, settings),
+                               audio.name).strip()
+                + "\n", encoding="utf-8"
             )
             os.rename(audio, audio_target)
             sidecar = audio.with_suffix(".json")
@@ -424,6 +514,14 @@ def quarantine(
     return audio_target
 
 
+def _opaque_reason(reason: str, stored: str, *names: str | None) -> str:
+    """``reason`` for the file beside the quarantined audio: the recorder's ``names`` (which
+    the row's ``error_message`` keeps) replaced by the ``stored``, opaque one."""
+    for name in sorted({n for n in names if n and n != stored}, key=len, reverse=True):
+        reason = reason.replace(name, stored)
+    return reason
+
+
 def archive(settings: Settings, dictation_id: str) -> Path | None:
     """Move ``processing/<id>/`` to ``archive/<id>/`` and point the row's audio_path at it.
 
@@ -454,6 +552,7 @@ class _Taken(Exception):
 def register(settings: Settings, dictation_id: str) -> IntakeResult:
     """Turn a claimed folder into a dictation row; de-duplicate by SHA-256 (race-safe).
 
+    The row gets the recorder's file name from the claim record (``original_name``).
     Bad input (empty file, malformed sidecar, unknown physician folder) is quarantined here.
     """
     folder = settings.processing_dir / dictation_id
@@ -468,11 +567,17 @@ def register(settings: Settings, dictation_id: str) -> IntakeResult:
     except FileNotFoundError:
         return IntakeResult("vanished", dictation_id, reason="claimed file is gone")
     size = st.st_size
+    # the recorder's name: only in the row (and in reasons, which the row keeps); on disk the
+    # file has its opaque stored name
+    with _claimed_lock:
+        remembered = _claimed_names.pop(dictation_id, None)
+    name = _inherited_name(settings, remembered or original_name(folder, settings, info)
+                           or audio.name)
     base_row: dict[str, Any] = {
         "id": dictation_id,
         "sha256": "",  # set once the file is known to be readable
         "physician_id": physician_id,
-        "original_name": audio.name,
+        "original_name": name,
         "audio_path": str(audio),
     }
 
@@ -488,50 +593,50 @@ def register(settings: Settings, dictation_id: str) -> IntakeResult:
 
     if not stat.S_ISREG(st.st_mode):
         return _bad(
-            f"{audio.name} is {describe_mode(st.st_mode)}, not a regular file: only regular "
+            f"{name} is {describe_mode(st.st_mode)}, not a regular file: only regular "
             "files are taken from the inbox (links are not followed, pipes and devices are not "
             "read). It was moved here as it is, without being opened.",
             "not_a_regular_file",
         )
     if info.get("in_subfolder"):
         return _bad(
-            f"{audio.name} arrived in a subfolder of inbox folder '{pfolder}'; only files "
+            f"{name} arrived in a subfolder of inbox folder '{pfolder}'; only files "
             "directly in a physician's folder are dictations. Move it there to process it.",
             "in_subfolder",
         )
     if physician_id is None:
         where = f"inbox folder '{pfolder}'" if pfolder else "the inbox root"
         return _bad(
-            f"File {audio.name} arrived in {where}, which is not a configured physician "
+            f"File {name} arrived in {where}, which is not a configured physician "
             f"folder (expected one of: {', '.join(settings.physicians)}).",
             "unknown_physician",
         )
     if size == 0:
-        return _bad(f"File {audio.name} is empty (0 bytes); expected an audio recording.",
+        return _bad(f"File {name} is empty (0 bytes); expected an audio recording.",
                     "empty_audio")
     try:
         if size > settings.max_file_bytes:
             raise FileTooLargeError(
-                f"{audio.name} is {size / 1e9:.1f} GB; at most "
+                f"{name} is {size / 1e9:.1f} GB; at most "
                 f"{settings.max_file_bytes / 1e9:.1f} GB is accepted (max_file_bytes)."
             )
         with open_regular(audio) as src:  # encrypted in place, the plain bytes hashed
             digest = files.seal(audio, settings, src, max_bytes=settings.max_file_bytes)
     except files.LimitExceededError:
-        return _bad(f"{audio.name} grew past {settings.max_file_bytes / 1e9:.1f} GB while it "
+        return _bad(f"{name} grew past {settings.max_file_bytes / 1e9:.1f} GB while it "
                     "was read; at most that is accepted (max_file_bytes).", "too_large")
     except (NotRegularFileError, FileTooLargeError) as exc:
         return _bad(str(exc), exc.code)
     except OSError as exc:
         return _bad(
-            f"{audio.name} could not be read ({exc.strerror or type(exc).__name__}); check "
+            f"{name} could not be read ({exc.strerror or type(exc).__name__}); check "
             "its permissions (the service must be able to read it) and move it back into the "
             "inbox.",
             "unreadable",
         )
     base_row["sha256"] = digest
     try:
-        meta = load_meta(audio, physician_id, settings)
+        meta = load_meta(audio, physician_id, settings, name=name)
     except SidecarError as exc:
         return _bad(str(exc), exc.code)
     _seal_quietly(settings, audio.with_suffix(".json"))
@@ -606,6 +711,17 @@ def register(settings: Settings, dictation_id: str) -> IntakeResult:
     return IntakeResult("duplicate", dictation_id, duplicate_of=dup_of, priority=meta.priority)
 
 
+def _inherited_name(settings: Settings, name: str) -> str:
+    """``name``, or, for a file named like a stored one (``<dictation id>.<ext>``: a
+    quarantined file moved back into the inbox), the original name of that dictation."""
+    stem = Path(name).stem
+    if not _OPAQUE_STEM.match(stem):
+        return name
+    with open_store(settings).session() as s:
+        earlier = s.scalar(select(DictationRow.original_name).where(DictationRow.id == stem))
+    return str(earlier) if earlier else name
+
+
 def _seal_quietly(settings: Settings, path: Path) -> None:
     """Encrypt a claimed plain file in place if it is a readable regular file (links and
     special files are never opened; what cannot be read stays as it is)."""
@@ -621,13 +737,14 @@ def _opaque(path: Path) -> str:
 
 
 def _quarantine_inbox_file(settings: Settings, path: Path, reason: str, code: str) -> Path:
-    """Move one inbox file (a sidecar) straight to ``quarantine/`` with its reason; audited
-    under an opaque id (the hash of its path)."""
+    """Move one inbox file (a sidecar) straight to ``quarantine/`` with its reason; stored
+    and audited under an opaque id (the hash of its path): ``quarantine/<tag>.json``, the
+    reason naming it so. No row keeps its inbox name (its content identifies it)."""
     settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
     tag = hashlib.sha256(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:32]
-    target = _unique_target(settings.quarantine_dir, path.name, tag)
-    target.with_name(target.name + ".reason.txt").write_text(reason.strip() + "\n",
-                                                             encoding="utf-8")
+    target = _unique_target(settings.quarantine_dir, tag + ".json", tag)
+    target.with_name(target.name + ".reason.txt").write_text(
+        _opaque_reason(reason, target.name, path.name).strip() + "\n", encoding="utf-8")
     os.rename(path, target)
     _seal_quietly(settings, target)
     with open_store(settings).session() as s:
@@ -702,7 +819,7 @@ def attach_late_sidecar(settings: Settings, path: Path, *,
             return None  # its audio may still be on its way
         _quarantine_inbox_file(
             settings, path,
-            f"Sidecar {path.name} matches no dictation: no audio named '{path.stem}' arrived "
+            f"Sidecar {path.name} matches no dictation: no audio of the same name arrived "
             f"in inbox folder '{path.parent.name}' within "
             f"{settings.orphan_sidecar_seconds:.0f} s, nor was one taken in during the hour "
             "before it. Put it beside its audio file in the inbox.",
@@ -763,7 +880,6 @@ def attach_late_sidecar(settings: Settings, path: Path, *,
                          object_type="dictation", object_id=did, patient_ref=meta.mrn,
                          detail={"draft_id": draft_id, "fields": changed})
             audio_path = Path(row.audio_path) if row.audio_path else None
-            original = str(row.original_name)
     if blocked is not None:
         _quarantine_inbox_file(
             settings, path,
@@ -776,7 +892,7 @@ def attach_late_sidecar(settings: Settings, path: Path, *,
     folder = audio_path.parent if audio_path is not None and audio_path.parent.is_dir() \
         else settings.quarantine_dir
     folder.mkdir(parents=True, exist_ok=True)
-    base = audio_path.stem if audio_path is not None else Path(original).stem
+    base = audio_path.stem if audio_path is not None else did  # never the recorder's name
     target = _unique_target(folder, base + ".json", did)
     os.rename(path, target)
     _seal_quietly(settings, target)

@@ -1,14 +1,19 @@
-"""Core tables: physicians, dictations, transcripts, drafts and the audit log."""
+"""Core tables: physicians, dictations, transcripts, drafts and the audit log.
+
+Columns typed ``EncryptedText`` / ``EncryptedJSON`` hold patient data: sealed on PostgreSQL,
+plain inside the SQLCipher file on SQLite (``pipeline.core.db.encrypted``).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pipeline.core.db.base import Base, utcnow
+from pipeline.core.db.encrypted import EncryptedJSON, EncryptedText
 
 __all__ = ["Physician", "DictationRow", "TranscriptRow", "DraftRow", "AuditEvent", "AuditHead"]
 
@@ -45,15 +50,16 @@ class DictationRow(Base):
     physician_id: Mapped[str | None] = mapped_column(
         ForeignKey("physicians.id"), nullable=True, index=True
     )
-    original_name: Mapped[str] = mapped_column(String(500), default="")  # may hold PHI: never log
+    # the recorder's file name (may hold an MRN or a name): only here, never on disk or in logs
+    original_name: Mapped[str] = mapped_column(EncryptedText(), default="")
     audio_path: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     status: Mapped[str] = mapped_column(String(20), default="received")
     priority: Mapped[str] = mapped_column(String(10), default="routine")
     document_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # sidecar (PHI)
+    meta: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON, default=dict)  # sidecar (PHI)
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_message: Mapped[str | None] = mapped_column(EncryptedText(), nullable=True)  # names it
     duplicate_of: Mapped[str | None] = mapped_column(ForeignKey("dictations.id"), nullable=True)
     flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -69,8 +75,8 @@ class TranscriptRow(Base):
     dictation_id: Mapped[str] = mapped_column(ForeignKey("dictations.id"), index=True)
     model: Mapped[str] = mapped_column(String(200))
     language: Mapped[str] = mapped_column(String(10), default="en")
-    raw_text: Mapped[str] = mapped_column(Text, default="")
-    segments: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    raw_text: Mapped[str] = mapped_column(EncryptedText(), default="")
+    segments: Mapped[list[Any]] = mapped_column(EncryptedJSON, default=list)
     flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
     transcribe_s: Mapped[float] = mapped_column(Float, default=0.0)
@@ -92,12 +98,14 @@ class DraftRow(Base):
     status: Mapped[str] = mapped_column(String(32), default="queued_for_review")
     priority: Mapped[str] = mapped_column(String(10), default="routine")
     audio_sha256: Mapped[str] = mapped_column(String(64))
-    raw_text: Mapped[str] = mapped_column(Text, default="")  # Whisper's text as decoded
-    text: Mapped[str] = mapped_column(Text, default="")  # after our processing (current)
-    patient_name: Mapped[str | None] = mapped_column(String(200), nullable=True)  # PHI
-    mrn: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # PHI
-    document: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # sections/header/...
-    corrections: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    raw_text: Mapped[str] = mapped_column(EncryptedText(), default="")  # Whisper's text as decoded
+    text: Mapped[str] = mapped_column(EncryptedText(), default="")  # after our processing (current)
+    patient_name: Mapped[str | None] = mapped_column(EncryptedText(), nullable=True)  # PHI
+    # deterministic: the worklist looks drafts up by MRN (equality on the sealed value)
+    mrn: Mapped[str | None] = mapped_column(EncryptedText(deterministic=True), nullable=True,
+                                            index=True)  # PHI
+    document: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON, default=dict)  # sections...
+    corrections: Mapped[list[Any]] = mapped_column(EncryptedJSON, default=list)
     flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
     outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # kind -> path
     docx_path: Mapped[str | None] = mapped_column(String(1000), nullable=True)
@@ -118,7 +126,9 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(50), index=True)  # view, edit, sign, quarantine...
     object_type: Mapped[str] = mapped_column(String(50))
     object_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    patient_ref: Mapped[str | None] = mapped_column(String(64), nullable=True)  # MRN, for search
+    # the MRN, searched by equality (deterministic); ``detail`` holds ids and codes only
+    patient_ref: Mapped[str | None] = mapped_column(EncryptedText(deterministic=True),
+                                                    nullable=True)
     outcome: Mapped[str] = mapped_column(String(20), default="ok")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))

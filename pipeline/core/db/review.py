@@ -1,7 +1,9 @@
 """Workbench tables: users, assignments, web sessions, draft versions, claims, signatures,
 addenda, correction statistics, editor autosaves, auto-texts and per-user key bindings.
 
-Foreign keys point at core tables by name only (no ORM relationships across areas).
+Foreign keys point at core tables by name only (no ORM relationships across areas). Texts
+of drafts (versions, addenda, autosaves) and correction pairs are patient data:
+``EncryptedText`` (sealed on PostgreSQL; ``pipeline.core.db.encrypted``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pipeline.core.db.base import Base, utcnow
+from pipeline.core.db.encrypted import EncryptedText
 
 __all__ = [
     "User",
@@ -90,7 +93,7 @@ class DraftVersion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     draft_id: Mapped[str] = mapped_column(ForeignKey("drafts.id"), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(EncryptedText())
     author: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -130,7 +133,7 @@ class Addendum(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     draft_id: Mapped[str] = mapped_column(ForeignKey("drafts.id"), index=True)
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(EncryptedText())
     author: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -161,8 +164,9 @@ class CorrectionStat(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     draft_id: Mapped[str] = mapped_column(ForeignKey("drafts.id"), index=True)
     physician_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    original: Mapped[str] = mapped_column(String(200))
-    replacement: Mapped[str] = mapped_column(String(200))
+    # a corrected word may be a patient's name; deterministic: learning groups the pairs
+    original: Mapped[str] = mapped_column(EncryptedText(deterministic=True))
+    replacement: Mapped[str] = mapped_column(EncryptedText(deterministic=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -201,7 +205,7 @@ class DraftAutosave(Base):
     username: Mapped[str] = mapped_column(String(100))
     kind: Mapped[str] = mapped_column(String(20), default="autosave")
     base_version: Mapped[int] = mapped_column(Integer, default=0)
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(EncryptedText())
     saved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -5,7 +5,10 @@ helpers in ``pipeline.secretary.schedule.timeutil`` put the UTC zone back). Week
 stored as *local* wall-clock times plus the physician's time zone, so that "Mon 09:00-17:00"
 stays 09:00 local across a daylight-saving change.
 
-Cross-area links are plain foreign keys to ``physicians.id`` and ``drafts.id``.
+Cross-area links are plain foreign keys to ``physicians.id`` and ``drafts.id``. Patient fields
+(names, phone numbers, MRNs, reasons, notes, instructions, task titles and parameters,
+referral document names) are ``EncryptedText`` / ``EncryptedJSON``: sealed on PostgreSQL
+(``pipeline.core.db.encrypted``), plain inside the SQLCipher file on SQLite.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pipeline.core.db.base import Base, utcnow
+from pipeline.core.db.encrypted import EncryptedJSON, EncryptedText
 
 __all__ = [
     "Location",
@@ -170,10 +174,11 @@ class Appointment(Base):
     start_utc: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     end_utc: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(20), default="booked")
-    patient_name: Mapped[str | None] = mapped_column(String(200), nullable=True)  # PHI
-    patient_phone: Mapped[str | None] = mapped_column(String(50), nullable=True)  # PHI
-    mrn: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # PHI
-    reason: Mapped[str] = mapped_column(String(500), default="")
+    patient_name: Mapped[str | None] = mapped_column(EncryptedText(), nullable=True)  # PHI
+    patient_phone: Mapped[str | None] = mapped_column(EncryptedText(), nullable=True)  # PHI
+    mrn: Mapped[str | None] = mapped_column(EncryptedText(deterministic=True), nullable=True,
+                                            index=True)  # PHI
+    reason: Mapped[str] = mapped_column(EncryptedText(), default="")
     draft_id: Mapped[str | None] = mapped_column(ForeignKey("drafts.id"), nullable=True)
     created_by: Mapped[str] = mapped_column(String(100), default="system")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -195,7 +200,7 @@ class AppointmentHistory(Base):
     to_status: Mapped[str] = mapped_column(String(20))
     actor: Mapped[str] = mapped_column(String(100))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    note: Mapped[str] = mapped_column(String(500), default="")
+    note: Mapped[str] = mapped_column(EncryptedText(), default="")
 
 
 class SlotClaim(Base):
@@ -230,9 +235,9 @@ class Task(Base):
     physician_id: Mapped[str | None] = mapped_column(ForeignKey("physicians.id"), nullable=True)
     key: Mapped[str] = mapped_column(String(40))  # stable per instruction: idempotency
     kind: Mapped[str] = mapped_column(String(20))  # schedule | order | refer | copy | other
-    title: Mapped[str] = mapped_column(String(300))
-    instruction_text: Mapped[str] = mapped_column(Text, default="")  # may hold PHI: never log
-    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    title: Mapped[str] = mapped_column(EncryptedText())  # from the dictated instruction
+    instruction_text: Mapped[str] = mapped_column(EncryptedText(), default="")  # PHI: never log
+    params: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON, default=dict)
     status: Mapped[str] = mapped_column(String(30), index=True)
     owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
     due_date: Mapped[date | None] = mapped_column(Date, nullable=True)
@@ -261,7 +266,7 @@ class TaskHistory(Base):
     to_status: Mapped[str] = mapped_column(String(30))
     actor: Mapped[str] = mapped_column(String(100))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    note: Mapped[str] = mapped_column(String(500), default="")
+    note: Mapped[str] = mapped_column(EncryptedText(), default="")
 
 
 class Referral(Base):
@@ -276,8 +281,9 @@ class Referral(Base):
     recipient_id: Mapped[int | None] = mapped_column(
         ForeignKey("sched_recipients.id"), nullable=True
     )
-    mrn: Mapped[str | None] = mapped_column(String(64), nullable=True)  # PHI
-    reason: Mapped[str] = mapped_column(Text, default="")  # may hold PHI: never log
+    mrn: Mapped[str | None] = mapped_column(EncryptedText(deterministic=True),
+                                            nullable=True)  # PHI
+    reason: Mapped[str] = mapped_column(EncryptedText(), default="")  # PHI: never log
     status: Mapped[str] = mapped_column(String(30), default="requested", index=True)
     due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     appointment_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -296,7 +302,7 @@ class ReferralHistory(Base):
     to_status: Mapped[str] = mapped_column(String(30))
     actor: Mapped[str] = mapped_column(String(100))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    note: Mapped[str] = mapped_column(String(500), default="")
+    note: Mapped[str] = mapped_column(EncryptedText(), default="")
 
 
 class ReferralDocument(Base):
@@ -309,7 +315,7 @@ class ReferralDocument(Base):
     role: Mapped[str] = mapped_column(String(30))  # referral_letter | report | other
     draft_id: Mapped[str | None] = mapped_column(ForeignKey("drafts.id"), nullable=True)
     path: Mapped[str | None] = mapped_column(String(1000), nullable=True)
-    name: Mapped[str] = mapped_column(String(300), default="")
+    name: Mapped[str] = mapped_column(EncryptedText(), default="")  # a file name: PHI
     added_by: Mapped[str] = mapped_column(String(100), default="system")
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

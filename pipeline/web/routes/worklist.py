@@ -2,6 +2,12 @@
 
 One indexed query for the page (only the columns shown, LIMIT/OFFSET) and one count; the
 draft's JSON columns are never loaded here, so the page stays fast with 10,000 drafts.
+
+Search: MRN by equality (on PostgreSQL the MRN column is sealed deterministically, so the
+database compares sealed values), draft id by prefix, patient name by part. Where the
+database holds sealed names (PostgreSQL, ``pipeline.core.db.encrypted``) a LIKE cannot see
+them: the names of the drafts the other filters allow are read, opened and matched here,
+and their ids go into the query instead (measured: docs/measurements.md).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from sqlalchemy import func, select, union
 
 from pipeline.core import audit
 from pipeline.core.db.core import DictationRow, DraftRow, Physician
+from pipeline.core.db.encrypted import sql_can_search
 from pipeline.core.db.review import DraftClaim
 from pipeline.core.store import open_store
 from pipeline.core.times import as_utc
@@ -51,22 +58,41 @@ def _default_status(user: UserInfo) -> str:
 _HEX = re.compile(r"^[0-9a-f]{4,32}$")
 
 
-def _search_ids(q: str) -> Any:
+def _search_ids(q: str, name_ids: list[str] | None = None) -> Any:
     """Draft ids matching ``q`` as MRN (exact), draft id (prefix) or patient name (part),
-    each through an index, never a scan of the drafts table."""
+    each through an index, never a scan of the drafts table. ``name_ids``: the name matches
+    found in Python (sealed names, ``_name_matches``) instead of the LIKE."""
     parts = [select(DraftRow.id).where(DraftRow.mrn == q)]
     low = q.lower()
     if _HEX.match(low):
         parts.append(select(DraftRow.id).where(DraftRow.id >= low,
                                                DraftRow.id < low + "\uffff"))
+    if name_ids is not None:
+        parts.append(select(DraftRow.id).where(DraftRow.id.in_(name_ids)))
+        return union(*parts)
     like = "%" + low.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     parts.append(select(DraftRow.id).where(func.lower(DraftRow.patient_name).like(like,
                                                                                   escape="\\")))
     return union(*parts)
 
 
+def _name_matches(session: Any, user: UserInfo, status: str, physician: str, doctype: str,
+                  priority: str, q: str) -> list[str] | None:
+    """Ids of the drafts (within the other filters) whose patient name holds ``q``, matched
+    in Python over the opened names; None when the database can search them itself."""
+    q = q.strip()
+    if not q or sql_can_search(session):
+        return None
+    low = q.lower()
+    stmt = _filtered(select(DraftRow.id, DraftRow.patient_name)
+                     .where(DraftRow.patient_name.is_not(None)),
+                     user, status, physician, doctype, priority, "")
+    return [i for i, name in session.execute(stmt) if name and low in name.lower()]
+
+
 def _filtered(stmt: Any, user: UserInfo, status: str, physician: str, doctype: str,
-              priority: str, q: str, *, ordered: bool = False) -> Any:
+              priority: str, q: str, *, ordered: bool = False,
+              name_ids: list[str] | None = None) -> Any:
     # For the ordered page query the filter columns are wrapped (``col || ''``) so that
     # SQLite cannot pick a filter index (or the primary key, for search matches) and then
     # read whole rows to sort them: it walks the covering index ix_drafts_queue_order in
@@ -87,7 +113,7 @@ def _filtered(stmt: Any, user: UserInfo, status: str, physician: str, doctype: s
         stmt = stmt.where(c(DraftRow.priority) == priority)
     q = q.strip()
     if q:
-        stmt = stmt.where(c(DraftRow.id).in_(_search_ids(q)))
+        stmt = stmt.where(c(DraftRow.id).in_(_search_ids(q, name_ids)))
     return stmt
 
 
@@ -98,11 +124,12 @@ def worklist_rows(
 ) -> tuple[list[dict[str, Any]], int]:
     """One page of the worklist (rows as dicts) and the total number of matching drafts."""
     now = datetime.now(UTC)
+    name_ids = _name_matches(session, user, status, physician, doctype, priority, q)
     # A page of ids first, STAT first ('stat' > 'routine') then oldest: the order of index
     # ix_drafts_queue_order, which also holds the filter columns, so SQLite reads the page
     # from the index alone instead of sorting every open draft; then the page's rows.
     id_stmt = _filtered(select(DraftRow.id), user, status, physician, doctype, priority, q,
-                        ordered=True)
+                        ordered=True, name_ids=name_ids)
     id_stmt = id_stmt.order_by(
         DraftRow.priority.desc(), DraftRow.created_at, DraftRow.id
     ).limit(per_page).offset((max(page, 1) - 1) * per_page)
@@ -121,7 +148,7 @@ def worklist_rows(
     # matching ids drive the count (wrapped filters), never a walk through whole rows.
     total = session.scalar(
         _filtered(select(func.count()).select_from(DraftRow), user, status, physician,
-                  doctype, priority, q, ordered=bool(q.strip()))
+                  doctype, priority, q, ordered=bool(q.strip()), name_ids=name_ids)
     )
     ids = [r.id for r in base]
     claims: dict[str, str] = {}
