@@ -26,15 +26,16 @@ __all__ = ["main", "build_parser", "COMMAND_GROUPS"]
 COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("service (pipeline/service)", ("run", "worker", "status", "web")),
     ("speech (pipeline/speech)", ("transcribe", "models")),
+    ("adaptation (pipeline/adaptation)", ("adapt",)),
     ("language (pipeline/language)", ("vocab",)),
     ("documents (pipeline/documents)", ("render",)),
     ("review (pipeline/review)", ("user", "audit")),
     ("secretary (pipeline/secretary)", ("schedule",)),
     ("data protection", ("keys", "backup", "restore", "retention")),
     ("developer tools (pipeline/devtools)", (
-        "evaluate", "flags-eval", "samples", "sections-eval", "bench", "bench-inbox",
-        "bench-language", "bench-render", "bench-schedule", "bench-web", "bench-crypto",
-        "bench-kill")),
+        "evaluate", "evaluate-adaptation", "flags-eval", "samples", "sections-eval", "bench",
+        "bench-inbox", "bench-language", "bench-render", "bench-schedule", "bench-web",
+        "bench-crypto", "bench-kill")),
 )
 
 

@@ -94,14 +94,16 @@ def test_process_dictation_flow_end_to_end(flow_settings: Settings, speech: Path
     assert state.is_completed(), state
     row = _row(flow_settings, did)
     assert row.status == "done"
-    assert row.audio_path == str(flow_settings.archive_dir / did /
-                                 "20261120_MRN4242_consult_note.wav")
+    # stored under an opaque name; the recorder's name only in the row
+    assert row.audio_path == str(flow_settings.archive_dir / did / f"{did}.wav")
+    assert row.original_name == "20261120_MRN4242_consult_note.wav"
     assert Path(row.audio_path).exists()
     assert not (flow_settings.processing_dir / did).exists()
     with open_store(flow_settings).session() as s:
         drafts = list(s.scalars(select(DraftRow).where(DraftRow.dictation_id == did)))
     assert len(drafts) == 1 and drafts[0].status == "queued_for_review"
     assert "chest pain" in drafts[0].raw_text.lower()  # the real model heard the words
+    assert drafts[0].mrn == "MRN4242"  # the filename convention, read from the sealed claim
     # Prefect stored only the opaque id: parameters, run name, logs.
     with prefect_env.client(prefect_api) as c:
         (run,) = c.read_flow_runs(flow_run_filter=FlowRunFilter(
@@ -124,9 +126,9 @@ def test_non_audio_is_quarantined_by_validate(flow_settings: Settings, tmp_path:
     assert process_dictation(did) == "quarantined"
     row = _row(flow_settings, did)
     assert row.status == "quarantined" and row.error_code == "audio_decode_error"
-    reason = (flow_settings.quarantine_dir / "fake.wav.reason.txt").read_text()
+    reason = (flow_settings.quarantine_dir / f"{did}.wav.reason.txt").read_text()
     assert "text file" in reason and "expected an audio recording" in reason
-    assert (flow_settings.quarantine_dir / "fake.wav").exists()
+    assert (flow_settings.quarantine_dir / f"{did}.wav").exists()
 
 
 def test_unwritable_output_folder_is_reported_and_file_kept(
@@ -145,15 +147,17 @@ def test_unwritable_output_folder_is_reported_and_file_kept(
     assert state.is_failed()
     row = _row(flow_settings, did)
     assert row.status == "failed"
-    reason = (flow_settings.quarantine_dir / "blocked.wav.reason.txt").read_text()
+    reason = (flow_settings.quarantine_dir / f"{did}.wav.reason.txt").read_text()
     assert "move this file back into the inbox" in reason
-    assert (flow_settings.quarantine_dir / "blocked.wav").exists()
+    assert (flow_settings.quarantine_dir / f"{did}.wav").exists()
     drafts.unlink()
-    # moved back after the fix: processed as a retry, not refused as a duplicate
-    again = Path(shutil.move(flow_settings.quarantine_dir / "blocked.wav",
-                             flow_settings.inbox_dir / "dr-smith" / "blocked.wav"))
+    # moved back after the fix (under its stored name): processed as a retry, not refused
+    # as a duplicate, under the recorder's name again
+    again = Path(shutil.move(flow_settings.quarantine_dir / f"{did}.wav",
+                             flow_settings.inbox_dir / "dr-smith" / f"{did}.wav"))
     result = inbox.InboxScanner(flow_settings).take(again)
     assert result.outcome == "received" and result.dictation_id
+    assert _row(flow_settings, result.dictation_id).original_name == "blocked.wav"
     assert process_dictation(result.dictation_id) == "done"
 
 

@@ -44,6 +44,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["data_dir"] = args.data_dir
     if args.model:
         overrides["model"] = args.model
+        overrides["adapted_models"] = False  # the model asked for, not an adapted one
     return Settings(**overrides) if overrides else get_settings()
 
 

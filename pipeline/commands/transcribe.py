@@ -59,6 +59,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["data_dir"] = args.data_dir
     if getattr(args, "model", None):
         overrides["model"] = args.model
+        overrides["adapted_models"] = False  # the model asked for, not an adapted one
     try:
         return Settings(**overrides) if overrides else get_settings()
     except (ValidationError, SettingsError, ValueError) as exc:

@@ -49,6 +49,17 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compute_type: str = Field("auto", description="auto: float16 on CUDA, int8 on CPU.")
     cpu_threads: int = Field(0, ge=0, description="0 lets CTranslate2 choose.")
+    model_cache_mb: int = Field(
+        1024, ge=1,
+        description="Loaded speech models kept in memory (the stock model and physicians' "
+        "adapted ones), bounded by the sum of their folder sizes in MiB; beyond it the least "
+        "recently used is dropped (the one in use always stays). tiny.en is 74 MiB, base 141.",
+    )
+    adapted_models: bool = Field(
+        True,
+        description="Decode each physician's dictations with that physician's current "
+        "adapted model (dictation models); false: the configured model for everyone.",
+    )
     beam_size: int = Field(5, ge=1, le=10)
     vad: bool = True
     language: str = "en"
@@ -209,6 +220,11 @@ class Settings(BaseSettings):
     encrypt_database: bool = Field(
         True, description="SQLite: a SQLCipher database keyed by a subkey of the data key "
         "(a plain one is converted once at start). No effect on PostgreSQL.",
+    )
+    encrypt_columns: bool = Field(
+        True, description="PostgreSQL: the patient columns are sealed with a subkey of the "
+        "data key before they are sent (pipeline.core.db.encrypted); values sealed before are "
+        "read either way. No effect on SQLite (the SQLCipher file holds them).",
     )
     encrypt_files: bool = Field(
         True, description="Audio once claimed (processing, archive, quarantine) and sidecars "

@@ -1,4 +1,5 @@
-"""Prefect flows: ``process_dictation`` (one dictation, by id), and the warm worker.
+"""Prefect flows: ``process_dictation`` (one dictation, by id), ``adapt_models`` (the nightly
+speech-model adaptation, by physician id), and the warm worker.
 
 Tasks are thin wrappers over the stage functions in ``pipeline.service.process``; the stage logic
 stays in plain functions. Only opaque ids go into flow parameters, results and Prefect logs:
@@ -53,6 +54,7 @@ from pipeline.prefect_compat import flow_exit
 
 __all__ = [
     "process_dictation",
+    "adapt_models",
     "register_flow",
     "slot_hold",
     "current_settings",
@@ -324,10 +326,62 @@ def process_dictation(dictation_id: str) -> str:
     return "done"
 
 
+@task(name="adapt-physician", **_CPU)  # type: ignore[call-overload]
+def adapt_physician(physician_id: str) -> dict[str, Any]:
+    """One physician's speech-model adaptation (``pipeline.adaptation.adapt``): pairs,
+    training, gate. Returns the status, version and counts (no text)."""
+    from pipeline.adaptation import adapt
+
+    report = adapt.adapt_physician(_settings(), physician_id)
+    return {"status": report.status, "version": report.version, "pairs": report.pairs,
+            "dictations": report.dictations, "held_back": report.held_back}
+
+
+@flow(name="adapt-models", persist_result=False, log_prints=False)
+def adapt_models(physician_ids: list[str] | None = None, force: bool = False
+                 ) -> dict[str, int]:
+    """The nightly adaptation: each physician with enough new signed dictations
+    (``AdaptOptions.min_new_dictations`` since their last model version) gets a candidate
+    model, promoted or refused by the gate. ``physician_ids`` limits it to those ids;
+    ``force`` adapts them whatever the number of new dictations (``dictation adapt``
+    queues it so). Parameters, logs and the result carry ids and counts only.
+
+    One physician's failure does not stop the others; the run fails at the end if any did.
+    """
+    from pipeline.adaptation import adapt
+
+    settings = _settings()
+    options = adapt.AdaptOptions()
+    with open_store(settings).session() as s:
+        if force and physician_ids:
+            due = [(pid, adapt.new_signed_dictations(s, pid)) for pid in physician_ids]
+        else:
+            due = adapt.due_physicians(s, settings, options, only=physician_ids)
+    counts = {"due": len(due), "promoted": 0, "refused": 0, "skipped": 0, "unchanged": 0,
+              "failed": 0}
+    for physician_id, new in due:
+        log.info("adapt-models physician=%s new_signed=%d", physician_id, new)
+        try:
+            status = str(adapt_physician(physician_id)["status"])
+        except Exception as exc:  # the next physician still gets their turn
+            code = exc.code if isinstance(exc, PipelineError) else type(exc).__name__
+            log.error("adapt-models physician=%s failed code=%s", physician_id, code)
+            counts["failed"] += 1
+            continue
+        counts[status] = counts.get(status, 0) + 1
+        memtrim.trim()  # the training's tensors are freed: give the pages back
+    log.info("adapt-models done %s", " ".join(f"{k}={v}" for k, v in counts.items()))
+    if counts["failed"]:
+        raise PipelineError(f"Adaptation failed for {counts['failed']} of {len(due)} "
+                            "physician(s); see the worker's log for their ids.")
+    return counts
+
+
 #: flow name -> flow, for the warm worker. Flows above the service layer (the nightly
 #: evaluation in ``pipeline.devtools.nightly``) add themselves with ``register_flow``.
 FLOWS: dict[str, Any] = {
     "process-dictation": process_dictation,
+    "adapt-models": adapt_models,
 }
 
 

@@ -16,8 +16,9 @@ Names (also in ``prefect.yaml``):
   (priority 2): STAT dictations are always handed out first;
 - deployment ``process-dictation/process-dictation`` (entrypoint
   ``pipeline.service.flows:process_dictation``), ``nightly-evaluation/nightly-evaluation``
-  (cron ``0 2 * * *``) and ``nightly-backup/nightly-backup`` (``settings.backup_cron``,
-  default ``30 1 * * *``; ``pipeline.service.backup``).
+  (cron ``0 2 * * *``), ``nightly-backup/nightly-backup`` (``settings.backup_cron``,
+  default ``30 1 * * *``; ``pipeline.service.backup``) and ``adapt-models/adapt-models``
+  (cron ``0 3 * * *``; ``pipeline.service.flows:adapt_models``, speech-model adaptation).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ __all__ = [
     "NIGHTLY_DEPLOYMENT",
     "NIGHTLY_CRON",
     "BACKUP_DEPLOYMENT",
+    "ADAPT_DEPLOYMENT",
+    "ADAPT_CRON",
     "api_url_for",
     "prefect_env",
     "settings_env",
@@ -81,6 +84,10 @@ NIGHTLY_DEPLOYMENT = f"{NIGHTLY_FLOW}/nightly-evaluation"
 NIGHTLY_CRON = "0 2 * * *"
 BACKUP_FLOW = "nightly-backup"
 BACKUP_DEPLOYMENT = f"{BACKUP_FLOW}/nightly-backup"  # cron: settings.backup_cron
+ADAPT_FLOW = "adapt-models"
+ADAPT_DEPLOYMENT = f"{ADAPT_FLOW}/adapt-models"
+#: after the backup (01:30) and the nightly evaluation (02:00): training is the longest job
+ADAPT_CRON = "0 3 * * *"
 
 
 # --- idle tuning of the local server process (``serve``) --------------------------------------
@@ -449,6 +456,31 @@ def ensure_deployments(api_url: str, settings: Settings, *, pool_limit: int | No
                 active=True,
             )],
             tags=["backup"],
+        )
+        adapt_id = c.create_flow_from_name(ADAPT_FLOW)
+        ids[ADAPT_DEPLOYMENT] = c.create_deployment(
+            flow_id=adapt_id,
+            name="adapt-models",
+            work_pool_name=POOL,
+            work_queue_name="routine",
+            entrypoint="pipeline.service.flows:adapt_models",
+            path=str(PROJECT_ROOT),
+            description="Speech-model adaptation for physicians with new signed dictations.",
+            parameter_openapi_schema={
+                "title": "Parameters",
+                "type": "object",
+                "properties": {
+                    "physician_ids": {"title": "physician_ids", "anyOf": [
+                        {"type": "array", "items": {"type": "string"}}, {"type": "null"}],
+                        "default": None},
+                    "force": {"title": "force", "type": "boolean", "default": False},
+                },
+            },
+            schedules=[DeploymentScheduleCreate(
+                schedule=CronSchedule(cron=ADAPT_CRON, timezone=settings.timezone),
+                active=True,
+            )],
+            tags=["adaptation"],
         )
     return ids
 

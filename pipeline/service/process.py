@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.core.records import (
     Dictation,
@@ -33,12 +33,17 @@ from pipeline.core.records import (
 from pipeline.core.settings import Settings
 from pipeline.ingest import audio as audio_mod
 
+if TYPE_CHECKING:
+    from pipeline.language.normalize import LearnedPair
+
 __all__ = [
     "new_id",
     "load_dictation",
+    "choose_model",
     "transcribe_stage",
     "normalize_stage",
     "load_autotexts",
+    "load_learned",
     "structure_stage",
     "render_stage",
     "enqueue_stage",
@@ -84,10 +89,54 @@ def load_dictation(
     return Dictation(id=dictation_id or new_id(), audio=info, meta=meta or DictationMeta())
 
 
+def choose_model(physician_id: str | None, settings: Settings) -> tuple[str, str | None]:
+    """The model that decodes a dictation of ``physician_id``: ``(name or folder, label)``.
+
+    The physician's current adapted model (``dictation models``; label
+    ``adapted:<physician>/v<N>``) when ``settings.adapted_models`` and one is current, else
+    ``(settings.model, None)``. The adapted model is loaded here (into the speech model
+    cache) so that a missing or damaged folder falls back to the stock model with a warning
+    (ids only) instead of failing the dictation. No database yet: no adapted models.
+    """
+    stock: tuple[str, str | None] = (settings.model, None)
+    if not settings.adapted_models:
+        return stock
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipeline.adaptation import versions
+    from pipeline.core.errors import PipelineError
+    from pipeline.core.store import open_store, sqlite_path
+    from pipeline.speech import models as speech_models
+
+    db_file = sqlite_path(settings.db_url)
+    if db_file is not None and not db_file.exists():
+        return stock  # never create a database only to find it empty
+    try:
+        with open_store(settings).session() as s:
+            choice = versions.current_model(s, physician_id)
+    except SQLAlchemyError as exc:
+        log.warning("adapted model lookup failed (%s); stock model %s used",
+                    type(exc).__name__, settings.model)
+        return stock
+    if choice is None:
+        return stock
+    folder = choice.located(settings)  # a restored data directory: its own copy
+    try:
+        speech_models.load(settings, str(folder), label=choice.label)
+    except (PipelineError, RuntimeError, OSError, ValueError) as exc:
+        # RuntimeError: CTranslate2 refusing a damaged model.bin; ValueError: bad config.json
+        log.warning("adapted model version_id=%d (%s) unusable (%s); stock model %s used",
+                    choice.version_id, choice.label, type(exc).__name__, settings.model)
+        return stock
+    return str(folder), choice.label
+
+
 def transcribe_stage(
     dictation: Dictation, settings: Settings, progress: ProgressCallback | None = None
 ) -> Transcript:
-    """Run Whisper on the dictation, with prompt terms chosen for its type and physician."""
+    """Run Whisper on the dictation, with prompt terms chosen for its type and physician,
+    and the physician's current adapted model when there is one (``choose_model``); the
+    transcript records which model decoded it."""
     from pipeline.language import normalize
     from pipeline.speech import transcribe
 
@@ -100,7 +149,9 @@ def transcribe_stage(
         )
         options.initial_prompt = terms.initial_prompt
         options.hotwords = terms.hotwords
-    return transcribe.transcribe(dictation, settings, options, progress=progress)
+    model, label = choose_model(dictation.meta.physician_id, settings)
+    return transcribe.transcribe(dictation, settings, options, progress=progress,
+                                 model=model, model_label=label)
 
 
 def load_autotexts(physician_id: str | None, settings: Settings) -> dict[str, str]:
@@ -119,9 +170,35 @@ def load_autotexts(physician_id: str | None, settings: Settings) -> dict[str, st
         return {}
 
 
+def load_learned(physician_id: str | None, settings: Settings) -> list[LearnedPair]:
+    """The physician's learned corrections (a misheard phrase reviewers replaced at least
+    ``LearnedOptions.min_count`` times, issue #15 section 5) for the language stage, which
+    decides which of them are safe to apply."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipeline.core.store import open_store, sqlite_path
+    from pipeline.language.normalize import LanguageOptions, LearnedPair
+    from pipeline.review.learned import learned_pairs
+
+    if not physician_id:
+        return []
+    db_file = sqlite_path(settings.db_url)
+    if db_file is not None and not db_file.exists():
+        return []  # never create a database only to find it empty
+    opts = LanguageOptions().learned
+    try:
+        with open_store(settings).session() as s:
+            rows = learned_pairs(s, physician_id, opts.min_count, opts.max_pairs)
+    except SQLAlchemyError as exc:  # the dictation is still written out without them
+        log.warning("learned corrections could not be loaded (%s); none applied",
+                    type(exc).__name__)
+        return []
+    return [LearnedPair(o, r, n) for o, r, n in rows]
+
+
 def normalize_stage(transcript: Transcript, dictation: Dictation, settings: Settings) -> Note:
     """Turn Whisper's words into what a medical transcriptionist would type (with the
-    physician's auto-texts for "insert <trigger>")."""
+    physician's auto-texts for "insert <trigger>" and learned corrections)."""
     from pipeline.language import normalize
 
     # only a dictation that says "insert ..." needs them (and the database for them)
@@ -133,6 +210,7 @@ def normalize_stage(transcript: Transcript, dictation: Dictation, settings: Sett
         document_type=dictation.meta.document_type,
         physician_id=dictation.meta.physician_id,
         autotexts=autotexts,
+        learned=load_learned(dictation.meta.physician_id, settings),
     )
 
 

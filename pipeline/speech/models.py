@@ -16,7 +16,10 @@ afterwards ``resolve()`` takes < 1 ms, also in a new process (the cache file). T
 against a damaged or different install, not against someone who can rewrite a file and
 restore its mtime. A folder given by path is not checked.
 
-``load(settings)`` returns a cached ``faster_whisper.WhisperModel``.
+``load(settings, model)`` returns a ``faster_whisper.WhisperModel`` from a cache bounded by
+memory (``settings.model_cache_mb``: the summed folder sizes of the loaded models), so a
+worker can keep the stock model and several physicians' adapted models warm without growing
+without bound; each load is timed and logged (model name and seconds only).
 """
 
 from __future__ import annotations
@@ -29,16 +32,18 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.core import files as at_rest
 from pipeline.core.errors import ConfigError, ModelIntegrityError, ModelNotFoundError
 from pipeline.core.settings import Settings
 
@@ -55,6 +60,8 @@ __all__ = [
     "model_files",
     "choose_device",
     "load",
+    "ModelCache",
+    "model_cache",
     "describe_models",
     "verify_files",
     "REQUIRED_FILES",
@@ -68,6 +75,8 @@ REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
 _MARKER = ".joined.json"
 _VERIFIED = "verified.json"
 _HASH_BLOCK = 1024 * 1024
+#: ``settings.model_cache_mb`` and the cache's log lines count in MiB
+_MB = 1024 * 1024
 
 #: digests already computed in this process: path -> (size, mtime_ns, sha256)
 _known_digests: dict[str, tuple[int, int, str]] = {}
@@ -497,14 +506,108 @@ def choose_device(settings: Settings) -> tuple[str, str]:
     return device, compute
 
 
-@lru_cache(maxsize=4)
-def _load_cached(path: str, device: str, compute_type: str, cpu_threads: int, workers: int,
-                 name: str = "") -> Any:
+@dataclass
+class _Loaded:
+    """One loaded model in the cache: the model, what it weighs, what it cost to load."""
+
+    model: Any
+    size_bytes: int
+    load_s: float
+    name: str
+
+
+class ModelCache:
+    """Loaded ``WhisperModel``s, least recently used dropped once their folders' total size
+    exceeds ``limit_bytes`` (the one just loaded is always kept).
+
+    Why a size and not a count: the worker may hold the configured model plus one adapted
+    model per physician, and a base-sized model weighs twice a tiny one; the folder size on
+    disk (float16 weights) is an upper bound of the int8 model in memory on a CPU. A dropped
+    model is freed once no dictation still decoding with it holds it. Thread-safe: two
+    dictations asking for the same model load it once; different models load side by side.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self._entries: OrderedDict[tuple[Any, ...], _Loaded] = OrderedDict()
+        self._loading: dict[tuple[Any, ...], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], loader: Callable[[], Any], *, size_bytes: int,
+            name: str) -> Any:
+        """The model cached under ``key``, loaded with ``loader()`` (timed, logged) if absent."""
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit.model
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                hit = self._entries.get(key)
+                if hit is not None:  # loaded by another thread while this one waited
+                    self._entries.move_to_end(key)
+                    return hit.model
+            t0 = time.perf_counter()
+            model = loader()
+            entry = _Loaded(model, size_bytes, time.perf_counter() - t0, name)
+            with self._lock:
+                self._entries[key] = entry
+                self._loading.pop(key, None)
+                evicted = self._evict(keep=key)
+                total = self.total_bytes
+                count = len(self._entries)
+        # model name (or adapted version label), seconds and sizes only
+        log.info("loaded model %s in %.2f s (%.0f MiB; cache %.0f of %.0f MiB, %d models)",
+                 name, entry.load_s, size_bytes / _MB, total / _MB, self.limit_bytes / _MB,
+                 count)
+        for gone in evicted:
+            log.info("model %s dropped from the cache (%.0f MiB, least recently used)",
+                     gone.name, gone.size_bytes / _MB)
+        return model
+
+    @property
+    def total_bytes(self) -> int:
+        """The summed folder sizes of the cached models."""
+        return sum(e.size_bytes for e in self._entries.values())
+
+    def _evict(self, keep: tuple[Any, ...]) -> list[_Loaded]:
+        evicted: list[_Loaded] = []
+        while self.total_bytes > self.limit_bytes and len(self._entries) > 1:
+            oldest = next(iter(self._entries))
+            if oldest == keep:  # never the model just asked for
+                self._entries.move_to_end(oldest)
+                continue
+            evicted.append(self._entries.pop(oldest))
+        return evicted
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The cached models, least recently used first: name, size, load seconds."""
+        with self._lock:
+            return [{"name": e.name, "size_bytes": e.size_bytes, "load_s": round(e.load_s, 3)}
+                    for e in self._entries.values()]
+
+    def clear(self) -> None:
+        """Drop every cached model."""
+        with self._lock:
+            self._entries.clear()
+
+
+#: the process's loaded models (the worker's warm models); bound set from the settings
+model_cache = ModelCache(1024 * _MB)
+
+
+def _construct(path: str, device: str, compute_type: str, cpu_threads: int, workers: int,
+               settings: Settings) -> Any:
     from faster_whisper import WhisperModel
 
-    # logged once per real load (not per dictation): model name, device, compute type only
-    log.info("loading model %s on %s/%s", name or Path(path).name, device, compute_type)
-
+    folder = Path(path)
+    memory: dict[str, bytes] | None = None
+    if any(at_rest.is_encrypted(folder / f) for f in REQUIRED_FILES):
+        # an adapted model encrypted at rest like the audio it learned from: decrypted into
+        # memory (CTranslate2 loads from bytes), never to a plain copy on disk
+        memory = {f.name: at_rest.read_bytes(f, settings) for f in sorted(folder.iterdir())
+                  if f.is_file() and not f.name.startswith(".")}
     return WhisperModel(
         path,
         device=device,
@@ -512,18 +615,33 @@ def _load_cached(path: str, device: str, compute_type: str, cpu_threads: int, wo
         cpu_threads=cpu_threads,
         num_workers=workers,
         local_files_only=True,
+        files=memory,
     )
 
 
-def load(settings: Settings) -> WhisperModel:
-    """The ``WhisperModel`` for ``settings.model`` on the chosen device (cached per process)."""
-    resolved = resolve(settings.model, settings)
+def load(settings: Settings, model: str | None = None, *, label: str | None = None
+         ) -> WhisperModel:
+    """The ``WhisperModel`` for ``model`` (a registry name or a CTranslate2 folder; default
+    ``settings.model``) on the chosen device, from the process's memory-bounded cache
+    (``settings.model_cache_mb``). ``label`` names it in the log (e.g. an adapted version,
+    ``adapted:dr-smith/v3``); default the model's name.
+
+    Raises ``ModelNotFoundError`` for a missing or incomplete folder; a folder whose files
+    do not load (a damaged ``model.bin``) raises CTranslate2's own error (``RuntimeError``).
+    """
+    resolved = resolve(model or settings.model, settings)
     device, compute_type = choose_device(settings)
-    model: WhisperModel = _load_cached(
-        str(resolved.path), device, compute_type, settings.cpu_threads, settings.workers,
-        resolved.name,
+    model_cache.limit_bytes = settings.model_cache_mb * _MB
+    path = str(resolved.path)
+    key = (path, device, compute_type, settings.cpu_threads, settings.workers)
+    loaded: WhisperModel = model_cache.get(
+        key,
+        lambda: _construct(path, device, compute_type, settings.cpu_threads, settings.workers,
+                           settings),
+        size_bytes=_folder_size(resolved.path),
+        name=label or resolved.name,
     )
-    return model
+    return loaded
 
 
 def _folder_size(path: Path) -> int:

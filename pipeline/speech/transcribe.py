@@ -780,8 +780,15 @@ def transcribe(
     settings: Settings,
     options: TranscribeOptions | None = None,
     progress: ProgressCallback | None = None,
+    *,
+    model: str | None = None,
+    model_label: str | None = None,
 ) -> Transcript:
     """Transcribe the dictation's audio and return a guarded, flagged ``Transcript``.
+
+    ``model`` is a registry name or a CTranslate2 folder (a physician's adapted model),
+    default ``settings.model``; ``model_label`` is what the transcript records as its model
+    (e.g. ``adapted:dr-smith/v3``), default the model's name.
 
     Decoding is deterministic (temperature 0 only). The guards, in order: loops are decoded
     again with a repetition penalty (``_repair_loops``); silence hallucinations, prompt
@@ -792,9 +799,10 @@ def transcribe(
     again without it first.
     """
     options = options or TranscribeOptions.from_settings(settings)
-    resolved = speech_models.resolve(settings.model, settings)
-    model = speech_models.load(settings)
-    language = options.language if model.model.is_multilingual else "en"
+    resolved = speech_models.resolve(model or settings.model, settings)
+    model_name = model_label or resolved.name
+    whisper = speech_models.load(settings, str(resolved.path), label=model_name)
+    language = options.language if whisper.model.is_multilingual else "en"
     kwargs = whisper_kwargs(options, language)
     vad = vad_options(options)
     duration = float(dictation.audio.duration_s)
@@ -803,7 +811,8 @@ def transcribe(
     prompted = bool(options.initial_prompt or options.hotwords)
     t0 = time.perf_counter()
 
-    segments, stretches = _decode_file(model, path, kwargs, options, vad, duration, progress)
+    segments, stretches = _decode_file(whisper, path, kwargs, options, vad, duration,
+                                       progress)
     speech_s = sum(b - a for a, b in stretches)
     prompt_fallback = False
     if prompted and options.recover_dropped and options.word_timestamps and speech_s > 0:
@@ -812,11 +821,11 @@ def transcribe(
         if skipped > options.prompt_fallback_share * speech_s:
             # The prompt derailed Whisper here (seen: 70 of 108 s skipped, the rest
             # misplaced copies): the unprompted decode is the better transcript.
-            segments, stretches = _decode_file(model, path, _unprompted(kwargs), options, vad,
-                                               duration)
+            segments, stretches = _decode_file(whisper, path, _unprompted(kwargs), options,
+                                               vad, duration)
             prompt_fallback = True
-    segments, loops_repaired = _repair_loops(model, path, segments, kwargs, options, duration,
-                                             stretches)
+    segments, loops_repaired = _repair_loops(whisper, path, segments, kwargs, options,
+                                             duration, stretches)
 
     flags: list[str] = []
     diagnostics: dict[str, Any] = {"vad_speech_s": round(speech_s, 2)}
@@ -836,10 +845,10 @@ def transcribe(
     gaps = find_gaps(stretches, words, options.dropped_audio_seconds)
     recovered: list[Segment] = []
     if gaps and options.word_timestamps and options.recover_dropped:
-        recovered = _recover_gaps(model, path, gaps, kwargs, options, duration)
+        recovered = _recover_gaps(whisper, path, gaps, kwargs, options, duration)
         if recovered:
-            recovered, more = _repair_loops(model, path, recovered, kwargs, options, duration,
-                                            stretches)
+            recovered, more = _repair_loops(whisper, path, recovered, kwargs, options,
+                                            duration, stretches)
             loops_repaired += more
             segments = sorted(segments + recovered, key=lambda s: (s.start, s.end))
             segments, removed2, kept2 = _repeats(segments, stretches, options)
@@ -874,13 +883,13 @@ def transcribe(
     )
     log.info(
         "transcribed dictation=%s model=%s audio_s=%.1f wall_s=%.2f segments=%d flags=%s",
-        dictation.id, resolved.name, duration, elapsed, len(segments), flags,
+        dictation.id, model_name, duration, elapsed, len(segments), flags,
     )
     opts = options.to_dict()
     opts["diagnostics"] = diagnostics
     return Transcript(
         dictation_id=dictation.id,
-        model=resolved.name,
+        model=model_name,
         language=language or "auto",
         duration_s=duration,
         segments=segments,

@@ -207,7 +207,11 @@ def words_html(tokens: list[Token]) -> Markup:
         if t.edited:
             cls += " edited"
         title = ""
-        if t.heard is not None:
+        if t.heard is not None and t.kind == "learned":  # pipeline.review.learned
+            cls += " learned"
+            title = (f' title="Learned from earlier corrections; Whisper heard: '
+                     f'{escape(t.heard)}"')
+        elif t.heard is not None:
             title = f' title="Whisper heard: {escape(t.heard)}"'
         elif t.low and t.probability is not None:
             title = f' title="Low confidence ({t.probability:.2f})"'

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from pipeline.core.records import Note, Transcript
 from pipeline.core.settings import Settings
@@ -27,10 +27,12 @@ from pipeline.language.normalize.abbreviations import (
 from pipeline.language.normalize.autotexts import InsertAutoText
 from pipeline.language.normalize.commands import DropAutoPunctuation, NumberedLists, SpokenCommands
 from pipeline.language.normalize.compose import Compose, Transform
+from pipeline.language.normalize.learned import LearnedCorrections, LearnedPair
 from pipeline.language.normalize.numbers import LetterSequences, SpokenNumbers, ZeroSafety
 from pipeline.language.normalize.options import (
     CommandOptions,
     LanguageOptions,
+    LearnedOptions,
     NumberOptions,
     PromptOptions,
     ReviewOptions,
@@ -62,6 +64,8 @@ __all__ = [
     "CommandOptions",
     "PromptOptions",
     "ReviewOptions",
+    "LearnedOptions",
+    "LearnedPair",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,7 @@ DICTATION = Compose(
         ZeroSafety(),
         SoundAlikeRepair(),
         TermCorrection(),
+        LearnedCorrections(),  # after the built-in repairs; a no-op without learned pairs
         SigStyle(),
         AbbreviationPolicy(),
         Titles(),
@@ -104,6 +109,7 @@ TEXT_ONLY = Compose(
         ZeroSafety(),
         SoundAlikeRepair(),
         TermCorrection(),
+        LearnedCorrections(),  # after the built-in repairs; a no-op without learned pairs
         SigStyle(),
         AbbreviationPolicy(),
         Titles(),
@@ -152,11 +158,13 @@ def normalize(
     chain: Compose | None = None,
     options: LanguageOptions | None = None,
     autotexts: Mapping[str, str] | None = None,
+    learned: Sequence[LearnedPair] | None = None,
 ) -> Note:
     """Whisper's transcript -> the note a medical transcriptionist would type.
 
     ``options`` tunes the thresholds of every transform (default: the measured values);
-    ``autotexts`` (trigger phrase -> body) are what "insert <trigger>" may insert.
+    ``autotexts`` (trigger phrase -> body) are what "insert <trigger>" may insert;
+    ``learned`` are the physician's learned corrections (``learned.py``).
     """
     options = options or _DEFAULT_OPTIONS
     toks = from_transcript(transcript)
@@ -169,6 +177,7 @@ def normalize(
         physician_terms=physician_terms(settings, physician_id),
         options=options,
         autotexts=dict(autotexts or {}),
+        learned=list(learned or []),
     )
     if sum(len(t.text) + 1 for t in toks) > options.max_input_chars:
         state.flags.append("text_too_long")
@@ -185,9 +194,11 @@ def normalize_text(
     chain: Compose | None = None,
     options: LanguageOptions | None = None,
     autotexts: Mapping[str, str] | None = None,
+    learned: Sequence[LearnedPair] | None = None,
 ) -> Note:
     """Plain text (e.g. a raw transcript string) -> normalised ``Note`` (text-only path);
-    ``autotexts`` (trigger phrase -> body) are what "insert <trigger>" may insert."""
+    ``autotexts`` (trigger phrase -> body) are what "insert <trigger>" may insert;
+    ``learned`` are the physician's learned corrections (``learned.py``)."""
     options = options or _DEFAULT_OPTIONS
     text = text or ""
     toks = from_text(text)
@@ -200,6 +211,7 @@ def normalize_text(
         physician_terms=physician_terms(settings, physician_id),
         options=options,
         autotexts=dict(autotexts or {}),
+        learned=list(learned or []),
     )
     if len(text) > options.max_input_chars:
         state.flags.append("text_too_long")

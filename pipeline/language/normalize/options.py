@@ -28,6 +28,7 @@ __all__ = [
     "CommandOptions",
     "PromptOptions",
     "ReviewOptions",
+    "LearnedOptions",
     "LanguageOptions",
 ]
 
@@ -220,6 +221,32 @@ class ReviewOptions:
 
 
 @dataclass(frozen=True)
+class LearnedOptions:
+    """Which of a physician's repeated review corrections are applied to the next drafts
+    (``LearnedCorrections``, ``learned.py``)."""
+
+    min_count: int = 2
+    """Times a reviewer must have made the same replacement for the physician (net of times
+    it was undone) before it is applied. Source: issue #15 ("a correction a reviewer made
+    twice"), the same as ``pipeline.review.learning.REPEAT_THRESHOLD``."""
+    max_words: int = 3
+    """Most words on either side of a learned pair. Source: the longest substitution
+    ``pipeline.review.learning.word_corrections`` records (three words a side)."""
+    sound_min: float = 52.0
+    """Lowest sound-alike score (mean of the spelling and phonetic-key ratios, as in
+    ``soundalike.window_score``) between the original and the replacement: a mishearing
+    sounds like the term, a style edit ("belly" -> abdomen) does not. Measured on the pairs
+    in tests/test_learned_corrections.py: 13 mishearings scored 56-95 ("sealer cyst" ->
+    cholecystitis 56), 9 lay words and rewordings 7-42; the cut is set between them."""
+    single_word_max_zipf: float = 4.0
+    """A one-word original at least this common in English is everyday speech ("raped" for
+    draped would rewrite a history of assault): never replaced everywhere. Hand-set: the
+    same cut as ``SoundalikeOptions.common_zipf``."""
+    max_pairs: int = 500
+    """Most learned pairs read for one dictation (the most frequent first). Hand-set."""
+
+
+@dataclass(frozen=True)
 class LanguageOptions:
     """Every tuning threshold of the medical-language stage, one object per transform family.
 
@@ -238,6 +265,8 @@ class LanguageOptions:
     """Decoding prompt size."""
     review: ReviewOptions = field(default_factory=ReviewOptions)
     """Review and casing cut-offs."""
+    learned: LearnedOptions = field(default_factory=LearnedOptions)
+    """Which learned corrections (repeated review corrections) are applied."""
     max_input_chars: int = 200_000
     """Longer input is processed by the cheap steps only and flagged ``text_too_long`` (a
     hostile or runaway transcript must not stall the pipeline). Measured: README "Medical

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.records import Correction, Transcript, Word
 from pipeline.core.settings import Settings
 from pipeline.language.normalize.options import LanguageOptions
 from pipeline.language.vocab import VocabIndex
+
+if TYPE_CHECKING:
+    from pipeline.language.normalize.learned import LearnedPair
 
 __all__ = ["Tok", "TextState", "from_words", "from_text", "render", "BREAK", "PARAGRAPH"]
 
@@ -77,6 +80,8 @@ class TextState:
     options: LanguageOptions = field(default_factory=LanguageOptions)
     #: auto-texts the dictation may insert ("insert normal exam"): trigger phrase -> body
     autotexts: dict[str, str] = field(default_factory=dict)
+    #: the physician's learned corrections (misheard phrase -> term), handed in by the service
+    learned: list[LearnedPair] = field(default_factory=list)
 
     def review(self, kind: str, tok: Tok, message: str, **extra: Any) -> None:
         """Ask the reviewer to check ``tok`` (stored on the note, with its audio time)."""

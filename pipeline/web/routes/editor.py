@@ -23,6 +23,7 @@ from pipeline.documents.templates import list_templates
 from pipeline.language.normalize.review_flags import review_corrections, unknown_word
 from pipeline.language.vocab import get_index
 from pipeline.review import autotexts as at
+from pipeline.review import learned as learned_mod
 from pipeline.review import signoff
 from pipeline.review import versions as wf
 from pipeline.review.signing import signed_text_with_addenda
@@ -163,6 +164,9 @@ def editor_context(session: Any, user: UserInfo, draft: DraftRow, *, claim: bool
         "autosave": pending,
         "keys": at.get_keys(session, user.id),
         "autotexts": at.active_autotexts(session, draft.physician_id),
+        "learned": learned_mod.learned_changes(
+            list(draft.corrections or []),
+            base_text if base_text is not None else draft.text, text),
     }
 
 
@@ -180,7 +184,8 @@ def editor(request: Request, draft_id: str, user: UserInfo = Depends(current_use
                 "idle_seconds": settings.session_idle_minutes * 60,
                 "addendum_added": addendum,
                 "header_saved": request.query_params.get("header", ""),
-                "acknowledged": request.query_params.get("ack", "")})
+                "acknowledged": request.query_params.get("ack", ""),
+                "learned_outcome": request.query_params.get("learned", "")})
     return render(request, "editor.html", ctx)
 
 
@@ -250,6 +255,29 @@ def save(
     if action == "submit":
         return RedirectResponse(f"/worklist?sent={draft_id}", status_code=303)
     return RedirectResponse(f"/drafts/{draft_id}?saved={version}", status_code=303)
+
+
+@router.post("/drafts/{draft_id}/learned/{index}/undo", dependencies=[Depends(csrf_protect)])
+def undo_learned(
+    request: Request,
+    draft_id: str,
+    index: int,
+    user: UserInfo = Depends(current_user),
+    text: str = Form(...),
+    base_version: int | None = Form(None),
+) -> Response:
+    """Put a learned change back to what was heard, in the editor's text (the button submits
+    the editor form, so typed text comes along), saved as a new version. When the change is
+    no longer in the text, the text is kept as the user's autosave and nothing else changes."""
+    settings = get_settings_dep(request)
+    with open_store(settings).session() as s:
+        draft = wf.load_draft(s, user, draft_id, action="edit")
+        version = learned_mod.undo_learned(s, settings, user, draft, index, text, base_version)
+    if version is None:
+        return RedirectResponse(f"/drafts/{draft_id}?learned=missing#learned-card",
+                                status_code=303)
+    return RedirectResponse(f"/drafts/{draft_id}?saved={version}&learned=undone#learned-card",
+                            status_code=303)
 
 
 @router.post("/drafts/{draft_id}/autosave", dependencies=[Depends(csrf_protect)])
